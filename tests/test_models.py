@@ -1,0 +1,85 @@
+"""Networks: output shapes for every input size, published parameter counts, the factory's errors."""
+import pytest
+import torch
+
+from gence import models
+
+SIZES = [(1, 8), (1, 28), (3, 32)]
+# Too slow for a unit test at full size on 2 CPU cores; their shapes are checked at 8x8 only.
+BIG = {"wrn28_10", "preact_resnet18"}
+PARAMS = {"resnet": {"depth": 8}, "wrn": {"depth": 10, "width": 1}}
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", models.available())
+@pytest.mark.parametrize("channels,size", SIZES)
+def test_output_shape(name, channels, size):
+    if name in BIG and size != 8:
+        pytest.skip("large model: 8x8 only")
+    torch.manual_seed(0)
+    model = models.build(name, in_channels=channels, num_classes=7, image_size=size, **PARAMS.get(name, {}))
+    out = model(torch.randn(3, channels, size, size))
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, channels, size, size)).shape == (1, 7)
+
+
+def test_mlp_takes_feature_vectors():
+    model = models.build("mlp", in_channels=5, num_classes=3, image_size=None, hidden=(8,))
+    assert model(torch.randn(4, 5)).shape == (4, 3)
+    assert n_params(model) == 5 * 8 + 8 + 8 * 3 + 3
+
+
+def cifar_resnet_params(depth, shortcut, classes=10, channels=3):
+    """Closed-form count for the CIFAR ResNet: 3x3 convs, BN (2 per channel), linear head."""
+    n = (depth - 2) // 6
+    total = channels * 16 * 9 + 2 * 16
+    in_planes = 16
+    for planes in (16, 32, 64):
+        for _ in range(n):
+            total += in_planes * planes * 9 + planes * planes * 9 + 4 * planes
+            if in_planes != planes and shortcut == "B":
+                total += in_planes * planes + 2 * planes
+            in_planes = planes
+    return total + 64 * classes + classes
+
+
+def test_resnet_parameter_counts():
+    # He et al. 2016, Table 6: ResNet-20 0.27M, ResNet-32 0.46M, ResNet-56 0.85M (option A).
+    for depth, published in [(20, 0.27e6), (32, 0.46e6), (56, 0.85e6)]:
+        count = n_params(models.build(f"resnet{depth}", 3, 10, 32))
+        assert count == cifar_resnet_params(depth, "A")
+        assert abs(count - published) / published < 0.01
+    assert n_params(models.build("resnet20", 3, 10, 32)) == 269_722
+    # Option B adds the two 1x1 projections; 272,474 is the count widely quoted for ResNet-20.
+    assert n_params(models.build("resnet", 3, 10, 32, depth=20, shortcut="B")) == 272_474
+
+
+def test_wide_resnet_parameter_counts():
+    # Zagoruyko & Komodakis 2016 / their reference code, 10 classes, RGB input.
+    assert n_params(models.build("wrn16_2", 3, 10, 32)) == 691_674
+    assert abs(n_params(models.build("wrn16_4", 3, 10, 32)) - 2.7e6) / 2.7e6 < 0.02
+    with torch.device("meta"):  # 36.5M parameters: count them without allocating
+        assert n_params(models.build("wrn28_10", 3, 10, 32)) == 36_479_194
+
+
+def test_preact_resnet18_parameter_count():
+    with torch.device("meta"):
+        count = n_params(models.build("preact_resnet18", 3, 10, 32))
+    # 11,171,146 is the widely used CIFAR PreActResNet18 (kuangliu/pytorch-cifar), which omits the paper's
+    # final BN-ReLU before pooling; we keep it, adding 2 x 512 BatchNorm parameters.
+    assert count == 11_171_146 + 2 * 512
+
+
+def test_factory_errors_name_the_argument():
+    with pytest.raises(ValueError, match="name='resnet7'"):
+        models.build("resnet7", 3, 10, 32)
+    with pytest.raises(ValueError, match="depth=21"):
+        models.build("resnet", 3, 10, 32, depth=21)
+    with pytest.raises(ValueError, match="image_size"):
+        models.build("resnet20", 3, 10, None)
