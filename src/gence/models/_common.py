@@ -27,6 +27,17 @@ def num_inputs(in_channels: int, image_size) -> int:
     return in_channels * math.prod(as_hw(image_size))
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over all spatial positions, (N, C, H, W) -> (N, C), for any H and W.
+
+    The same as ``AdaptiveAvgPool2d(1)`` + flatten, but its CUDA backward is deterministic (a broadcast),
+    while adaptive pooling's is not, and the training loop asks for deterministic algorithms.
+    """
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
 def init_weights(module: nn.Module) -> None:
     """He-normal convolutions (fan-out, as in He et al. 2016), unit BatchNorm, zero biases.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from gence.models._common import init_weights, require_image
+from gence.models._common import GlobalAvgPool, init_weights, require_image
 
 
 class ShortcutA(nn.Module):
@@ -72,11 +72,11 @@ class ResNet(nn.Module):
                 layers.append(BasicBlock(in_planes, planes, stride, shortcut))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(in_planes, num_classes)
         init_weights(self)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layers(x)
-        return self.fc(self.pool(x).flatten(1))
+        return self.fc(self.pool(x))

@@ -9,11 +9,9 @@ head. ``hidden=()`` gives multinomial logistic regression.
 """
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
-from gence.models._common import as_hw, init_weights, num_inputs, require_image
+from gence.models._common import GlobalAvgPool, init_weights, num_inputs, require_image
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -30,7 +28,7 @@ class SmallCNN(nn.Module):
         c1, c2, c3 = widths
         pool = nn.MaxPool2d(2) if min(hw) >= 8 else nn.Identity()
         self.features = nn.Sequential(_conv_bn_relu(in_channels, c1), _conv_bn_relu(c1, c2), pool,
-                                      _conv_bn_relu(c2, c3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                                      _conv_bn_relu(c2, c3), GlobalAvgPool())
         self.fc = nn.Linear(c3, num_classes)
         init_weights(self)
 

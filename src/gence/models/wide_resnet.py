@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from gence.models._common import init_weights, require_image
+from gence.models._common import GlobalAvgPool, init_weights, require_image
 
 
 class WideBlock(nn.Module):
@@ -57,11 +57,11 @@ class WideResNet(nn.Module):
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(in_planes)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(in_planes, num_classes)
         init_weights(self)
 
     def forward(self, x):
         x = self.layers(self.conv1(x))
         x = F.relu(self.bn(x))
-        return self.fc(self.pool(x).flatten(1))
+        return self.fc(self.pool(x))
