@@ -1,0 +1,405 @@
+"""Datasets by name, as whole tensors in memory (``ArrayDataset``), and their standardisation.
+
+Conventions:
+
+- Images are uint8 tensors (N, C, H, W) with values 0..255 for every dataset. The 8x8 ``digits`` store
+  0..16; they are mapped to ``round(v * 255 / 16)`` (a one-to-one map, no information lost) so that
+  every image dataset has one scale and OOD sets can be mixed across datasets.
+- Feature data (``gaussians``) is float32 (N, D); ``image_shape`` is None.
+- Labels are int64 tensors in 0..K-1; ``classes[k]`` is the name of label k.
+- ``mean``/``std`` (float32, one per channel, or per feature for feature data) are computed on the
+  whole training split (after ``classes=`` filtering), on the [0, 1] scale for images;
+  ``dataset.normalize(x)`` gives ``(x / 255 - mean) / std`` in float32 on x's device.
+- ``classes=[...]`` (indices or names) keeps those classes, relabelled 0..k-1 *in the order given*.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from gence.data import readers
+from gence.data.cache import cached_arrays
+
+__all__ = ["ArrayDataset", "load_dataset", "available", "to_float", "resolve_data_dir",
+           "CIFAR10_CLASSES", "FASHION_MNIST_CLASSES"]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+
+# Bump a reader's version when what it decodes changes, so stale cache entries are not read.
+_CACHE_VERSION = "v1"
+
+
+@dataclass
+class ArrayDataset:
+    """A whole dataset as tensors: train and test splits, class names, standardisation statistics.
+
+    ``source`` is the name the data was loaded under, ``data_dir`` and ``params`` how; ``kept_classes``
+    the original label of each kept class when loaded with ``classes=`` (None: all), and
+    ``source_classes`` the names of all classes of the source. ``extras`` holds dataset-specific
+    objects (``gaussians``: ``extras["task"]``, the ``GaussianTask`` with the exact posterior).
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    classes: list[str]
+    image_shape: tuple[int, int, int] | None
+    mean: torch.Tensor = None
+    std: torch.Tensor = None
+    max_value: float = 255.0
+    source: str = ""
+    data_dir: str | None = None
+    params: dict = field(default_factory=dict)
+    kept_classes: list[int] | None = None
+    source_classes: list[str] | None = None
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mean is None or self.std is None:
+            self.mean, self.std = _channel_stats(self.train_x, self.image_shape is not None, self.max_value)
+        if not self.source:
+            self.source = self.name
+        if self.source_classes is None:
+            self.source_classes = list(self.classes)
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_shape is not None
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised float32 copy of a batch (uint8 images or float features), on x's device."""
+        mean = self.mean.to(x.device)
+        std = self.std.to(x.device)
+        if self.is_image:
+            shape = (1, -1, 1, 1)
+            return (x.float() / self.max_value - mean.view(shape)) / std.view(shape)
+        return (x.float() - mean) / std
+
+    def __repr__(self) -> str:
+        shape = self.image_shape if self.is_image else (self.train_x.shape[1],)
+        return (f"ArrayDataset({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
+                f"num_classes={self.num_classes}, shape={shape})")
+
+
+def to_float(x: torch.Tensor, dataset: ArrayDataset) -> torch.Tensor:
+    """``dataset.normalize(x)``: uint8 images to standardised float32 on x's device."""
+    return dataset.normalize(x)
+
+
+def _channel_stats(x: torch.Tensor, is_image: bool, max_value: float):
+    if x.numel() == 0:
+        raise ValueError("cannot compute mean/std of an empty training split")
+    if is_image:
+        xs = x.double().div_(max_value).transpose(0, 1).reshape(x.shape[1], -1)
+    else:
+        xs = x.double().t()
+    mean = xs.mean(dim=1)
+    std = xs.std(dim=1, unbiased=False).clamp_min(1e-12) if xs.shape[1] > 1 else torch.ones_like(mean)
+    return mean.float(), std.float()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding files
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None, name: str) -> Path:
+    """``data_dir``, else ``$GENCE_DATA``; an error naming both when neither is set."""
+    if data_dir is None:
+        data_dir = os.environ.get("GENCE_DATA")
+        if not data_dir:
+            raise ValueError(f"dataset {name!r} needs a data directory: pass data_dir=... or set GENCE_DATA")
+    return Path(data_dir).expanduser()
+
+
+def _candidate_dirs(root: Path, subdirs: Sequence[str]) -> list[Path]:
+    """Name-specific folders first (``root/<sub>``, ``root/<sub>/raw``), then ``root`` itself."""
+    out = []
+    for s in subdirs:
+        out += [root / s, root / s / "raw"]
+    out.append(root)
+    return out
+
+
+def _find_with(root: Path, subdirs: Sequence[str], expected: Sequence[Sequence[str]]):
+    """First candidate folder holding one name of every group in ``expected`` -> (folder, paths)."""
+    dirs = _candidate_dirs(root, subdirs)
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        found = []
+        for alternatives in expected:
+            hit = next((d / a for a in alternatives if (d / a).is_file()), None)
+            if hit is None:
+                break
+            found.append(hit)
+        else:
+            return d, found
+    return None, [str(d) for d in dirs]
+
+
+def _not_found(name: str, searched: Sequence[str], expected: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"dataset {name!r}: no files found. Searched {', '.join(map(str, searched))}; expected {expected}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# One loader per dataset: (data_dir, cache, params) -> dict of numpy arrays + classes
+
+
+def _load_digits(data_dir, cache, params):
+    _no_params("digits", params)
+    with np.load(Path(__file__).with_name("digits.npz")) as f:
+        images, labels = f["images"], f["labels"]
+    # 0..16 -> 0..255, one-to-one (see module docstring).
+    x = np.round(images.astype(np.float64) * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    y = labels.astype(np.int64)
+    # Fixed split: the array is ordered by writer (it is the UCI optdigits test set), so the last 597
+    # images come from other writers than the first 1,200; 117..123 training images per class.
+    n_train = 1200
+    return {"train_x": x[:n_train], "train_y": y[:n_train], "test_x": x[n_train:], "test_y": y[n_train:],
+            "classes": np.asarray(DIGIT_CLASSES)}
+
+
+_IDX_FILES = [
+    ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+]
+
+
+def _idx_loader(name: str, subdirs: Sequence[str], class_names: Sequence[str]):
+    def load(data_dir, cache, params):
+        _no_params(name, params)
+        root = resolve_data_dir(data_dir, name)
+        expected = [[a + s for a in alts for s in ("", ".gz")] for alts in _IDX_FILES]
+        folder, found = _find_with(root, subdirs, expected)
+        if folder is None:
+            raise _not_found(name, found, "the IDX files " + ", ".join(f"{a[0]}[.gz]" for a in _IDX_FILES))
+
+        def decode():
+            tx, ty, sx, sy = (readers.read_idx(p) for p in found)
+            for what, xs, ys in (("train", tx, ty), ("test", sx, sy)):
+                if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+                    raise ValueError(f"{folder}: {what} images {xs.shape} and labels {ys.shape} do not match")
+            return {"train_x": tx.astype(np.uint8)[:, None], "train_y": ty.astype(np.int64),
+                    "test_x": sx.astype(np.uint8)[:, None], "test_y": sy.astype(np.int64),
+                    "classes": np.asarray(class_names)}
+
+        return cached_arrays(f"{name}-idx-{_CACHE_VERSION}", found, decode, cache)
+
+    return load
+
+
+def _cifar_loader(variant: str):
+    folder_name = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[variant]
+    tar_name = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}[variant]
+    pickle_files = {"cifar10": [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"],
+                    "cifar100": ["train", "test", "meta"]}[variant]
+    tree_dirs = [variant, f"{variant}-jpeg", f"{variant}-png", f"{variant}_jpeg", f"{variant}_png"]
+    tar_names = [f"{b}{ext}" for b in tree_dirs for ext in (".tar.gz", ".tgz", ".tar")]
+
+    def load(data_dir, cache, params):
+        label_type = params.pop("label_type", "fine") if variant == "cifar100" else "fine"
+        _no_params(variant, params)
+        root = resolve_data_dir(data_dir, variant)
+        kind = f"{variant}-{label_type}"
+        class_names = CIFAR10_CLASSES if variant == "cifar10" else None
+        searched = []
+
+        # 1. The pickle batches (exact pixels): a folder, or the archive torchvision downloads.
+        if root.is_dir():
+            for d in (root / folder_name, root / variant / folder_name, root):
+                files = [d / f for f in pickle_files]
+                searched.append(str(d))
+                if all(f.is_file() for f in files):
+                    def decode(d=d):
+                        return readers.read_cifar_pickles(lambda m: open(d / m, "rb"), variant, label_type)
+                    return cached_arrays(f"{kind}-pickle-{_CACHE_VERSION}", files, decode, cache)
+            for t in (root / tar_name, root / variant / tar_name):
+                searched.append(str(t))
+                if t.is_file():
+                    return cached_arrays(f"{kind}-pickletar-{_CACHE_VERSION}", [t],
+                                         lambda t=t: _read_pickle_tar(t, folder_name, variant, label_type), cache)
+        # 2. An image folder tree {train,test}/<class>/*, 3. or such a tree in a tar archive.
+        if variant == "cifar100" and label_type != "fine":
+            raise ValueError(f"label_type={label_type!r} needs the cifar-100 pickles; image trees only have fine labels")
+        tree_candidates = [root / d for d in tree_dirs] + [root] if root.is_dir() else []
+        for d in tree_candidates:
+            searched.append(str(d))
+            if (d / "train").is_dir() and (d / "test").is_dir():
+                class_dirs = [p for s in ("train", "test") for p in (d / s).iterdir() if p.is_dir()]
+                return cached_arrays(f"{kind}-tree-{_CACHE_VERSION}", [d / "train", d / "test", *class_dirs],
+                                     lambda d=d: readers.read_image_tree(d, class_names), cache)
+        tars = [root] if root.is_file() else [root / t for t in tar_names]
+        for t in tars:
+            searched.append(str(t))
+            if t.is_file():
+                return cached_arrays(f"{kind}-tar-{_CACHE_VERSION}", [t],
+                                     lambda t=t: readers.read_image_tar(t, class_names), cache)
+        raise _not_found(
+            variant, searched,
+            f"the python pickles {folder_name}/{{{','.join(pickle_files)}}} (or {tar_name}), an image tree "
+            f"train/<class>/*, test/<class>/* in one of {tree_dirs}, or such a tree packed as one of {tar_names}",
+        )
+
+    return load
+
+
+def _read_pickle_tar(path: Path, folder_name: str, variant: str, label_type: str):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "r:*") as tar:
+        members = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers()
+                   if m.isfile() and f"{folder_name}/" in m.name}
+        return readers.read_cifar_pickles(lambda m: io.BytesIO(tar.extractfile(members[m]).read()),
+                                          variant, label_type)
+
+
+def _load_svhn(data_dir, cache, params):
+    _no_params("svhn", params)
+    root = resolve_data_dir(data_dir, "svhn")
+    folder, found = _find_with(root, ["svhn", "SVHN"], [["train_32x32.mat"], ["test_32x32.mat"]])
+    if folder is None:
+        raise _not_found("svhn", found, "train_32x32.mat and test_32x32.mat")
+
+    def decode():
+        (tx, ty), (sx, sy) = (readers.read_svhn_mat(p) for p in found)
+        return {"train_x": tx, "train_y": ty, "test_x": sx, "test_y": sy, "classes": np.asarray(DIGIT_CLASSES)}
+
+    return cached_arrays(f"svhn-mat-{_CACHE_VERSION}", found, decode, cache)
+
+
+_LOADERS: dict[str, Callable] = {
+    "digits": _load_digits,
+    "mnist": _idx_loader("mnist", ["mnist", "MNIST"], DIGIT_CLASSES),
+    "fashion_mnist": _idx_loader("fashion_mnist", ["fashion_mnist", "fashion-mnist", "FashionMNIST", "fashion"],
+                                 FASHION_MNIST_CLASSES),
+    "cifar10": _cifar_loader("cifar10"),
+    "cifar100": _cifar_loader("cifar100"),
+    "svhn": _load_svhn,
+}
+
+
+def available() -> list[str]:
+    """Names ``load_dataset`` accepts."""
+    return sorted([*_LOADERS, "gaussians"])
+
+
+def _no_params(name: str, params: dict) -> None:
+    if params:
+        raise TypeError(f"dataset {name!r} takes no parameters {sorted(params)}")
+
+
+def _canonical(name: str) -> str:
+    key = str(name).strip().lower().replace("-", "_")
+    key = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10", "cifar_100": "cifar100"}.get(key, key)
+    if key not in available():
+        raise ValueError(f"unknown dataset {name!r}; available: {available()}")
+    return key
+
+
+def _class_indices(classes: Sequence[Any], names: Sequence[str]) -> list[int]:
+    out = []
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            idx = list(names).index(c)
+        elif isinstance(c, str) and not c.isdigit():
+            raise ValueError(f"classes: unknown class {c!r}; the classes are {list(names)}")
+        else:
+            idx = int(c)
+            if not 0 <= idx < len(names):
+                raise ValueError(f"classes: index {c!r} out of range 0..{len(names) - 1}")
+        out.append(idx)
+    if len(set(out)) != len(out):
+        raise ValueError(f"classes: {list(classes)} names a class twice")
+    if not out:
+        raise ValueError("classes: empty list; give at least one class")
+    return out
+
+
+def _keep(x: torch.Tensor, y: torch.Tensor, kept: Sequence[int], num_source: int):
+    lut = torch.full((num_source,), -1, dtype=torch.int64)
+    lut[torch.as_tensor(kept)] = torch.arange(len(kept))
+    new = lut[y]
+    mask = new >= 0
+    return x[mask], new[mask]
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, classes: Sequence | None = None,
+                 *, cache: bool = True, **params) -> ArrayDataset:
+    """Load a dataset by name (see ``available()``) as an ``ArrayDataset`` of CPU tensors.
+
+    Args:
+        name: ``digits`` (embedded, needs no directory), ``mnist``, ``fashion_mnist``, ``cifar10``,
+            ``cifar100``, ``svhn``, ``gaussians`` (synthetic with a known posterior).
+        data_dir: folder holding the files (searched in ``data_dir/<name>/``, ``data_dir/<name>/raw``
+            and ``data_dir``); for cifar10 also the path of a ``.tar.gz`` image tree. Default
+            ``$GENCE_DATA``.
+        classes: keep only these classes (indices or names), relabelled 0..k-1 in the order given.
+        cache: read/write decoded arrays in ``$GENCE_CACHE`` (default ``~/.cache/gence``).
+        **params: ``cifar100``: ``label_type='fine'|'coarse'``; ``gaussians``: ``num_classes`` (3),
+            ``dim`` (2), ``n_train`` (1000), ``n_test`` (10000), ``seed`` (0; the task), ``sample_seed``
+            (default ``seed``; the samples), and any other ``GaussianTask`` argument (``priors``,
+            ``separation``, ``covariance``, ``imbalance_ratio``, ...).
+    """
+    key = _canonical(name)
+    given_params = dict(params)
+    if key == "gaussians":
+        arrays, extras = _load_gaussians(params)
+        image_shape = None
+    else:
+        arrays = _LOADERS[key](data_dir, cache, params)
+        extras = {}
+        image_shape = tuple(int(s) for s in arrays["train_x"].shape[1:])
+    train_x = torch.from_numpy(np.ascontiguousarray(arrays["train_x"]))
+    test_x = torch.from_numpy(np.ascontiguousarray(arrays["test_x"]))
+    train_y = torch.from_numpy(np.asarray(arrays["train_y"], dtype=np.int64))
+    test_y = torch.from_numpy(np.asarray(arrays["test_y"], dtype=np.int64))
+    source_classes = [str(c) for c in arrays["classes"]]
+    kept = None
+    class_names = source_classes
+    if classes is not None:
+        kept = _class_indices(classes, source_classes)
+        train_x, train_y = _keep(train_x, train_y, kept, len(source_classes))
+        test_x, test_y = _keep(test_x, test_y, kept, len(source_classes))
+        class_names = [source_classes[i] for i in kept]
+    return ArrayDataset(
+        name=key, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+        num_classes=len(class_names), classes=class_names, image_shape=image_shape,
+        source=key, data_dir=None if data_dir is None else str(data_dir), params=given_params,
+        kept_classes=kept, source_classes=source_classes, extras=extras,
+    )
+
+
+def _load_gaussians(params: dict):
+    from gence.data.synthetic import GaussianTask
+
+    p = dict(params)
+    n_train = int(p.pop("n_train", 1000))
+    n_test = int(p.pop("n_test", 10000))
+    seed = p.pop("seed", 0)
+    sample_seed = p.pop("sample_seed", seed)
+    p.setdefault("num_classes", 3)
+    p.setdefault("dim", 2)
+    task = GaussianTask(seed=seed, **p)
+    # One generator for both splits: train and test are independent draws, fixed by sample_seed.
+    rng = np.random.default_rng(sample_seed)
+    train_x, train_y = task.sample(n_train, generator=rng)
+    test_x, test_y = task.sample(n_test, generator=rng)
+    arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
+              "classes": np.asarray([str(k) for k in range(task.num_classes)])}
+    return arrays, {"task": task}

@@ -1,0 +1,94 @@
+"""Out-of-distribution image sets shaped like an in-distribution dataset.
+
+- Another dataset (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn``, ``digits``): a seeded
+  random subset of its TEST split, converted to the in-distribution's channels (gray -> RGB by repeating
+  the channel; RGB -> gray with the ITU-R 601 luma weights 0.299, 0.587, 0.114, as PIL's "L") and
+  resized to its size (``F.interpolate`` bilinear with antialias, rounded back to uint8).
+- ``heldout``: test images of the classes left out when ``like`` was loaded with ``classes=[...]``.
+- ``gaussian_noise``: i.i.d. pixels N(mean_c, std_c) per channel c, with ``like``'s training mean and
+  std (so the first two moments match the data and only the structure differs), rounded and clipped
+  to 0..255.
+- ``uniform_noise``: i.i.d. pixels uniform on 0..255.
+All are uint8 tensors (n, C, H, W) on the CPU; at most ``n`` images (fewer when the source has fewer),
+drawn with ``torch.Generator().manual_seed(seed)``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from gence.data.datasets import ArrayDataset, _canonical, available, load_dataset
+
+__all__ = ["load_ood", "convert_images", "ood_names"]
+
+_NOISE = ("gaussian_noise", "uniform_noise")
+
+
+def ood_names() -> list[str]:
+    """Names ``load_ood`` accepts."""
+    return ["heldout", *_NOISE, *[n for n in available() if n != "gaussians"]]
+
+
+def convert_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> uint8 (N, *shape): channel conversion, then bilinear resize."""
+    C, H, W = shape
+    if x.shape[1] != C:
+        if x.shape[1] == 1 and C == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and C == 1:
+            w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(1, 3, 1, 1)
+            x = (x.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            raise ValueError(f"cannot convert {x.shape[1]}-channel images to {C} channels")
+    if tuple(x.shape[2:]) != (H, W):
+        x = F.interpolate(x.float(), size=(H, W), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return x.contiguous()
+
+
+def _subset(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    if len(x) <= n:
+        return x
+    idx = torch.randperm(len(x), generator=gen)[:n].sort().values
+    return x[idx]
+
+
+def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """An OOD image set for ``like`` (see the module docstring for each name).
+
+    ``data_dir`` (for another dataset) defaults to ``like.data_dir``, then ``$GENCE_DATA``.
+    """
+    if not like.is_image:
+        raise ValueError(f"load_ood: {like.name!r} is feature data; OOD sets are defined for image datasets only")
+    if int(n) != n or n < 1:
+        raise ValueError(f"load_ood: n must be an integer >= 1, got {n!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    C, H, W = like.image_shape
+    key = str(name).strip().lower().replace("-", "_")
+    if key == "gaussian_noise":
+        mean = like.mean.view(1, C, 1, 1)
+        std = like.std.view(1, C, 1, 1)
+        z = torch.randn((n, C, H, W), generator=gen)
+        return ((mean + std * z) * like.max_value).round_().clamp_(0, 255).to(torch.uint8)
+    if key == "uniform_noise":
+        return torch.randint(0, 256, (n, C, H, W), generator=gen, dtype=torch.uint8)
+    if key == "heldout":
+        if like.kept_classes is None or len(like.kept_classes) == len(like.source_classes):
+            raise ValueError("load_ood('heldout'): the dataset keeps all its classes; load it with "
+                             "classes=[...] to hold some out")
+        source = load_dataset(like.source, like.data_dir if data_dir is None else data_dir, **like.params)
+        keep = torch.as_tensor(like.kept_classes)
+        x = source.test_x[~torch.isin(source.test_y, keep)]
+        return convert_images(_subset(x, n, gen), like.image_shape)
+    if key not in ood_names():
+        raise ValueError(f"load_ood: unknown OOD set {name!r}; available: {ood_names()}")
+    key = _canonical(key)
+    if key == like.source:
+        raise ValueError(f"load_ood: {name!r} is the in-distribution dataset itself; use 'heldout' with classes=[...]")
+    if data_dir is None and like.data_dir is not None:
+        # like may have been read from an archive (data_dir=".../cifar10-jpeg.tar.gz"): use its folder.
+        data_dir = like.data_dir if os.path.isdir(like.data_dir) else os.path.dirname(like.data_dir)
+    other = load_dataset(key, data_dir)
+    return convert_images(_subset(other.test_x, n, gen), like.image_shape)
