@@ -98,15 +98,25 @@ def to_float(x: torch.Tensor, dataset: ArrayDataset) -> torch.Tensor:
 
 
 def _channel_stats(x: torch.Tensor, is_image: bool, max_value: float):
+    """Per-channel (images) or per-feature mean and population std, in float64, returned as float32."""
     if x.numel() == 0:
         raise ValueError("cannot compute mean/std of an empty training split")
-    if is_image:
-        xs = x.double().div_(max_value).transpose(0, 1).reshape(x.shape[1], -1)
+    if is_image and x.dtype == torch.uint8:
+        # Exact and without a float copy of the data (1.2 GB for CIFAR-10): a 256-bin histogram per channel.
+        values = torch.arange(256, dtype=torch.float64) / max_value
+        mean, var = [], []
+        for c in range(x.shape[1]):
+            h = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+            m = (h * values).sum() / h.sum()
+            mean.append(m)
+            var.append((h * (values - m) ** 2).sum() / h.sum())
+        mean, std = torch.stack(mean), torch.stack(var).sqrt()
     else:
-        xs = x.double().t()
-    mean = xs.mean(dim=1)
-    std = xs.std(dim=1, unbiased=False).clamp_min(1e-12) if xs.shape[1] > 1 else torch.ones_like(mean)
-    return mean.float(), std.float()
+        xs = x.double().div(max_value if is_image else 1.0)
+        xs = xs.transpose(0, 1).reshape(x.shape[1], -1) if is_image else xs.t()
+        mean, std = xs.mean(dim=1), xs.std(dim=1, unbiased=False)
+    # a constant channel (std 0) is only centred, not blown up
+    return mean.float(), torch.where(std > 0, std, torch.ones_like(std)).float()
 
 
 # ---------------------------------------------------------------------------------------------------
