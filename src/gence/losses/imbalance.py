@@ -27,8 +27,8 @@ def class_balanced_weights(class_counts, beta: float) -> Tensor:
     """
     beta = check_number("beta", beta, low=0.0, high=1.0, high_open=True)
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
-    # expm1/log1p: 1 - beta^n without cancellation when beta is close to 1 and n is small.
-    effective_num = -torch.expm1(counts * math.log1p(-beta)) if beta > 0 else torch.ones_like(counts)
+    # 1 - beta^n as -expm1(n log beta): no cancellation when beta is close to 1 and n is small.
+    effective_num = -torch.expm1(counts * math.log(beta)) if beta > 0 else torch.ones_like(counts)
     weights = (1.0 - beta) / effective_num
     return (weights * (len(weights) / weights.sum())).float()
 
@@ -108,7 +108,7 @@ class LDAM(ClassificationLoss):
                 f"epoch={epoch!r} is not valid; expected a 0-based int in [0, {total_epochs - 1}] "
                 f"for total_epochs={total_epochs}"
             )
-        # The tolerance keeps e.g. 0.7 * 10 = 7.000000000000001 switching at epoch 7.
+        # The tolerance keeps e.g. 0.55 * 100 = 55.00000000000001 switching at epoch 55.
         self.drw_active = epoch >= self.drw_fraction * total_epochs - 1e-9
         self.class_weight.copy_(self.drw_weight if self.drw_active else torch.ones_like(self.drw_weight))
 
