@@ -1,33 +1,359 @@
-"""Generative Cross-Entropy. (placeholder composition; the exact, fast version lands next)"""
+"""Generative Cross-Entropy (GenCE), a drop-in replacement for ``torch.nn.functional.cross_entropy``.
+
+Zhan, Zhou, Shen, "Generative Cross-Entropy: A Strictly Proper Loss for Data-Efficient
+Classification", arXiv 2604.06689 (2026).
+
+For a batch B of n samples with log-probabilities ``l[i, k] = log_softmax(z_i)[k]``::
+
+    S[k]    = logsumexp_{j in B} l[j, k]                      (a K-vector: the batch's class evidence)
+    GenCE_i = -log( q(y_i|x_i) / sum_{j in B} q(y_i|x_j) ) = S[y_i] - l[i, y_i]
+
+and with ``generative_weight`` lam in [0, 1]::
+
+    L_i = CE_i + lam * log sum_j q(y_i|x_j) = -l[i, y_i] + lam * S[y_i]
+
+(lam = 1: GenCE of the paper; lam = 0: cross-entropy). Soft targets ``t`` give
+``L_i = sum_k w_k t[i, k] (lam * S[k] - l[i, k])``.
+
+Implementation notes (why the code looks the way it does):
+
+* The cost is O(nK) like softmax; no n-by-n tensor is ever formed.
+* Everything runs in float32 or wider (fp16/bf16 logits are upcast; autocast is switched off inside).
+* A hand-written backward. The forward turns the log-probabilities, in place, into
+  ``U[j, k] = exp(l[j, k] - M[k])`` with ``M[k] = max_j l[j, k]``; ``U`` is the only n-by-K tensor kept
+  for backward (cross-entropy keeps one too: its log-softmax output). Since ``p = U * exp(M)`` and
+  ``exp(l - S) = U * exp(M - S)``, the whole gradient is ``U * (a - s outer b)`` plus the sparse
+  cross-entropy term, with K-vectors ``a, b`` and an n-vector ``s``: no exponential in backward.
+* ``distributed=True`` gathers the K-vector ``S`` of every rank (all_gather) and all-reduces the
+  K-vector of target mass in backward, so the gradient is the one of the concatenated global batch.
+"""
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
-import torch.nn.functional as F
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["gen_cross_entropy", "GenCELoss"]
+
+_REDUCTIONS = ("none", "mean", "sum")
 
 
-def gen_cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                      label_smoothing=0.0, generative_weight=1.0, distributed=False, process_group=None):
-    logp = F.log_softmax(input.float(), dim=1)
-    ce = F.nll_loss(logp, target, reduction="none", ignore_index=ignore_index)
-    mask = target != ignore_index
-    S = torch.logsumexp(logp[mask], dim=0)
-    reg = S[target.clamp_min(0)] * mask
-    per = ce + generative_weight * reg
+def _world_size(distributed: bool, process_group) -> int:
+    if not distributed or not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size(process_group)
+
+
+def _logsumexp_over_ranks(S_local: Tensor, process_group, world_size: int) -> Tensor:
+    gathered = [torch.empty_like(S_local) for _ in range(world_size)]
+    dist.all_gather(gathered, S_local.contiguous(), group=process_group)
+    return torch.logsumexp(torch.stack(gathered), dim=0)
+
+
+class _GenCEFunction(torch.autograd.Function):
+    """Per-sample mixed GenCE terms for 2-D logits ``z`` (n, K); returns the n-vector ``L``.
+
+    ``target`` is either class indices (n,) with ``mask`` marking the counted rows, or
+    probabilities (n, K) (``soft=True``, every row counted).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, target: Tensor, weight: Optional[Tensor], mask: Optional[Tensor],
+                soft: bool, eps: float, lam: float, process_group, world_size: int) -> Tensor:
+        n, K = z.shape
+        l = torch.log_softmax(z, dim=1)  # the single n-by-K buffer, reused below for U
+        w = weight
+        if soft:
+            t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
+            tw = t if w is None else t * w
+            ce_terms = -(tw * l).sum(1)  # sum_k w_k t_ik (-l_ik)
+        else:
+            y = target
+            l_y = l.gather(1, y.unsqueeze(1)).squeeze(1)
+            w_y = None if w is None else w[y]
+            ce_terms = -l_y if w_y is None else -w_y * l_y
+            if eps != 0.0:
+                smooth = -(l.sum(1) if w is None else l @ w)  # -sum_k w_k l_ik
+                ce_terms = (1.0 - eps) * ce_terms + (eps / K) * smooth
+
+        saved_l = l.clone() if (soft and ctx.needs_input_grad[1]) else None
+
+        # Column maxima over the counted rows; U = exp(l - M) in place of l.
+        if mask is not None:
+            l.masked_fill_(~mask.unsqueeze(1), -math.inf)
+        M = l.amax(dim=0) if n > 0 else l.new_full((K,), -math.inf)
+        M_safe = torch.where(torch.isfinite(M), M, torch.zeros_like(M))
+        U = l.sub_(M_safe).exp_()
+        S = M_safe + torch.log(U.sum(0))  # -inf for a class with no counted rows
+        if world_size > 1:
+            S = _logsumexp_over_ranks(S, process_group, world_size)
+
+        if lam != 0.0:
+            S_fin = torch.where(torch.isfinite(S), S, torch.zeros_like(S))
+            if soft:
+                reg = tw @ S_fin
+            else:
+                S_y = S_fin[y]
+                reg = S_y if w_y is None else w_y * S_y
+                if eps != 0.0:
+                    S_w = S_fin.sum() if w is None else S_fin @ w
+                    reg = (1.0 - eps) * reg + (eps / K) * S_w
+            L = ce_terms + lam * reg
+        else:
+            L = ce_terms
+        if mask is not None:
+            L = torch.where(mask, L, torch.zeros_like(L))
+
+        ctx.save_for_backward(U, M_safe, S, target, weight, mask, saved_l)
+        ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
+        ctx.process_group, ctx.world_size = process_group, world_size
+        return L
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        U, M, S, target, weight, mask, saved_l = ctx.saved_tensors
+        soft, eps, lam = ctx.soft, ctx.eps, ctx.lam
+        n, K = U.shape
+        g = g.to(U.dtype)
+        w = weight
+        if mask is not None:
+            g = torch.where(mask, g, torch.zeros_like(g))
+
+        # c[i, k]: coefficient of (lam*S_k - l_ik) in L_i.  A_k = sum_i g_i c_ik (the batch's target
+        # mass per class), gC_i = g_i sum_k c_ik (row mass of the cross-entropy part).
+        if soft:
+            t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
+            tw = t if w is None else t * w
+            A = g @ tw
+            gC = g * tw.sum(1)
+        else:
+            y = target
+            gw = g if w is None else g * w[y]
+            A = torch.zeros(K, dtype=U.dtype, device=U.device).index_add_(0, y, gw)
+            gC = gw
+            if eps != 0.0:
+                ws = torch.ones(K, dtype=U.dtype, device=U.device) if w is None else w
+                A = (1.0 - eps) * A + (eps / K) * g.sum() * ws
+                gC = (1.0 - eps) * gw + (eps / K) * ws.sum() * g
+        if ctx.world_size > 1 and lam != 0.0:
+            dist.all_reduce(A, group=ctx.process_group)  # the global batch's target mass
+
+        # dL/dl[j, k] = -g_j c_jk + lam * A_k * exp(l_jk - S_k); then through log_softmax:
+        # dz_j = dl_j - p_j * sum_k dl_jk,  with p = U * exp(M) and exp(l - S) = U * exp(M - S).
+        finite = torch.isfinite(S)
+        a = torch.where(finite, lam * A * torch.exp(M - torch.where(finite, S, torch.zeros_like(S))),
+                        torch.zeros_like(A)) if lam != 0.0 else torch.zeros_like(A)
+        b = torch.exp(M)
+        r = U @ a  # lam * sum_k A_k exp(l_jk - S_k)
+        s = r - gC
+        grad = torch.addr(a, s, b, alpha=-1.0).mul_(U)  # U * (a - s b)
+        if soft:
+            grad.sub_(g.unsqueeze(1) * tw)
+        else:
+            hard = gw if eps == 0.0 else (1.0 - eps) * gw
+            grad.scatter_add_(1, y.unsqueeze(1), -hard.unsqueeze(1))
+            if eps != 0.0:
+                grad.addr_(g, ws, alpha=-eps / K)
+
+        grad_target = None
+        if saved_l is not None and ctx.needs_input_grad[1]:
+            S_fin = torch.where(finite, S, torch.zeros_like(S))
+            per_class = (lam * S_fin).unsqueeze(0) - saved_l
+            if w is not None:
+                per_class = per_class * w
+            grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
+        return grad, grad_target, None, None, None, None, None, None, None
+
+
+def _check_probability(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
+    return float(value)
+
+
+def gen_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    generative_weight: float = 1.0,
+    distributed: bool = False,
+    process_group: Optional["dist.ProcessGroup"] = None,
+) -> Tensor:
+    r"""Generative cross-entropy, with the arguments and shapes of ``F.cross_entropy``.
+
+    For the batch's log-probabilities ``l = log_softmax(input)`` and ``S[k] = logsumexp_j l[j, k]``
+    over the counted samples j of the batch::
+
+        L_i = w[y_i] * (lam * S[y_i] - l[i, y_i])                 (class-index targets)
+        L_i = sum_k w[k] * t[i, k] * (lam * S[k] - l[i, k])      (probability targets t)
+
+    where lam = ``generative_weight``. lam = 1 is GenCE, ``-log(q(y_i|x_i) / sum_j q(y_i|x_j))``, which
+    is >= 0 and 0 for a batch of one; lam = 0 is exactly cross-entropy; in between it is
+    ``(1 - lam) * CE + lam * GenCE`` up to a constant, strictly proper without any condition.
+
+    The class marginal is estimated from the batch, so the loss depends on the whole batch: tiny batches
+    give noisy estimates, gradient-accumulation micro-batches are separate batches, and under
+    DistributedDataParallel ``distributed=True`` makes the batch the global one.
+
+    Args:
+        input: logits of shape (N, C), (C,) or (N, C, d1, ..., dk); every position of a k-dimensional
+            input is a sample of one big batch. Computed in float32 (or float64) whatever its dtype.
+        target: class indices of shape (N,), () or (N, d1, ..., dk), dtype int64, in [0, C) or equal
+            to ``ignore_index``; or class probabilities of the input's shape (floating dtype).
+        weight: optional (C,) class weights; weight the per-sample terms exactly as cross-entropy does
+            (not the batch sums S).
+        ignore_index: class-index targets equal to it take no part anywhere: neither as terms nor
+            inside S. Probability targets accept only the default, as in PyTorch.
+        reduction: ``'none'`` (the target's shape), ``'sum'``, or ``'mean'``: the sum divided by the sum
+            of the weights of the counted samples (class-index targets) or by the number of samples
+            (probability targets), as cross-entropy. A batch whose targets are all ignored gives NaN
+            for ``'mean'`` and 0 for ``'sum'``, as cross-entropy does.
+        label_smoothing: eps in [0, 1]: targets become ``(1 - eps) * onehot + eps / C``, applied to
+            both terms.
+        generative_weight: lam in [0, 1]; 1.0 = GenCE (default), 0.0 = cross-entropy.
+        distributed: take S over the global batch of ``process_group`` (only K-vectors cross
+            processes). With ``'mean'`` each rank returns ``world_size * local_sum / global_denominator``
+            so that DistributedDataParallel's gradient averaging gives exactly the gradient of the
+            global mean; the average of the returned values over ranks is the global mean loss. Without
+            an initialised process group, or with world size 1, it is the local loss.
+        process_group: the group for ``distributed`` (default: the world).
+
+    Returns:
+        The loss: a scalar, or per-sample values of the target's shape for ``reduction='none'``,
+        in float32 (float64 for float64 input).
+
+    Gradients: first order only (``once_differentiable``); gradients flow to ``input`` and, for
+    probability targets that require grad, to ``target``.
+    """
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise ValueError(f"input must be a floating-point tensor of logits; got "
+                         f"{type(input).__name__ if not isinstance(input, Tensor) else input.dtype}")
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a tensor; got {type(target).__name__}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+    eps = _check_probability("label_smoothing", label_smoothing)
+    lam = _check_probability("generative_weight", generative_weight)
+    if input.dim() == 0:
+        raise ValueError("input must have shape (C,), (N, C) or (N, C, d1, ...); got a 0-d tensor")
+
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    C = x.shape[1]
+    soft = target.is_floating_point()
+    if soft:
+        t = target.unsqueeze(0) if unbatched else target
+        if t.shape != x.shape:
+            raise ValueError(f"probability target must have the input's shape {tuple(input.shape)}; "
+                             f"got {tuple(target.shape)}")
+        if ignore_index != -100:
+            raise ValueError(f"ignore_index={ignore_index} is not supported with probability targets "
+                             f"(as in F.cross_entropy); expected the default -100")
+    else:
+        if target.dtype != torch.int64:
+            raise ValueError(f"class-index target must have dtype torch.int64 (long); got {target.dtype}")
+        t = target.unsqueeze(0) if unbatched else target
+        expected = (x.shape[0],) + tuple(x.shape[2:])
+        if tuple(t.shape) != expected:
+            raise ValueError(f"target shape {tuple(target.shape)} does not match input shape "
+                             f"{tuple(input.shape)}: expected {expected if not unbatched else ()}")
     if weight is not None:
-        per = per * weight[target.clamp_min(0)] * mask
-    if reduction == "none":
-        return per
-    if reduction == "sum":
-        return per.sum()
-    den = (weight[target.clamp_min(0)] * mask).sum() if weight is not None else mask.sum()
-    return per.sum() / den
+        if not isinstance(weight, Tensor) or weight.dim() != 1 or weight.shape[0] != C \
+                or not weight.is_floating_point():
+            got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            raise ValueError(f"weight must be a floating-point tensor of shape ({C},) (one per class); "
+                             f"got {got}")
+
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    # (N, C, d1, ...) -> (N * d1 * ..., C): every position is a sample of one big batch.
+    z = x.movedim(1, -1).reshape(-1, C) if x.dim() > 2 else x
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = z.to(dtype)
+        w = None if weight is None else weight.to(device=z.device, dtype=dtype)
+        mask = None
+        if soft:
+            tt = (t.movedim(1, -1).reshape(-1, C) if t.dim() > 2 else t).to(dtype)
+        else:
+            tt = t.reshape(-1)
+            valid = tt != ignore_index
+            bad = valid & ((tt < 0) | (tt >= C))
+            any_bad, any_ignored = torch.stack([bad.any(), ~valid.all()]).tolist()
+            if any_bad:
+                value = tt[bad][0].item()
+                raise ValueError(f"target contains class {value}, outside [0, {C}) and not "
+                                 f"ignore_index={ignore_index}")
+            if any_ignored:
+                mask = valid
+                tt = torch.where(valid, tt, torch.zeros_like(tt))
+        world_size = _world_size(distributed, process_group)
+        L = _GenCEFunction.apply(z, tt, w, mask, soft, eps, lam, process_group, world_size)
+
+        if reduction == "none":
+            L = L.reshape((x.shape[0],) + tuple(x.shape[2:]))
+            return L.squeeze(0) if unbatched else L
+        total = L.sum()
+        if reduction == "sum":
+            return total
+        if soft:
+            denominator = torch.tensor(float(L.numel()), dtype=dtype, device=z.device)
+        elif w is None:
+            denominator = (mask.sum() if mask is not None else
+                           torch.tensor(L.numel(), device=z.device)).to(dtype)
+        else:
+            w_y = w[tt]
+            denominator = (w_y if mask is None else torch.where(mask, w_y, torch.zeros_like(w_y))).sum()
+        if world_size > 1:
+            denominator = denominator.detach().clone()
+            dist.all_reduce(denominator, group=process_group)
+            return total * (world_size / denominator)
+        return total / denominator
 
 
 class GenCELoss(nn.Module):
-    def __init__(self, **kwargs):
-        super().__init__()
-        self.kwargs = kwargs
+    r"""Module form of :func:`gen_cross_entropy`; a drop-in for ``nn.CrossEntropyLoss``.
 
-    def forward(self, input, target):
-        return gen_cross_entropy(input, target, **self.kwargs)
+    ``L_i = w[y_i] * (lam * logsumexp_j log q(y_i|x_j) - log q(y_i|x_i))`` over the batch, lam =
+    ``generative_weight`` (1 = GenCE, 0 = cross-entropy). See :func:`gen_cross_entropy` for every
+    argument; ``weight`` is registered as a buffer so it follows ``.to(device)``.
+    """
+
+    def __init__(
+        self,
+        weight: Optional[Tensor] = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        generative_weight: float = 1.0,
+        distributed: bool = False,
+        process_group: Optional["dist.ProcessGroup"] = None,
+    ) -> None:
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = _check_probability("label_smoothing", label_smoothing)
+        self.generative_weight = _check_probability("generative_weight", generative_weight)
+        self.distributed = distributed
+        self.process_group = process_group
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return gen_cross_entropy(
+            input, target, weight=self.weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, label_smoothing=self.label_smoothing,
+            generative_weight=self.generative_weight, distributed=self.distributed,
+            process_group=self.process_group,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"generative_weight={self.generative_weight}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, "
+                f"distributed={self.distributed}")

@@ -1,0 +1,118 @@
+"""Speed of GenCE against F.cross_entropy, as ratios measured in one process.
+
+    python benchmarks/loss_speed.py [--repeats 30] [--device cpu|cuda|all]
+
+For each setting the candidates run interleaved (A, B, C, A, B, C, ...) and the median time of each is
+divided by the median time of F.cross_entropy measured in the same rounds, so machine load shifts all of
+them alike. Reported:
+
+* loss only, forward + backward, at (batch, classes) = (4096, 1000) and (1024, 100): GenCE (the hand-
+  written backward), and for reference the plain autograd composition of log_softmax and logsumexp;
+* one training step (forward, backward, SGD step) of the small CNN at batch 128 on 3x32x32 inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gence import gen_cross_entropy
+from gence.models import build as build_model
+
+
+def composed_gence(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """GenCE by autograd composition, the obvious way: the reference the custom backward must beat."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    S = torch.logsumexp(logp, dim=0)
+    return (S[target] - logp.gather(1, target[:, None]).squeeze(1)).mean()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device,
+                        warmup: int = 3) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def loss_only(n: int, k: int, device: torch.device, repeats: int) -> dict[str, float]:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = torch.randn(n, k, generator=gen).mul_(3).to(device).requires_grad_()
+    target = torch.randint(0, k, (n,), generator=gen).to(device)
+
+    def step(loss_fn):
+        def run():
+            logits.grad = None
+            loss_fn(logits, target).backward()
+        return run
+
+    return interleaved_medians({
+        "cross_entropy": step(F.cross_entropy),
+        "gence": step(gen_cross_entropy),
+        "gence_composed": step(composed_gence),
+    }, repeats, device)
+
+
+def train_step(device: torch.device, repeats: int, batch: int = 128) -> dict[str, float]:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", in_channels=3, num_classes=10, image_size=32).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(loss_fn):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+        return run
+
+    return interleaved_medians({"cross_entropy": step(F.cross_entropy),
+                                "gence": step(gen_cross_entropy)}, repeats, device)
+
+
+def report(title: str, medians: dict[str, float]) -> None:
+    base = medians["cross_entropy"]
+    parts = ", ".join(f"{name} {medians[name] / base:.2f}x" for name in medians if name != "cross_entropy")
+    print(f"{title:<44} cross_entropy {base * 1e3:8.3f} ms | {parts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    args = parser.parse_args()
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
+          f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
+    print("ratios are median time / median time of F.cross_entropy in the same interleaved rounds")
+    for device in devices:
+        for n, k in [(4096, 1000), (1024, 100)]:
+            report(f"[{device.type}] loss fwd+bwd n={n} K={k}", loss_only(n, k, device, args.repeats))
+        report(f"[{device.type}] small_cnn train step, batch 128", train_step(device, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
