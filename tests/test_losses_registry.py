@@ -329,6 +329,8 @@ def test_low_precision_logits_are_computed_in_float32(name):
     (lambda: L.build("balanced_softmax", num_classes=3, class_counts=[5, 0, 1]), r"class_counts\[1\]=0 is not valid; every class needs a positive count"),
     (lambda: L.build("ce", num_classes=3, class_counts=COUNTS, class_balanced_beta=1.0), r"class_balanced_beta=1.0 is out of range"),
     (lambda: L.build("gence", num_classes=3, class_counts=COUNTS, class_balanced_beta=0.9, weight=[1, 1, 1]), r"weight and class_balanced_beta both set class weights"),
+    (lambda: L.build("gence", num_classes=3, generative_weight=2.0), r"generative_weight"),
+    (lambda: L.build("gence", num_classes=3, weight=[1, 1]), r"weight has shape \(2,\); expected \(3,\)"),
     (lambda: L.build("ce", num_classes=4)(Z, Y), r"logits have 3 classes in dimension 1 but the loss was built with num_classes=4"),
     (lambda: L.build("ce", num_classes=3)(Z, Y[:2]), r"target has shape \(2,\); expected class indices of shape \(5,\)"),
     (lambda: L.build("ce", num_classes=3)(Z, Y.double()), r"target has dtype torch.float64; expected integer class indices"),

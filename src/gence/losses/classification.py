@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ClassificationLoss, check_reduction
-from .gence import gen_cross_entropy
+from .gence import GenCELoss, gen_cross_entropy
 
 
 def target_log_prob(log_probs: Tensor, target: Tensor) -> Tensor:
@@ -208,6 +208,8 @@ class GenCE(ClassificationLoss):
 
     def __init__(self, num_classes, reduction="mean", class_weight=None, **gence_kwargs):
         super().__init__(num_classes, reduction, class_weight)
+        # GenCELoss checks its arguments when built: fail at build time, not at the first batch.
+        GenCELoss(weight=self.class_weight, reduction=reduction, **gence_kwargs)
         self.gence_kwargs = gence_kwargs
 
     def forward(self, logits: Tensor, target: Tensor, reduction: str | None = None) -> Tensor:
