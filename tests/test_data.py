@@ -201,6 +201,7 @@ def test_png_tree_lossless_and_in_cifar_class_order(tmp_path):
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
 def test_image_tree_as_tar_gz(tmp_path, fmt):
     written = write_image_tree(tmp_path / "tree" / "cifar10", np.random.default_rng(7), fmt)
+    (tmp_path / "tree" / "cifar10" / "README.md").write_text("not an image: the reader skips it")
     archive = tmp_path / "cifar10-jpeg.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "tree" / "cifar10", arcname="cifar10")  # with a top-level prefix folder

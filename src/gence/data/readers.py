@@ -121,7 +121,7 @@ def _decode_one(data: bytes, mode: str) -> np.ndarray:
     from PIL import Image  # optional dependency: pip install gence[bench] (pillow)
 
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert(mode))
+        return np.asarray(im if im.mode == mode else im.convert(mode))
 
 
 def decode_images(blobs: Sequence[bytes], mode: str = "RGB", workers: int | None = None) -> np.ndarray:
