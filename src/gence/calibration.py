@@ -32,8 +32,9 @@ def fit_temperature(logits, labels) -> float:
     """The temperature T > 0 minimising the mean NLL of softmax(logits / T) on a held-out split.
 
     Minimises over log T in [-5, 5] in float64 with bounded Brent search (NLL is unimodal in log T).
-    Guards: returns 1.0 when no temperature beats T = 1 (e.g. all logits equal), and warns when the
-    optimum sits on a bound (e.g. perfectly separated data drives T towards 0).
+    Guards: returns 1.0 when no temperature beats T = 1 (e.g. all logits equal); returns the bound, with a
+    RuntimeWarning, when the optimum is on it (perfectly separated data drive T towards 0, logits
+    unrelated to the labels drive it towards infinity). Always a finite Python float.
     """
     z = check_matrix(logits, "logits")
     if not np.isfinite(z).all():
@@ -48,10 +49,16 @@ def fit_temperature(logits, labels) -> float:
         return value if math.isfinite(value) else math.inf
 
     result = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
-    log_t = float(result.x)
-    if not math.isfinite(log_t) or not math.isfinite(result.fun) or result.fun >= nll(0.0):
+    log_t, best = float(result.x), float(result.fun)
+    if not math.isfinite(log_t) or not math.isfinite(best) or best >= nll(0.0):
         return 1.0
     lo, hi = LOG_T_BOUNDS
+    # Separated data make the NLL fall to a float plateau (exactly 0) as T -> 0, where Brent may stop
+    # anywhere: a bound that does at least as well is the answer.
+    for bound in LOG_T_BOUNDS:
+        value = nll(bound)
+        if value <= best:
+            log_t, best = bound, value
     if min(log_t - lo, hi - log_t) < 1e-3:
         why = ("the split may be perfectly separated" if log_t - lo < 1e-3
                else "the logits may carry no information about the labels")
