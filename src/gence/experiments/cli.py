@@ -1,0 +1,126 @@
+"""``gence bench`` (run a grid into a results database, then report) and ``gence merge``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_DB = "runs/gence.sqlite"
+DEFAULT_REPORT_DIR = "report"
+
+
+def register(subparsers) -> None:
+    bench = subparsers.add_parser(
+        "bench", help="run an experiment grid (default: the built-in digits demo) and write its report",
+        description="Expand a TOML grid, run every run not yet in the database (resumable; safe to kill "
+                    "and restart), print the summary table and write the report. Without CONFIG it runs "
+                    "the built-in demo grid (the same as configs/demo.toml).")
+    bench.add_argument("config", nargs="?", help="grid TOML file (default: built-in demo grid)")
+    bench.add_argument("--db", default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
+    bench.add_argument("-o", "--out", default=DEFAULT_REPORT_DIR,
+                       help=f"report directory (default: {DEFAULT_REPORT_DIR})")
+    bench.add_argument("--workers", type=int, default=1, help="parallel worker processes (default: 1)")
+    bench.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts (1-based)")
+    bench.add_argument("--retry-failed", action="store_true", help="run again the runs stored as failed")
+    bench.add_argument("--data-dir", help="dataset directory for every run (does not change run keys)")
+    bench.add_argument("--device", help="device for every run, e.g. cpu or cuda (does not change run keys)")
+    bench.add_argument("--no-report", action="store_true", help="only run; do not write the report")
+    bench.add_argument("--list", action="store_true", help="validate the grid, list its runs and their "
+                                                           "status, and exit")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.add_argument("--run-fn", metavar="MODULE:FUNCTION",
+                       help="run function instead of gence.train.fit: called as f(config: dict) and "
+                            "returns (metrics: dict, extras); for your own training code")
+    bench.add_argument("--select-by", default=None,
+                       help="validation metric that picks each loss's best setting when a grid sweeps "
+                            "hyperparameters (default: the report's, val/error)")
+    bench.set_defaults(func=bench_main)
+
+    merge = subparsers.add_parser(
+        "merge", help="combine results databases (e.g. from shards) without duplicates",
+        description="Copy every finished or failed run of the INPUT databases into OUTPUT (created if "
+                    "needed). A run present in several keeps one row: done beats failed, and the first "
+                    "done row is kept.")
+    merge.add_argument("output", help="database to merge into")
+    merge.add_argument("inputs", nargs="+", help="databases to merge from")
+    merge.set_defaults(func=merge_main)
+
+
+def _load(args):
+    from gence.experiments.grid import load_demo_grid, load_grid
+
+    return load_demo_grid() if args.config is None else load_grid(args.config)
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    from gence.experiments.db import ResultsDB
+    from gence.experiments.grid import GridError, parse_shard, shard
+    from gence.experiments.runner import describe, run_grid
+
+    try:
+        grid = _load(args)
+        shard_spec = parse_shard(args.shard) if args.shard else None
+    except (GridError, ValueError) as exc:
+        print(f"gence bench: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print(f"gence bench: --workers {args.workers}: expected >= 1", file=sys.stderr)
+        return 2
+    runs = shard(grid.runs, *shard_spec) if shard_spec else grid.runs
+    if args.list:
+        status = {}
+        if Path(args.db).exists():
+            with ResultsDB(args.db) as db:
+                status = db.statuses()
+        for spec in runs:
+            print(f"{status.get(spec.key, 'todo'):8s} {spec.key[:12]} {describe(spec)}")
+        print(f"{len(runs)} run(s)" + (f" (shard {args.shard} of {len(grid.runs)})" if shard_spec else ""))
+        return 0
+    runtime = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
+    where = grid.path or "built-in demo grid"
+    print(f"gence bench: {len(runs)} run(s) from {where}"
+          + (f", shard {args.shard}" if shard_spec else "") + f" -> {args.db}", file=sys.stderr)
+    try:
+        summary = run_grid(runs, args.db, workers=args.workers, retry_failed=args.retry_failed,
+                           progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
+                           grid_text=(grid.name, grid.path, grid.text))
+    except KeyboardInterrupt:
+        print("gence bench: interrupted; finished runs are stored, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(f"gence bench: {summary.line()}", file=sys.stderr)
+    if shard_spec or args.no_report:
+        if shard_spec:
+            print("gence bench: shard done; `gence merge` the shard databases, then `gence report`",
+                  file=sys.stderr)
+        return 1 if summary.failed else 0
+    from gence.report import write_report
+
+    kwargs = {"select_by": args.select_by} if args.select_by else {}
+    report = write_report(args.db, args.out, **kwargs)
+    print(report.summary)
+    print(f"gence bench: report written to {report.markdown_path}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def merge_main(args: argparse.Namespace) -> int:
+    from gence.experiments.db import ResultsDB
+
+    missing = [p for p in args.inputs if not Path(p).exists()]
+    if missing:
+        print(f"gence merge: input database(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    with ResultsDB(args.output) as db:
+        for path in args.inputs:
+            try:
+                stats = db.merge_from(path)
+            except ValueError as exc:
+                print(f"gence merge: {exc}", file=sys.stderr)
+                return 2
+            print(f"{path}: " + ", ".join(f"{v} {k}" for k, v in stats.items()))
+            if stats["conflicts"]:
+                print(f"gence merge: warning: {stats['conflicts']} run(s) in {path} were already stored "
+                      f"with different metrics; the first stored row was kept", file=sys.stderr)
+        counts = db.counts()
+    print(f"{args.output}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0

@@ -1,0 +1,503 @@
+"""Experiment grids in TOML: expand to a list of fully resolved run configs, validated before any run.
+
+A grid file holds one or more blocks (``[grid]``, or ``[[grid]]`` repeated); each block is the product
+datasets x regimes x models x losses x seeds x sweep values, and the file's runs are the union of its
+blocks without duplicates (same resolved config = same run). Example::
+
+    [train]                      # shared TrainConfig fields for every run
+    epochs = 30
+    lr = 0.05
+    ood = ["noise"]
+
+    [grid]
+    name = "main"
+    datasets = ["digits"]        # or {name = "cifar10", params = {...}, ood = [...], data_dir = "..."}
+    regimes = ["balanced:10", "balanced:30"]
+    models = ["small_cnn"]       # or {name = "resnet", params = {depth = 8}}
+    seeds = [0, 1, 2]
+    sweep = { lr = [0.01, 0.05] }            # optional: extra axes over TrainConfig fields
+    losses = ["ce", { name = "gence", params = { generative_weight = 0.5 }, seeds = [0, 1, 2, 3, 4] }]
+
+    [[override]]                 # optional: settings for the runs that match (later entries win)
+    match = { regime = "balanced:10" }
+    epochs = 60
+
+Precedence for a run's settings: TrainConfig defaults < ``[train]`` < block ``train`` < loss entry
+``train`` < matching ``[[override]]`` entries in file order < sweep values.
+
+A loss entry is a name or a table with ``name``, ``params`` (constructor arguments), ``label`` (display
+name; default: the name, with its params when there are any, e.g. ``focal(gamma=3)``), ``seeds`` (replaces
+the block's seeds), ``train`` (TrainConfig fields) and ``sweep`` (replaces the block's sweep).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from gence.experiments.db import canonical_json, run_key
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class GridError(ValueError):
+    """A grid file that cannot run; the message names the key, the value and what was expected."""
+
+
+# Fields a grid sets through its axes; [train] may not set them.
+AXIS_FIELDS = ("dataset", "dataset_params", "regime", "model", "model_params", "loss", "loss_params", "seed")
+
+TOP_KEYS = {"train": "shared TrainConfig settings", "grid": "one block or an array of blocks",
+            "override": "array of conditional settings", "description": "free text"}
+BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train")
+LOSS_KEYS = ("name", "params", "label", "seeds", "train", "sweep")
+DATASET_KEYS = ("name", "params", "ood", "data_dir", "classes")
+MODEL_KEYS = ("name", "params")
+MATCH_KEYS = ("dataset", "regime", "model", "loss", "label", "seed", "grid")
+
+# Value checks that hold whatever the training loop accepts (the loop's own checks run too, see Registry).
+_POSITIVE = {"lr", "epochs", "batch_size", "eval_batch_size", "n_bins"}
+_NON_NEGATIVE = {"weight_decay", "warmup_epochs", "n_val_per_class", "seed"}
+_INTEGER = {"epochs", "batch_size", "eval_batch_size", "n_bins", "n_val_per_class", "seed"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run: its resolved TrainConfig as a dict, its key, and where it came from."""
+
+    key: str
+    config: dict
+    label: str
+    grid: str
+
+
+@dataclasses.dataclass
+class Grid:
+    name: str
+    path: str | None
+    text: str
+    runs: list[RunSpec]
+
+
+def _choices(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+class Registry:
+    """What a grid is validated against: the names the library knows and the training config.
+
+    The default looks at ``gence.losses``, ``gence.models``, ``gence.data`` and ``gence.train``; tests
+    or users with their own run function can pass another one to :func:`load_grid`."""
+
+    def datasets(self) -> list[str]:
+        from gence import data
+
+        return list(data.available())
+
+    def models(self) -> list[str]:
+        from gence import models
+
+        return list(models.available())
+
+    def losses(self) -> list[str]:
+        from gence import losses
+
+        return list(losses.available())
+
+    def ood_sets(self) -> list[str] | None:
+        """Names accepted in ``ood``, or None when the data package does not list them."""
+        from gence import data
+
+        fn = getattr(data, "ood_names", None)
+        return list(fn()) if callable(fn) else None
+
+    def check_regime(self, regime: str) -> None:
+        from gence import data
+
+        data.parse_regime(regime)
+
+    def check_loss(self, name: str, params: dict) -> None:
+        from gence import losses
+
+        losses.build(name, num_classes=10, class_counts=[100 - 9 * i for i in range(10)], **params)
+
+    def check_model(self, name: str, params: dict) -> None:
+        """Only unknown keyword arguments are errors here: shape checks depend on the dataset."""
+        from gence import models
+
+        try:
+            models.build(name, in_channels=1, num_classes=10, image_size=28, **params)
+        except TypeError:
+            raise
+        except Exception:
+            pass
+
+    def train_fields(self) -> dict[str, Any] | None:
+        """TrainConfig field names with their defaults, or None when the training package is absent."""
+        try:
+            from gence.train import TrainConfig
+        except ImportError:
+            return None
+        out = {}
+        for f in dataclasses.fields(TrainConfig):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                out[f.name] = f.default_factory()  # type: ignore[misc]
+            else:
+                out[f.name] = dataclasses.MISSING
+        return out
+
+    def resolve(self, config: dict) -> dict:
+        """The fully resolved config (defaults filled in, the loop's own validation run)."""
+        from gence.train import TrainConfig
+
+        return TrainConfig.from_dict(config).to_dict()
+
+
+def _as_list(value: Any, where: str, *, allow_scalar: bool = True) -> list:
+    if isinstance(value, list):
+        if not value:
+            raise GridError(f"{where}: empty list; give at least one value")
+        return value
+    if allow_scalar:
+        return [value]
+    raise GridError(f"{where} = {value!r}: expected a list")
+
+
+def _check_keys(table: Any, allowed: Iterable[str], where: str) -> None:
+    if not isinstance(table, dict):
+        raise GridError(f"{where} = {table!r}: expected a table")
+    allowed = list(allowed)
+    for key in table:
+        if key not in allowed:
+            raise GridError(f"{where}: unknown key {key!r}; valid keys: {', '.join(allowed)}")
+
+
+def _check_name(value: Any, valid: list[str], where: str) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise GridError(f"{where} = {value!r}: unknown name; valid choices: {_choices(valid)}")
+    return value
+
+
+def _format_param(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def default_label(name: str, params: dict) -> str:
+    if not params:
+        return name
+    return f"{name}(" + ",".join(f"{k}={_format_param(v)}" for k, v in sorted(params.items())) + ")"
+
+
+class _Loader:
+    def __init__(self, registry: Registry, base_dir: Path | None):
+        self.registry = registry
+        self.base_dir = base_dir
+        self.fields = registry.train_fields()
+        self._checked_losses: set[str] = set()
+        self._checked_models: set[str] = set()
+        self._regimes: set[str] = set()
+
+    # ---------------------------------------------------------------------------------- train settings
+    def check_train(self, table: Any, where: str, *, allow_axis: bool = False) -> dict:
+        if not isinstance(table, dict):
+            raise GridError(f"{where} = {table!r}: expected a table of TrainConfig fields")
+        out = {}
+        for key, value in table.items():
+            if self.fields is not None and key not in self.fields:
+                raise GridError(f"{where}: unknown key {key!r}; valid TrainConfig fields: {_choices(self.fields)}")
+            if key in AXIS_FIELDS and not allow_axis:
+                raise GridError(f"{where}: {key!r} is set by the grid's axes (datasets, regimes, models, "
+                                f"losses, seeds), not in a train table")
+            out[key] = self.check_value(key, value, f"{where}.{key}")
+        return out
+
+    def check_value(self, key: str, value: Any, where: str) -> Any:
+        default = self.fields.get(key, dataclasses.MISSING) if self.fields else dataclasses.MISSING
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise GridError(f"{where} = {value!r}: expected true or false")
+        if isinstance(default, float) and not isinstance(default, bool) and isinstance(value, int) \
+                and not isinstance(value, bool):
+            value = float(value)  # lr = 1 and lr = 1.0 are one run, so one key
+        if key in _INTEGER and (not isinstance(value, int) or isinstance(value, bool)):
+            raise GridError(f"{where} = {value!r}: expected an integer")
+        if key in _POSITIVE or key in _NON_NEGATIVE or key == "momentum":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+                raise GridError(f"{where} = {value!r}: expected a number")
+            if key in _POSITIVE and not value > 0:
+                raise GridError(f"{where} = {value!r}: must be > 0")
+            if key in _NON_NEGATIVE and value < 0:
+                raise GridError(f"{where} = {value!r}: must be >= 0")
+            if key == "momentum" and not 0 <= value < 1:
+                raise GridError(f"{where} = {value!r}: must be in [0, 1)")
+        if key == "ood":
+            value = _as_list(value, where) if value != [] else []
+            valid = self.registry.ood_sets()
+            for i, name in enumerate(value):
+                if not isinstance(name, str):
+                    raise GridError(f"{where}[{i}] = {name!r}: expected a string")
+                if valid is not None and name not in valid:
+                    raise GridError(f"{where}[{i}] = {name!r}: unknown OOD set; valid choices: {_choices(valid)}")
+        if key == "data_dir" and value is not None:
+            path = Path(value).expanduser()
+            if not path.is_absolute() and self.base_dir is not None:
+                path = self.base_dir / path  # relative to the grid file, like any config that names files
+            value = str(path)
+        return value
+
+    # ---------------------------------------------------------------------------------------- axes
+    def datasets(self, value: Any, where: str) -> list[dict]:
+        valid = self.registry.datasets()
+        out = []
+        for i, entry in enumerate(_as_list(value, where)):
+            w = f"{where}[{i}]"
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            _check_keys(entry, DATASET_KEYS, w)
+            if "name" not in entry:
+                raise GridError(f"{w}: missing 'name'; valid choices: {_choices(valid)}")
+            _check_name(entry["name"], valid, f"{w}.name")
+            settings = {"dataset": entry["name"], "dataset_params": entry.get("params", {})}
+            if not isinstance(settings["dataset_params"], dict):
+                raise GridError(f"{w}.params = {settings['dataset_params']!r}: expected a table")
+            for key in ("ood", "data_dir", "classes"):
+                if key in entry:
+                    settings[key] = self.check_value(key, entry[key], f"{w}.{key}")
+            out.append(settings)
+        return out
+
+    def models(self, value: Any, where: str) -> list[dict]:
+        valid = self.registry.models()
+        out = []
+        for i, entry in enumerate(_as_list(value, where)):
+            w = f"{where}[{i}]"
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            _check_keys(entry, MODEL_KEYS, w)
+            if "name" not in entry:
+                raise GridError(f"{w}: missing 'name'; valid choices: {_choices(valid)}")
+            name = _check_name(entry["name"], valid, f"{w}.name")
+            params = entry.get("params", {})
+            if not isinstance(params, dict):
+                raise GridError(f"{w}.params = {params!r}: expected a table")
+            tag = canonical_json([name, params])
+            if tag not in self._checked_models:
+                try:
+                    self.registry.check_model(name, dict(params))
+                except TypeError as exc:
+                    raise GridError(f"{w}.params = {params!r}: not accepted by model {name!r}: {exc}") from None
+                self._checked_models.add(tag)
+            out.append({"model": name, "model_params": params})
+        return out
+
+    def regimes(self, value: Any, where: str) -> list[str]:
+        out = []
+        for i, regime in enumerate(_as_list(value, where)):
+            w = f"{where}[{i}]"
+            if not isinstance(regime, str):
+                raise GridError(f"{w} = {regime!r}: expected a string such as 'balanced:30' or "
+                                f"'long_tailed:100:500'")
+            if regime not in self._regimes:
+                try:
+                    self.registry.check_regime(regime)
+                except Exception as exc:
+                    raise GridError(f"{w} = {regime!r}: invalid regime ({exc}); expected e.g. 'balanced:30' "
+                                    f"or 'long_tailed:100:500'") from None
+                self._regimes.add(regime)
+            out.append(regime)
+        return out
+
+    def seeds(self, value: Any, where: str) -> list[int]:
+        seeds = _as_list(value, where)
+        for i, seed in enumerate(seeds):
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise GridError(f"{where}[{i}] = {seed!r}: expected an integer >= 0")
+        if len(set(seeds)) != len(seeds):
+            raise GridError(f"{where} = {seeds!r}: repeated seeds")
+        return seeds
+
+    def sweep(self, value: Any, where: str) -> list[dict]:
+        """The product of the sweep's value lists, as a list of settings."""
+        if value is None:
+            return [{}]
+        if not isinstance(value, dict):
+            raise GridError(f"{where} = {value!r}: expected a table of TrainConfig field = [values]")
+        axes = []
+        for key, values in value.items():
+            w = f"{where}.{key}"
+            if self.fields is not None and key not in self.fields:
+                raise GridError(f"{where}: unknown key {key!r}; valid TrainConfig fields: {_choices(self.fields)}")
+            if key in AXIS_FIELDS:
+                raise GridError(f"{where}: {key!r} is a grid axis already; list its values in the block")
+            values = [self.check_value(key, v, f"{w}[{i}]") for i, v in enumerate(_as_list(value[key], w,
+                                                                                        allow_scalar=False))]
+            axes.append([(key, v) for v in values])
+        return [dict(combo) for combo in itertools.product(*axes)]
+
+    def losses(self, value: Any, where: str) -> list[dict]:
+        valid = self.registry.losses()
+        out = []
+        for i, entry in enumerate(_as_list(value, where)):
+            w = f"{where}[{i}]"
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            _check_keys(entry, LOSS_KEYS, w)
+            if "name" not in entry:
+                raise GridError(f"{w}: missing 'name'; valid choices: {_choices(valid)}")
+            name = _check_name(entry["name"], valid, f"{w}.name")
+            params = entry.get("params", {})
+            if not isinstance(params, dict):
+                raise GridError(f"{w}.params = {params!r}: expected a table")
+            tag = canonical_json([name, params])
+            if tag not in self._checked_losses:
+                try:
+                    self.registry.check_loss(name, dict(params))
+                except (TypeError, ValueError) as exc:
+                    raise GridError(f"{w}.params = {params!r}: not accepted by loss {name!r}: {exc}") from None
+                self._checked_losses.add(tag)
+            label = entry.get("label", default_label(name, params))
+            if not isinstance(label, str) or not label:
+                raise GridError(f"{w}.label = {label!r}: expected a non-empty string")
+            out.append({
+                "name": name, "params": params, "label": label,
+                "seeds": self.seeds(entry["seeds"], f"{w}.seeds") if "seeds" in entry else None,
+                "train": self.check_train(entry.get("train", {}), f"{w}.train"),
+                "sweep": self.sweep(entry["sweep"], f"{w}.sweep") if "sweep" in entry else None,
+            })
+        labels = [e["label"] for e in out]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise GridError(f"{where}: two entries have the label {label!r}; give them distinct 'label's")
+        return out
+
+    def overrides(self, value: Any) -> list[tuple[dict, dict]]:
+        if value is None:
+            return []
+        out = []
+        for i, entry in enumerate(_as_list(value, "override", allow_scalar=False)):
+            w = f"override[{i}]"
+            if not isinstance(entry, dict):
+                raise GridError(f"{w} = {entry!r}: expected a table")
+            match = entry.get("match")
+            if not isinstance(match, dict) or not match:
+                raise GridError(f"{w}.match = {match!r}: expected a table such as "
+                                f"{{ regime = 'balanced:10' }}; keys: {', '.join(MATCH_KEYS)}")
+            _check_keys(match, MATCH_KEYS, f"{w}.match")
+            match = {k: _as_list(v, f"{w}.match.{k}") for k, v in match.items()}
+            settings = self.check_train({k: v for k, v in entry.items() if k != "match"}, w)
+            out.append((match, settings))
+        return out
+
+
+def _matches(match: dict, run: dict) -> bool:
+    return all(run.get(k) in values for k, values in match.items())
+
+
+def parse_grid(text: str, *, path: str | None = None, registry: Registry | None = None,
+               name: str | None = None) -> Grid:
+    """Expand and validate grid TOML text; raises :class:`GridError` before anything runs."""
+    where = path or "<grid>"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise GridError(f"{where}: invalid TOML: {exc}") from None
+    registry = registry or Registry()
+    loader = _Loader(registry, Path(path).resolve().parent if path else None)
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise GridError(f"{where}: unknown top-level key {key!r}; valid keys: {', '.join(TOP_KEYS)}")
+    base = loader.check_train(doc.get("train", {}), "train")
+    blocks = doc.get("grid")
+    if blocks is None:
+        raise GridError(f"{where}: no [grid] block; a grid needs at least datasets, regimes, models, losses "
+                        f"and seeds")
+    blocks = blocks if isinstance(blocks, list) else [blocks]
+    overrides = loader.overrides(doc.get("override"))
+    grid_name = name or (Path(path).stem if path else "grid")
+
+    runs: dict[str, RunSpec] = {}
+    for b, block in enumerate(blocks):
+        w = "grid" if len(blocks) == 1 else f"grid[{b}]"
+        _check_keys(block, BLOCK_KEYS, w)
+        for required in ("datasets", "regimes", "models", "losses", "seeds"):
+            if required not in block:
+                raise GridError(f"{w}: missing {required!r}")
+        block_name = block.get("name", grid_name if len(blocks) == 1 else f"{grid_name}[{b}]")
+        datasets = loader.datasets(block["datasets"], f"{w}.datasets")
+        regimes = loader.regimes(block["regimes"], f"{w}.regimes")
+        models = loader.models(block["models"], f"{w}.models")
+        losses = loader.losses(block["losses"], f"{w}.losses")
+        seeds = loader.seeds(block["seeds"], f"{w}.seeds")
+        block_train = loader.check_train(block.get("train", {}), f"{w}.train")
+        block_sweep = loader.sweep(block.get("sweep"), f"{w}.sweep")
+        for ds, regime, model, loss in itertools.product(datasets, regimes, models, losses):
+            for seed in loss["seeds"] or seeds:
+                for sweep in loss["sweep"] or block_sweep:
+                    config = {**base, **block_train, **loss["train"]}
+                    config.update(ds)
+                    config.update(model)
+                    config.update({"regime": regime, "loss": loss["name"], "loss_params": loss["params"],
+                                   "seed": seed})
+                    ident = {"dataset": ds["dataset"], "regime": regime, "model": model["model"],
+                             "loss": loss["name"], "label": loss["label"], "seed": seed, "grid": block_name}
+                    for match, settings in overrides:
+                        if _matches(match, ident):
+                            config.update(settings)
+                    config.update(sweep)
+                    run_where = (f"{w}: run dataset={ds['dataset']} regime={regime} model={model['model']} "
+                                 f"loss={loss['label']} seed={seed}")
+                    if loader.fields is not None:
+                        try:
+                            config = registry.resolve(config)
+                        except (TypeError, ValueError, KeyError) as exc:
+                            raise GridError(f"{run_where}: invalid training config: {exc}") from None
+                    key = run_key(config)
+                    if key not in runs:
+                        runs[key] = RunSpec(key=key, config=config, label=loss["label"], grid=block_name)
+    return Grid(name=grid_name, path=path, text=text, runs=list(runs.values()))
+
+
+def load_grid(path: str | Path, *, registry: Registry | None = None) -> Grid:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GridError(f"grid file {path}: {exc.strerror}") from None
+    return parse_grid(text, path=str(path), registry=registry)
+
+
+DEMO_GRID = Path(__file__).with_name("demo.toml")
+
+
+def load_demo_grid(*, registry: Registry | None = None) -> Grid:
+    """The built-in default benchmark (shipped inside the package)."""
+    grid = parse_grid(DEMO_GRID.read_text(), path=None, registry=registry, name="demo")
+    grid.path = "gence/experiments/demo.toml"
+    return grid
+
+
+def shard(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The ``index``-th (1-based) of ``count`` disjoint parts: every ``count``-th run of the grid's order,
+    so each part gets a similar mix of cheap and expensive settings."""
+    if count < 1 or not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: expected I/N with 1 <= I <= N (shard indices are 1-based)")
+    return [r for i, r in enumerate(runs) if i % count == index - 1]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N such as 1/4 (1-based)") from None
+    shard([], i, n)  # range check
+    return i, n
+

@@ -1,0 +1,388 @@
+"""Grids, the results database and the runner: resume, SIGKILL, workers, shards, merge, config errors.
+
+Runner mechanics use a cheap fake run function (written to tmp_path so spawned workers and subprocesses
+can import it); one end-to-end test trains real tiny runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gence.cli import main
+from gence.experiments import ResultsDB, load_grid, parse_grid, run_grid, shard
+from gence.experiments.db import run_key
+from gence.experiments.grid import GridError, load_demo_grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAKE_RUN = '''
+import hashlib, json, os, time
+
+def run(config):
+    from gence.experiments.db import run_key
+    log = os.environ.get("FAKE_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(run_key(config) + "\\n")
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    if config["seed"] in json.loads(os.environ.get("FAKE_FAIL_SEEDS", "[]")):
+        raise RuntimeError(f"fake failure for seed {config['seed']}")
+    h = int(hashlib.sha256(run_key(config).encode()).hexdigest()[:8], 16) / 16 ** 8
+    n = int(config["regime"].split(":")[1])
+    base = {"ce": 0.0, "gence": -0.02}.get(config["loss"], 0.01)
+    metrics = {"pid": float(os.getpid())}
+    for split in ("val", "test", "val_ts", "test_ts"):
+        for i, m in enumerate(("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")):
+            metrics[f"{split}/{m}"] = 0.5 / n ** 0.5 + base + 0.05 * h + 0.01 * i
+    metrics["test_ts/ece"] = metrics["test/ece"] / 2
+    for ood in ("gaussian_noise", "uniform_noise"):
+        for score in ("msp", "energy"):
+            metrics[f"ood/{ood}/{score}/auroc"] = 0.8 + 0.1 * h
+            metrics[f"ood/{ood}/{score}/fpr95"] = 0.5 - 0.1 * h
+    bins = {"edges": [i / 5 for i in range(6)], "count": [0, 3, 5, 10, 30],
+            "accuracy": [None, 0.3, 0.5, 0.7, 0.9 - h / 10], "confidence": [None, 0.35, 0.5, 0.75, 0.95]}
+    return metrics, {"reliability": {"test": bins, "test_ts": bins}, "history": {"loss": [1.0, 0.5]}}
+'''
+
+GRID = """
+[train]
+epochs = 1
+ood = ["gaussian_noise"]
+
+[grid]
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:10"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = ["ce", "gence"]
+"""
+
+
+@pytest.fixture()
+def fake(tmp_path, monkeypatch):
+    """Import path of the fake run function; its start log; env for subprocesses."""
+    (tmp_path / "fake_run.py").write_text(FAKE_RUN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    log = tmp_path / "starts.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO / "src"),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    return "fake_run:run", log
+
+
+def write_grid(tmp_path, text=GRID, name="grid.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def db_rows(path) -> list[dict]:
+    with ResultsDB(path) as db:
+        return db.runs(status=None)
+
+
+# --------------------------------------------------------------------------------------------- grid
+def test_grid_expands_product_with_overrides_sweeps_and_seed_overrides(tmp_path):
+    grid = parse_grid(textwrap.dedent("""
+        [train]
+        epochs = 2
+        lr = 0.05
+        [grid]
+        datasets = ["digits"]
+        regimes = ["balanced:5", "balanced:10"]
+        models = ["small_cnn", {name = "mlp", params = {hidden = [32]}}]
+        seeds = [0, 1]
+        losses = [
+            "ce",
+            {name = "gence", params = {generative_weight = 0.5}, seeds = [0, 1, 2], sweep = {lr = [0.01, 0.1]}},
+        ]
+        [[override]]
+        match = {regime = "balanced:5", model = "small_cnn"}
+        epochs = 7
+    """))
+    # ce: 2 regimes x 2 models x 2 seeds; gence: 2 x 2 x 3 seeds x 2 lrs
+    assert len(grid.runs) == 8 + 24
+    assert len({r.key for r in grid.runs}) == len(grid.runs)
+    by = {(r.label, r.config["regime"], r.config["model"], r.config["seed"], r.config["lr"]): r for r in grid.runs}
+    assert by[("ce", "balanced:5", "small_cnn", 0, 0.05)].config["epochs"] == 7
+    assert by[("ce", "balanced:5", "mlp", 0, 0.05)].config["epochs"] == 2
+    assert by[("ce", "balanced:5", "mlp", 0, 0.05)].config["model_params"] == {"hidden": [32]}
+    g = by[("gence(generative_weight=0.5)", "balanced:10", "small_cnn", 2, 0.1)]
+    assert g.config["loss_params"] == {"generative_weight": 0.5}
+    # the key is the sha256 of the config: recomputing it gives the same, changing a field changes it
+    assert g.key == run_key(g.config)
+    assert run_key({**g.config, "lr": 0.2}) != g.key
+    assert run_key({**g.config, "data_dir": "/elsewhere", "device": "cuda"}) == g.key
+
+
+def test_int_and_float_values_give_one_key(tmp_path):
+    a = parse_grid(GRID.replace("epochs = 1", "epochs = 1\nlr = 1"))
+    b = parse_grid(GRID.replace("epochs = 1", "epochs = 1\nlr = 1.0"))
+    assert [r.key for r in a.runs] == [r.key for r in b.runs]
+
+
+def test_demo_grid_shipped_in_package_equals_configs_copy():
+    shipped = Path(load_demo_grid.__globals__["DEMO_GRID"])
+    assert shipped.read_text() == (REPO / "configs" / "demo.toml").read_text()
+    grid = load_demo_grid()
+    assert len(grid.runs) == 60
+    assert {r.label for r in grid.runs} == {"ce", "gence", "focal", "label_smoothing"}
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "paper.toml"])
+def test_shipped_configs_validate(name):
+    grid = load_grid(REPO / "configs" / name)
+    assert grid.runs
+
+
+BAD = [
+    ("[grid\n", ["invalid TOML"]),
+    ("[trian]\n", ["'trian'", "train", "grid", "override"]),
+    (GRID.replace('"digits"', '"digitz"'), ["grid.datasets[0].name", "'digitz'", "cifar10", "digits", "mnist"]),
+    (GRID.replace('"small_cnn"', '"resnet7"'), ["grid.models[0].name", "'resnet7'", "resnet20", "small_cnn"]),
+    (GRID.replace('"gence"]', '"gence", "cee"]'), ["grid.losses[2].name", "'cee'", "ce", "focal", "gence"]),
+    (GRID.replace('"balanced:5"', '"balance:5"'), ["grid.regimes[0]", "'balance:5'", "balanced:30"]),
+    (GRID.replace('"balanced:5"', '"balanced:-5"'), ["grid.regimes[0]", "'balanced:-5'"]),
+    (GRID.replace("epochs = 1", "epochs = 0"), ["train.epochs", "0", "> 0"]),
+    (GRID.replace("epochs = 1", "epochs = 1.5"), ["train.epochs", "1.5", "integer"]),
+    (GRID.replace("epochs = 1", "epochs = 1\nlr = -0.1"), ["train.lr", "-0.1", "> 0"]),
+    (GRID.replace("epochs = 1", "epochs = 1\nmomentum = 1.5"), ["train.momentum", "1.5", "[0, 1)"]),
+    (GRID.replace("epochs = 1", "epochs = 1\nepoch = 3"), ["train", "'epoch'", "epochs", "lr"]),
+    (GRID.replace("epochs = 1", "epochs = 1\nloss = 'ce'"), ["train", "'loss'", "axes"]),
+    (GRID.replace('["gaussian_noise"]', '["gaussian"]'), ["train.ood[0]", "'gaussian'", "gaussian_noise", "mnist"]),
+    (GRID.replace("seeds = [0, 1, 2]", "seeds = []"), ["grid.seeds", "empty"]),
+    (GRID.replace("seeds = [0, 1, 2]", "seeds = [0, -1]"), ["grid.seeds[1]", "-1", ">= 0"]),
+    (GRID.replace("seeds = [0, 1, 2]", "seeds = [0, 0]"), ["grid.seeds", "repeated"]),
+    (GRID.replace("seeds = [0, 1, 2]\n", ""), ["grid", "missing 'seeds'"]),
+    (GRID.replace('"gence"]', '{name = "gence", params = {gamma = 2}}]'),
+     ["grid.losses[1].params", "gamma", "'gence'", "generative_weight"]),
+    (GRID.replace('"gence"]', '{name = "gence", parms = {}}]'), ["grid.losses[1]", "'parms'", "params", "label"]),
+    (GRID.replace('"gence"]', '{name = "ce"}]'), ["grid.losses", "'ce'", "distinct 'label'"]),
+    (GRID.replace('"small_cnn"', '{name = "mlp", params = {depth = 3}}'), ["grid.models[0].params", "depth", "'mlp'"]),
+    (GRID + "sweep = {seed = [1, 2]}\n", ["grid.sweep", "'seed'", "axis"]),
+    (GRID + "sweep = {lr = [0.1, -1]}\n", ["grid.sweep.lr[1]", "-1", "> 0"]),
+    (GRID + "[[override]]\nmatch = {regimen = 'balanced:5'}\nepochs = 3\n",
+     ["override[0].match", "'regimen'", "regime", "dataset"]),
+]
+
+
+@pytest.mark.parametrize("text,needles", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_config_errors_name_key_value_and_choices(tmp_path, text, needles):
+    path = write_grid(tmp_path, text)
+    with pytest.raises(GridError) as info:
+        load_grid(path)
+    msg = str(info.value)
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+
+
+def test_bench_cli_reports_config_error_before_running(tmp_path, capsys):
+    path = write_grid(tmp_path, GRID.replace('"ce"', '"cee"'))
+    db = tmp_path / "r.sqlite"
+    assert main(["bench", str(path), "--db", str(db), "--quiet"]) == 2
+    assert "'cee'" in capsys.readouterr().err
+    assert not db.exists()
+
+
+def test_shard_parts_are_disjoint_and_cover_the_grid():
+    runs = parse_grid(GRID).runs
+    parts = [shard(runs, i, 3) for i in (1, 2, 3)]
+    keys = [r.key for p in parts for r in p]
+    assert sorted(keys) == sorted(r.key for r in runs) and len(set(keys)) == len(keys)
+    with pytest.raises(ValueError, match="1-based"):
+        shard(runs, 0, 3)
+
+
+# ------------------------------------------------------------------------------------------- runner
+def test_runner_skips_done_and_stores_failures_retried_only_when_asked(tmp_path, fake, monkeypatch):
+    run_fn, log = fake
+    runs = parse_grid(GRID).runs
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setenv("FAKE_FAIL_SEEDS", "[2]")
+    s = run_grid(runs, db, run_fn=run_fn, progress=False)
+    assert (s.done, s.failed) == (8, 4)
+    rows = db_rows(db)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 4 and all("fake failure for seed 2" in r["error"] for r in failed)
+    done = [r for r in rows if r["status"] == "done"]
+    assert all(r["metrics"]["test/error"] > 0 and r["wall_seconds"] >= 0 for r in done)
+    assert all(r["hardware"] and r["torch_version"] and r["gence_version"] for r in rows)
+    # again: nothing runs
+    s = run_grid(runs, db, run_fn=run_fn, progress=False)
+    assert (s.done, s.failed, s.already_done, s.skipped_failed) == (0, 0, 8, 4)
+    # retry failed, now succeeding
+    monkeypatch.setenv("FAKE_FAIL_SEEDS", "[]")
+    s = run_grid(runs, db, run_fn=run_fn, progress=False, retry_failed=True)
+    assert (s.done, s.failed) == (4, 0)
+    rows = db_rows(db)
+    assert len(rows) == 12 and all(r["status"] == "done" and r["error"] is None for r in rows)
+    assert sorted(log.read_text().split()) == sorted([r.key for r in runs] + [r.key for r in runs
+                                                                                if r.config["seed"] == 2])
+
+
+def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, monkeypatch):
+    run_fn, log = fake
+    grid = write_grid(tmp_path)
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setenv("FAKE_SLEEP", "0.4")
+    cmd = [sys.executable, "-c", "import sys; from gence.cli import main; sys.exit(main(sys.argv[1:]))",
+           "bench", str(grid), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 40
+        done = 0
+        while time.time() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=5) as con:
+                        done = con.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
+                except sqlite3.OperationalError:
+                    done = 0
+                if done >= 4:
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    before = {r["key"]: r["status"] for r in db_rows(db)}
+    assert 4 <= list(before.values()).count("done") < 12
+    started_before = log.read_text().split()
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    s = run_grid(parse_grid(GRID).runs, db, run_fn=run_fn, progress=False)
+    assert s.failed == 0 and s.held_elsewhere == 0
+    rows = db_rows(db)
+    keys = [r["key"] for r in rows]
+    assert len(rows) == 12 and len(set(keys)) == 12 and all(r["status"] == "done" for r in rows)
+    starts = log.read_text().split()
+    # runs done before the kill were not started again; each other run started exactly once after it
+    for key, status in before.items():
+        if status == "done":
+            assert starts.count(key) == 1
+    assert sorted(starts[len(started_before):]) == sorted(k for k in keys if before.get(k) != "done")
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_two_workers_share_one_db_without_duplicates(tmp_path, fake, monkeypatch):
+    run_fn, log = fake
+    monkeypatch.setenv("FAKE_SLEEP", "0.15")
+    runs = parse_grid(GRID).runs
+    db = tmp_path / "r.sqlite"
+    s = run_grid(runs, db, run_fn=run_fn, progress=False, workers=2)
+    assert (s.done, s.failed, s.held_elsewhere) == (12, 0, 0)
+    rows = db_rows(db)
+    assert len(rows) == 12 and all(r["status"] == "done" for r in rows)
+    assert len({r["metrics"]["pid"] for r in rows}) == 2  # both workers ran runs
+    assert sorted(log.read_text().split()) == sorted(r.key for r in runs)  # each started once
+
+
+def test_stale_claim_of_dead_process_is_taken_over_live_one_is_not(tmp_path):
+    runs = parse_grid(GRID).runs
+    path = tmp_path / "r.sqlite"
+    a = ResultsDB(path)
+    assert a.claim(runs[0].key, runs[0].config, label="ce")
+    b = ResultsDB(path)
+    assert not b.claim(runs[0].key, runs[0].config, label="ce")  # live owner (this process), valid lease
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with a.transaction() as cur:  # pretend a process that no longer exists holds it
+        cur.execute("UPDATE runs SET owner=? WHERE key=?", (f"{a.host}:{dead.pid}:x", runs[0].key))
+    assert b.claim(runs[0].key, runs[0].config, label="ce")
+    b.finish(runs[0].key, metrics={"test/error": 0.1}, extras={}, wall_seconds=1.0, hardware="x")
+    a.fail(runs[0].key, error="late", wall_seconds=1.0, hardware="x")  # the old owner cannot overwrite it
+    assert db_rows(path)[0]["status"] == "done" and db_rows(path)[0]["attempts"] == 2
+    a.close(), b.close()
+
+
+def test_shards_merged_equal_one_unsharded_run(tmp_path, fake, capsys):
+    run_fn, _ = fake
+    grid = write_grid(tmp_path)
+    full = tmp_path / "full.sqlite"
+    assert main(["bench", str(grid), "--db", str(full), "--run-fn", run_fn, "--quiet", "--no-report"]) == 0
+    shards = []
+    for i in (1, 2, 3):
+        shards.append(tmp_path / f"shard{i}.sqlite")
+        assert main(["bench", str(grid), "--db", str(shards[-1]), "--shard", f"{i}/3", "--run-fn", run_fn,
+                     "--quiet"]) == 0
+    merged = tmp_path / "merged.sqlite"
+    assert main(["merge", str(merged), *map(str, shards)]) == 0
+    assert main(["merge", str(merged), *map(str, shards)]) == 0  # merging again adds nothing
+    out = capsys.readouterr().out
+    assert "12 done" in out.splitlines()[-1]
+
+    def content(path):
+        return {r["key"]: (r["status"], r["config"], {k: v for k, v in r["metrics"].items() if k != "pid"},
+                           r["label"]) for r in db_rows(path)}
+    assert content(merged) == content(full)
+    assert len(content(merged)) == 12
+    with ResultsDB(merged) as db:
+        assert db.integrity_check() == "ok"
+        assert len(db.grids()) == 1
+
+
+def test_bench_list_shows_status(tmp_path, fake, capsys):
+    run_fn, _ = fake
+    grid = write_grid(tmp_path)
+    db = tmp_path / "r.sqlite"
+    assert main(["bench", str(grid), "--db", str(db), "--shard", "1/2", "--run-fn", run_fn, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(grid), "--db", str(db), "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done ") == 6 and out.count("todo ") == 6 and "12 run(s)" in out
+
+
+# ----------------------------------------------------------------------------------- end to end
+def _have_training() -> bool:
+    try:
+        from gence.train import TrainConfig, fit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_training(), reason="gence.train not built yet")
+def test_real_tiny_grid_end_to_end_with_report(tmp_path, capsys):
+    grid = write_grid(tmp_path, """
+        [train]
+        epochs = 2
+        n_val_per_class = 5
+        batch_size = 32
+        ood = ["gaussian_noise"]
+        device = "cpu"
+        [grid]
+        datasets = ["digits"]
+        regimes = ["balanced:5", "balanced:10"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = ["ce", "gence"]
+    """)
+    db, out = tmp_path / "r.sqlite", tmp_path / "report"
+    assert main(["bench", str(grid), "--db", str(db), "-o", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "Test error %" in printed and "gence" in printed
+    rows = db_rows(db)
+    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    for r in rows:
+        assert 0 <= r["metrics"]["test/error"] <= 1
+        assert "reliability" in r["extras"]
+    md = (out / "README.md").read_text()
+    for section in ("## Setup", "## Summary", "## Paired comparison with CE", "## Plots"):
+        assert section in md
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
+        "ece_ts_digits_small_cnn.png", "error_vs_labels_digits_small_cnn.png",
+        "reliability_digits_balanced-10_small_cnn.png", "reliability_digits_balanced-5_small_cnn.png"]
+    # a second bench run skips everything
+    assert main(["bench", str(grid), "--db", str(db), "-o", str(out), "--quiet"]) == 0
+    assert len(db_rows(db)) == 8
