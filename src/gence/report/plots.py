@@ -1,0 +1,174 @@
+"""PNG plots from stored runs (matplotlib, object API: no pyplot state, no display needed)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from gence.report.stats import mean_interval, mean_std
+from gence.report.tables import BASELINE, Results, regime_order
+
+
+def _figure(**kwargs):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("the report's plots need matplotlib: pip install 'gence[plot]'") from exc
+    return Figure(**kwargs)
+
+
+def _slug(*parts: str) -> str:
+    return "_".join(str(p).replace(":", "-").replace("/", "-").replace(" ", "") for p in parts)
+
+
+def _labels_per_class(regime: str) -> float | None:
+    head, _, rest = regime.partition(":")
+    if head != "balanced":
+        return None
+    try:
+        return float(rest)
+    except ValueError:
+        return None
+
+
+def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
+    """Test error against labels per class (balanced regimes), one line per loss with 95% t-intervals of the
+    mean over seeds; one PNG per (dataset, model)."""
+    paths = []
+    pairs = sorted({(s[0], s[2]) for s in results.settings()})
+    for dataset, model in pairs:
+        settings = [s for s in results.settings() if (s[0], s[2]) == (dataset, model)
+                    and _labels_per_class(s[1]) is not None]
+        if not settings:
+            continue
+        fig = _figure(figsize=(6, 4), layout="constrained")
+        ax = fig.add_subplot()
+        for label in results.labels():
+            xs, ms, lo, hi = [], [], [], []
+            for s in sorted(settings, key=lambda s: regime_order(s[1])):
+                g = results.group(s, label)
+                if g is None:
+                    continue
+                m, a, b = mean_interval([r.metrics.get("test/error", math.nan) * 100 for r in g.runs])
+                if math.isnan(m):
+                    continue
+                xs.append(_labels_per_class(s[1]))
+                ms.append(m)
+                lo.append(m - a if not math.isnan(a) else 0.0)
+                hi.append(b - m if not math.isnan(b) else 0.0)
+            if xs:
+                ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=label,
+                            linewidth=2.2 if label in (BASELINE, "gence") else 1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled images per class")
+        ax.set_ylabel("test error % (mean, 95% CI over seeds)")
+        ax.set_title(f"{dataset}, {model}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        path = out_dir / f"error_vs_labels_{_slug(dataset, model)}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
+def pool_bins(bins_list: list[dict]) -> dict:
+    """Sum reliability bins over runs: counts add, accuracy and confidence are count-weighted means."""
+    edges = bins_list[0]["edges"]
+    m = len(bins_list[0]["count"])
+    count = [0] * m
+    acc = [0.0] * m
+    conf = [0.0] * m
+    for b in bins_list:
+        if len(b["count"]) != m:
+            raise ValueError("cannot pool reliability bins with different numbers of bins")
+        for i, c in enumerate(b["count"]):
+            if c:
+                count[i] += c
+                acc[i] += b["accuracy"][i] * c
+                conf[i] += b["confidence"][i] * c
+    return {"edges": edges, "count": count,
+            "accuracy": [a / c if c else None for a, c in zip(acc, count)],
+            "confidence": [f / c if c else None for f, c in zip(conf, count)]}
+
+
+def _gence_label(results: Results, setting) -> str | None:
+    groups = results.groups_of(setting)
+    for g in groups:
+        if g.label == "gence":
+            return g.label
+    return next((g.label for g in groups if g.loss == "gence"), None)
+
+
+def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
+    """CE and GenCE side by side (columns), before and after temperature scaling (rows), test split bins
+    pooled over the seeds of each; one PNG per setting that has both losses with stored bins."""
+    from gence.calibration import plot_reliability_bins
+
+    paths = []
+    for setting in results.settings():
+        base = results.baseline(setting)
+        glabel = _gence_label(results, setting)
+        if base is None or glabel is None:
+            continue
+        groups = [base, results.group(setting, glabel)]
+        panels = {}
+        for g in groups:
+            for split in ("test", "test_ts"):
+                bins = [r.extras["reliability"][split] for r in g.runs
+                        if isinstance(r.extras, dict) and split in (r.extras.get("reliability") or {})]
+                if bins:
+                    panels[(g.label, split)] = (pool_bins(bins), len(bins))
+        if len(panels) < 2:
+            continue
+        fig = _figure(figsize=(9, 8.5), layout="constrained")
+        axes = fig.subplots(2, 2)
+        for col, g in enumerate(groups):
+            for row, split in enumerate(("test", "test_ts")):
+                ax = axes[row][col]
+                if (g.label, split) not in panels:
+                    ax.set_axis_off()
+                    continue
+                bins, n = panels[(g.label, split)]
+                when = "before TS" if split == "test" else "after TS"
+                plot_reliability_bins(bins, ax=ax, title=f"{g.label}, {when} ({n} seeds pooled)")
+        fig.suptitle(f"Reliability, {setting[0]} {setting[1]} {setting[2]}")
+        path = out_dir / f"reliability_{_slug(*setting)}.png"
+        fig.savefig(path, dpi=100)
+        paths.append(path)
+    return paths
+
+
+def ece_before_after(results: Results, out_dir: Path) -> list[Path]:
+    """ECE before and after temperature scaling per loss, one panel per regime (mean ± std over seeds);
+    one PNG per (dataset, model)."""
+    paths = []
+    pairs = sorted({(s[0], s[2]) for s in results.settings()})
+    labels = results.labels()
+    for dataset, model in pairs:
+        settings = [s for s in results.settings() if (s[0], s[2]) == (dataset, model)]
+        fig = _figure(figsize=(max(5.0, 3.2 * len(settings)), 3.8), layout="constrained")
+        axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+        for ax, setting in zip(axes, settings):
+            xs, before, after, bsd, asd, names = [], [], [], [], [], []
+            for i, label in enumerate(lab for lab in labels if results.group(setting, lab) is not None):
+                g = results.group(setting, label)
+                b = mean_std([r.metrics.get("test/ece", math.nan) * 100 for r in g.runs])
+                a = mean_std([r.metrics.get("test_ts/ece", math.nan) * 100 for r in g.runs])
+                xs.append(i)
+                names.append(label)
+                before.append(b[0])
+                after.append(a[0])
+                bsd.append(0.0 if math.isnan(b[1]) else b[1])
+                asd.append(0.0 if math.isnan(a[1]) else a[1])
+            w = 0.38
+            ax.bar([x - w / 2 for x in xs], before, w, yerr=bsd, capsize=2, label="before TS")
+            ax.bar([x + w / 2 for x in xs], after, w, yerr=asd, capsize=2, label="after TS")
+            ax.set_xticks(xs, names, rotation=40, ha="right", fontsize="small")
+            ax.set_title(setting[1], fontsize="medium")
+            ax.grid(True, axis="y", alpha=0.3)
+        axes[0].set_ylabel("test ECE % (mean ± std)")
+        axes[0].legend(fontsize="small")
+        fig.suptitle(f"ECE before and after temperature scaling, {dataset}, {model}")
+        path = out_dir / f"ece_ts_{_slug(dataset, model)}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths

@@ -1,0 +1,438 @@
+"""Tables from stored runs: grouping, per-loss hyperparameter selection on validation, summaries.
+
+Vocabulary: a *setting* is (dataset, regime, model); a *group* is a setting plus a loss label; a group
+may hold several *variants* when the grid swept a TrainConfig field (e.g. ``lr=0.01`` and ``lr=0.1``):
+the fields whose values differ between the group's runs, apart from the seed. The main tables use one
+variant per group, the one with the best mean validation metric (``select_by``), chosen by code.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from gence.experiments.db import KEY_EXCLUDED_FIELDS, ResultsDB, canonical_json
+from gence.report.stats import PairedResult, mean_std, paired_comparison
+
+DEFAULT_SELECT_BY = "val/error"
+TIE_BREAK = "val/nll"
+BASELINE = "ce"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    name: str                                  # header in Markdown
+    key: str                                   # short name in CSV
+    value: Callable[[dict], float]             # metric of one run (metrics dict -> float)
+    scale: float = 1.0                         # 100 for percentages in Markdown
+    higher_is_better: bool = False
+    digits: int = 2
+
+
+def _metric(name: str) -> Callable[[dict], float]:
+    return lambda m: float(m.get(name, math.nan))
+
+
+def _ood_mean(score: str, stat: str) -> Callable[[dict], float]:
+    def value(m: dict) -> float:
+        vals = [v for k, v in m.items() if k.startswith("ood/") and k.endswith(f"/{score}/{stat}")]
+        return float(sum(vals) / len(vals)) if vals else math.nan
+    return value
+
+
+MAIN_COLUMNS = (
+    Column("error %", "error", _metric("test/error"), 100),
+    Column("NLL", "nll", _metric("test/nll"), 1, digits=3),
+    Column("ECE %", "ece", _metric("test/ece"), 100),
+    Column("AdaECE %", "adaece", _metric("test/adaece"), 100),
+    Column("cw-ECE %", "classwise_ece", _metric("test/classwise_ece"), 100),
+    Column("ECE after TS %", "ece_ts", _metric("test_ts/ece"), 100),
+    Column("OOD AUROC %", "ood_auroc", _ood_mean("msp", "auroc"), 100, higher_is_better=True),
+    Column("OOD FPR95 %", "ood_fpr95", _ood_mean("msp", "fpr95"), 100),
+)
+LONG_TAILED_COLUMNS = (
+    Column("many acc %", "acc_many", _metric("test/acc_many"), 100, higher_is_better=True),
+    Column("medium acc %", "acc_medium", _metric("test/acc_medium"), 100, higher_is_better=True),
+    Column("few acc %", "acc_few", _metric("test/acc_few"), 100, higher_is_better=True),
+)
+# Metrics compared with CE seed by seed.
+PAIRED_COLUMNS = (MAIN_COLUMNS[0], MAIN_COLUMNS[1], MAIN_COLUMNS[2], MAIN_COLUMNS[5], MAIN_COLUMNS[6])
+
+
+@dataclasses.dataclass
+class Run:
+    key: str
+    config: dict
+    label: str
+    metrics: dict
+    extras: Any
+    wall_seconds: float
+    hardware: str
+    versions: dict
+
+    @property
+    def setting(self) -> tuple[str, str, str]:
+        return (self.config["dataset"], self.config["regime"], self.config["model"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+
+@dataclasses.dataclass
+class Group:
+    setting: tuple[str, str, str]
+    label: str
+    variants: dict[str, list[Run]]            # variant string ("" when only one) -> runs
+    selected: str                             # the variant used in the main tables
+    selection: dict[str, float] = dataclasses.field(default_factory=dict)  # variant -> mean select metric
+
+    @property
+    def runs(self) -> list[Run]:
+        return self.variants[self.selected]
+
+    @property
+    def loss(self) -> str:
+        return self.runs[0].config["loss"]
+
+
+@dataclasses.dataclass
+class Results:
+    runs: list[Run]
+    failed: list[dict]
+    groups: list[Group]
+    grids: list[dict]
+    select_by: str
+
+    def settings(self) -> list[tuple[str, str, str]]:
+        return sorted({g.setting for g in self.groups}, key=_setting_order)
+
+    def groups_of(self, setting) -> list[Group]:
+        return sorted((g for g in self.groups if g.setting == setting), key=lambda g: label_order(g.label, g.loss))
+
+    def group(self, setting, label) -> Group | None:
+        return next((g for g in self.groups if g.setting == setting and g.label == label), None)
+
+    def baseline(self, setting) -> Group | None:
+        return self.group(setting, BASELINE)
+
+    def labels(self) -> list[str]:
+        seen = {g.label: g.loss for g in self.groups}
+        return sorted(seen, key=lambda lab: label_order(lab, seen[lab]))
+
+
+def label_order(label: str, loss: str = "") -> tuple:
+    """CE first, then GenCE variants, then the rest alphabetically."""
+    return (0 if label == BASELINE else 1 if loss == "gence" or label.startswith("gence") else 2, label)
+
+
+def regime_order(regime: str) -> tuple:
+    parts = regime.split(":")
+    nums = []
+    for p in parts[1:]:
+        try:
+            nums.append(float(p))
+        except ValueError:
+            nums.append(math.inf)
+    return (parts[0], nums)
+
+
+def _setting_order(s: tuple[str, str, str]) -> tuple:
+    return (s[0], regime_order(s[1]), s[2])
+
+
+def load_results(db_path: str | Path, *, select_by: str = DEFAULT_SELECT_BY) -> Results:
+    """Read the done runs of a results database, group them, and pick each group's variant."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        raise FileNotFoundError(f"results database {db_path} does not exist")
+    with ResultsDB(db_path) as db:
+        rows = db.runs("done")
+        failed = db.runs("failed")
+        grids = db.grids()
+    runs = [Run(key=r["key"], config=r["config"], label=r["label"], metrics=r["metrics"] or {},
+                extras=r["extras"], wall_seconds=r["wall_seconds"] or 0.0, hardware=r["hardware"] or "unknown",
+                versions={"gence": r["gence_version"], "torch": r["torch_version"], "python": r["python_version"]})
+            for r in rows]
+    by_group: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_group[(run.setting, run.label)].append(run)
+    groups = []
+    for (setting, label), members in by_group.items():
+        variants = split_variants(members)
+        selection = {}
+        if len(variants) > 1:
+            for name, vruns in variants.items():
+                selection[name] = mean_std([r.metrics.get(select_by, math.nan) for r in vruns])[0]
+
+            def score(name):
+                primary = selection[name]
+                tie = mean_std([r.metrics.get(TIE_BREAK, math.nan) for r in variants[name]])[0]
+                return (math.isnan(primary), primary, math.isnan(tie), tie, name)
+            selected = min(variants, key=score)
+        else:
+            selected = next(iter(variants))
+        groups.append(Group(setting, label, variants, selected, selection))
+    return Results(runs=runs, failed=failed, groups=groups, grids=grids, select_by=select_by)
+
+
+def split_variants(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Split a group's runs by the config fields that differ between them, apart from seed and the fields
+    that say where a run executed."""
+    ignore = {"seed", *KEY_EXCLUDED_FIELDS}
+    fields = sorted({k for r in runs for k in r.config} - ignore)
+    varying = [f for f in fields if len({canonical_json(r.config.get(f)) for r in runs}) > 1]
+    out: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        name = ",".join(f"{f}={_short(r.config.get(f))}" for f in varying)
+        out[name].append(r)
+    return dict(sorted(out.items()))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list)):
+        return canonical_json(value)
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def fmt_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "–"
+    text = f"{mean * scale:.{digits}f}"
+    if not math.isnan(std):
+        text += f" ± {std * scale:.{digits}f}"
+    return text
+
+
+def fmt_num(value: float, digits: int = 2, scale: float = 1.0) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value * scale:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: Sequence[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for row in rows:
+            w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+
+
+def is_long_tailed(regime: str) -> bool:
+    return regime.startswith(("long_tailed", "lt"))
+
+
+# -------------------------------------------------------------------------------------------- tables
+def setting_rows(results: Results, setting) -> list[dict]:
+    """One dict per group of a setting: label, variant, n, and (mean, std) per column key."""
+    cols = MAIN_COLUMNS + (LONG_TAILED_COLUMNS if is_long_tailed(setting[1]) else ())
+    rows = []
+    for g in results.groups_of(setting):
+        row = {"dataset": setting[0], "regime": setting[1], "model": setting[2], "loss": g.label,
+               "variant": g.selected, "n": len(g.runs)}
+        for c in cols:
+            m, s, _ = mean_std([c.value(r.metrics) for r in g.runs])
+            row[c.key] = (m, s)
+        rows.append(row)
+    return rows
+
+
+def setting_table(results: Results, setting) -> tuple[str, list[str], list[list]]:
+    """Markdown table of a setting, and its CSV header and rows (raw scale)."""
+    cols = MAIN_COLUMNS + (LONG_TAILED_COLUMNS if is_long_tailed(setting[1]) else ())
+    rows = setting_rows(results, setting)
+    cols = [c for c in cols if any(not math.isnan(r[c.key][0]) for r in rows)]
+    best = {}
+    for c in cols:
+        means = [r[c.key][0] for r in rows if not math.isnan(r[c.key][0])]
+        if len(means) > 1:
+            best[c.key] = max(means) if c.higher_is_better else min(means)
+    show_variant = any(r["variant"] for r in rows)
+    header = ["loss"] + (["selected"] if show_variant else []) + ["seeds"] + [c.name for c in cols]
+    md_rows = []
+    for r in rows:
+        cells = [r["loss"]] + ([r["variant"] or "–"] if show_variant else []) + [str(r["n"])]
+        for c in cols:
+            text = fmt_mean_std(*r[c.key], scale=c.scale, digits=c.digits)
+            if c.key in best and r[c.key][0] == best[c.key]:
+                text = f"**{text}**"
+            cells.append(text)
+        md_rows.append(cells)
+    csv_header = ["dataset", "regime", "model", "loss", "variant", "n"]
+    for c in cols:
+        csv_header += [f"{c.key}_mean", f"{c.key}_std"]
+    csv_rows = [[r["dataset"], r["regime"], r["model"], r["loss"], r["variant"], r["n"]]
+                + [v for c in cols for v in r[c.key]] for r in rows]
+    return markdown_table(header, md_rows), csv_header, csv_rows
+
+
+def summary_table(results: Results, column: Column = MAIN_COLUMNS[0]) -> str:
+    """Rows (dataset, model, regime), one column per loss: mean ± std of one metric."""
+    labels = results.labels()
+    rows = []
+    for setting in results.settings():
+        cells = [setting[0], setting[2], setting[1]]
+        means = {}
+        for lab in labels:
+            g = results.group(setting, lab)
+            if g is None:
+                cells.append("")
+                continue
+            m, s, _ = mean_std([column.value(r.metrics) for r in g.runs])
+            means[lab] = m
+            cells.append(fmt_mean_std(m, s, column.scale, column.digits))
+        valid = {k: v for k, v in means.items() if not math.isnan(v)}
+        if len(valid) > 1:
+            best = (max if column.higher_is_better else min)(valid.values())
+            for i, lab in enumerate(labels):
+                if valid.get(lab) == best:
+                    cells[3 + i] = f"**{cells[3 + i]}**"
+        rows.append(cells)
+    return markdown_table(["dataset", "model", "regime"] + labels, rows, ["l", "l", "l"] + ["r"] * len(labels))
+
+
+@dataclasses.dataclass
+class PairedRow:
+    setting: tuple[str, str, str]
+    label: str
+    column: Column
+    result: PairedResult
+
+
+def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) -> list[PairedRow]:
+    """Every non-CE group against CE of its setting, over matching seeds (selected variants)."""
+    out = []
+    for setting in results.settings():
+        base = results.baseline(setting)
+        if base is None:
+            continue
+        for g in results.groups_of(setting):
+            if g.label == BASELINE:
+                continue
+            for c in columns:
+                a = {r.seed: c.value(r.metrics) for r in g.runs}
+                b = {r.seed: c.value(r.metrics) for r in base.runs}
+                if all(math.isnan(v) for v in a.values()) and all(math.isnan(v) for v in b.values()):
+                    continue
+                out.append(PairedRow(setting, g.label, c, paired_comparison(a, b)))
+    return out
+
+
+def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str]) -> str:
+    """One table for (dataset, model): rows (regime, loss), a cell per metric: Δ [95% CI] (p)."""
+    mine = [r for r in rows if (r.setting[0], r.setting[2]) == setting_prefix]
+    columns = []
+    for r in mine:
+        if r.column.key not in [c.key for c in columns]:
+            columns.append(r.column)
+    keys = []
+    for r in mine:
+        k = (r.setting[1], r.label)
+        if k not in keys:
+            keys.append(k)
+    table = []
+    for regime, label in keys:
+        cells = [regime, label]
+        n = ""
+        for c in columns:
+            hit = next((r for r in mine if r.setting[1] == regime and r.label == label and r.column.key == c.key), None)
+            if hit is None:
+                cells.append("")
+                continue
+            res = hit.result
+            n = str(res.n)
+            text = f"{fmt_num(res.mean_diff, c.digits, c.scale)} [{fmt_num(res.ci_low, c.digits, c.scale)}, " \
+                   f"{fmt_num(res.ci_high, c.digits, c.scale)}] p={fmt_p(res.p_value)}"
+            if res.note and math.isnan(res.p_value):
+                text += f" ({res.note})"
+            cells.append(text)
+        cells.insert(2, n)
+        table.append(cells)
+    header = ["regime", "loss", "pairs"] + [f"Δ {c.name}" for c in columns]
+    return markdown_table(header, table, ["l", "l", "r"] + ["r"] * len(columns))
+
+
+def paired_csv_rows(rows: list[PairedRow]) -> tuple[list[str], list[list]]:
+    header = ["dataset", "regime", "model", "loss", "metric", "n_pairs", "mean_diff_vs_ce", "ci95_low",
+              "ci95_high", "wilcoxon_p", "note"]
+    return header, [[r.setting[0], r.setting[1], r.setting[2], r.label, r.column.key, r.result.n,
+                     r.result.mean_diff, r.result.ci_low, r.result.ci_high, r.result.p_value, r.result.note]
+                    for r in rows]
+
+
+def ood_table(results: Results, setting) -> str | None:
+    """Per OOD set, MSP AUROC and FPR95 (mean ± std over seeds, %)."""
+    groups = results.groups_of(setting)
+    sets = sorted({k.split("/")[1] for g in groups for r in g.runs for k in r.metrics if k.startswith("ood/")})
+    if not sets:
+        return None
+    header = ["loss"] + [f"{s} {stat}" for s in sets for stat in ("AUROC %", "FPR95 %")]
+    rows = []
+    for g in groups:
+        cells = [g.label]
+        for s in sets:
+            for stat in ("auroc", "fpr95"):
+                m, sd, _ = mean_std([r.metrics.get(f"ood/{s}/msp/{stat}", math.nan) for r in g.runs])
+                cells.append(fmt_mean_std(m, sd, 100, 1))
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def selection_table(results: Results) -> str | None:
+    """Groups with several variants: each variant's mean validation metric and test error, chosen one marked."""
+    rows = []
+    for setting in results.settings():
+        for g in results.groups_of(setting):
+            if len(g.variants) < 2:
+                continue
+            for name, vruns in g.variants.items():
+                val = g.selection[name]
+                err, err_sd, _ = mean_std([r.metrics.get("test/error", math.nan) for r in vruns])
+                rows.append([setting[0], setting[1], setting[2], g.label, name, str(len(vruns)),
+                             fmt_num(val, 4), fmt_mean_std(err, err_sd, 100), "yes" if name == g.selected else ""])
+    if not rows:
+        return None
+    header = ["dataset", "regime", "model", "loss", "variant", "seeds", f"mean {results.select_by}",
+              "test error %", "selected"]
+    return markdown_table(header, rows, ["l"] * 5 + ["r"] * 3 + ["l"])
+
+
+def runs_csv(results: Results, path: Path) -> None:
+    """Every done run with its config axes and every metric: the raw data behind every table."""
+    metric_keys = sorted({k for r in results.runs for k in r.metrics})
+    header = ["key", "dataset", "regime", "model", "loss", "label", "seed", "selected", "wall_seconds",
+              "hardware", "config"] + metric_keys
+    selected = {r.key for g in results.groups for r in g.runs}
+    rows = [[r.key, r.config["dataset"], r.config["regime"], r.config["model"], r.config["loss"], r.label,
+             r.seed, int(r.key in selected), r.wall_seconds, r.hardware, canonical_json(r.config)]
+            + [r.metrics.get(k, math.nan) for k in metric_keys]
+            for r in sorted(results.runs, key=lambda r: (_setting_order(r.setting), r.label, r.seed))]
+    write_csv(path, header, rows)
+
+
+def to_csv_text(header, rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
