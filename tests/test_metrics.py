@@ -368,6 +368,12 @@ def test_ood_metrics_match_sklearn(case):
     assert got == pytest.approx(sklearn_reference(s_in, s_out), abs=1e-12)
 
 
+def test_ood_metrics_stay_within_0_and_1_for_perfect_separation():
+    rng = np.random.default_rng(13)
+    got = ood_metrics(rng.uniform(5, 6, 2048), rng.uniform(0, 1, 1000))
+    assert got == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0}
+
+
 def test_ood_metrics_named_values():
     assert ood_metrics([3.0, 4.0], [1.0, 2.0]) == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0}
     assert ood_metrics([1.0, 1.0], [1.0, 1.0, 1.0])["auroc"] == 0.5
