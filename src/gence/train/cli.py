@@ -1,0 +1,139 @@
+"""``gence train``: one run from the command line, a metrics table on stdout, optionally a JSON file.
+
+    gence train --dataset cifar10 --data-dir DIR --regime balanced:100 --model resnet20 --loss gence \\
+        --epochs 100 --seed 0 --loss-param generative_weight=0.5 --ood mnist uniform_noise --json run.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from gence.train.loop import SCHEDULES, TrainConfig
+
+_SPLITS = ("val", "test", "val_ts", "test_ts")
+_SPLIT_METRICS = ("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")
+_OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+
+
+def parse_key_value(text: str) -> tuple[str, object]:
+    """``"k=v"`` -> (k, v) with v read as JSON when it parses (numbers, true/false, lists), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _class_name_or_index(text: str):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def register(subparsers) -> None:
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train", help="train one model and print its metrics",
+        description="Train one model on one regime with one loss; print validation/test metrics before and "
+                    "after temperature scaling, group accuracies and OOD metrics.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=d.dataset, help="dataset name (gence.data.available())")
+    data.add_argument("--data-dir", default=d.data_dir, help="data folder or archive (default: $GENCE_DATA)")
+    data.add_argument("--dataset-param", action="append", default=[], type=parse_key_value, metavar="K=V",
+                      help="dataset parameter, repeatable")
+    data.add_argument("--classes", nargs="+", type=_class_name_or_index, default=d.classes, metavar="C",
+                      help="keep only these classes (indices or names); 'heldout' OOD uses the rest")
+    data.add_argument("--regime", default=d.regime, help="balanced:N | long_tailed:RATIO:N_MAX[:exp|step] | full")
+    data.add_argument("--n-val-per-class", type=int, default=d.n_val_per_class)
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                      help="random crop + flip (default: the dataset's default)")
+    data.add_argument("--ood", nargs="+", default=list(d.ood), metavar="NAME", help="OOD sets to evaluate on")
+    model = p.add_argument_group("model and loss")
+    model.add_argument("--model", default=d.model, help="model name (gence.models.available())")
+    model.add_argument("--model-param", action="append", default=[], type=parse_key_value, metavar="K=V")
+    model.add_argument("--loss", default=d.loss, help="loss name (gence.losses.available())")
+    model.add_argument("--loss-param", action="append", default=[], type=parse_key_value, metavar="K=V")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--lr", type=float, default=d.lr)
+    opt.add_argument("--momentum", type=float, default=d.momentum)
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d.nesterov)
+    opt.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    opt.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    opt.add_argument("--epochs", type=int, default=d.epochs)
+    opt.add_argument("--batch-size", type=int, default=d.batch_size)
+    opt.add_argument("--seed", type=int, default=d.seed)
+    run = p.add_argument_group("execution and output")
+    run.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N | auto")
+    run.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    run.add_argument("--n-bins", type=int, default=d.n_bins)
+    run.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--json", metavar="PATH", help="write metrics, config and extras as JSON (NaN as null)")
+    p.set_defaults(func=main)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, dataset_params=dict(args.dataset_param),
+        classes=args.classes, regime=args.regime, n_val_per_class=args.n_val_per_class,
+        model=args.model, model_params=dict(args.model_param), loss=args.loss, loss_params=dict(args.loss_param),
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
+        augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, compile=args.compile,
+        ood=list(args.ood), n_bins=args.n_bins, eval_batch_size=args.eval_batch_size,
+    )
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A plain-text table: splits x metrics, then temperature, groups, OOD and training numbers."""
+    lines = [f"{'':14}" + "".join(f"{s:>10}" for s in _SPLITS)]
+    for m in _SPLIT_METRICS:
+        lines.append(f"{m:14}" + "".join(f"{metrics.get(f'{s}/{m}', math.nan):10.4f}" for s in _SPLITS))
+    lines.append("")
+    lines.append(f"{'temperature':14}{metrics['temperature']:10.4f}")
+    lines.append(f"{'test accuracy':14}" + "".join(
+        f"  {g} {metrics[f'test/acc_{g}']:.4f}" for g in ("many", "medium", "few")))
+    ood_sets = sorted({k.split("/")[1] for k in metrics if k.startswith("ood/")})
+    if ood_sets:
+        lines.append("")
+        lines.append(f"{'ood set / score':28}" + "".join(f"{m:>10}" for m in _OOD_METRICS))
+        for name in ood_sets:
+            scores = [k.split("/")[2] for k in metrics if k.startswith(f"ood/{name}/") and k.endswith("/auroc")]
+            for score in scores:
+                row = "".join(f"{metrics[f'ood/{name}/{score}/{m}']:10.4f}" for m in _OOD_METRICS)
+                lines.append(f"{name + ' / ' + score:28}{row}")
+    lines.append("")
+    lines.append(f"train: loss {metrics['train/loss']:.4f}, {metrics['train/seconds']:.1f} s, "
+                 f"{metrics['train/images_per_second']:.0f} images/s")
+    return "\n".join(lines)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def main(args: argparse.Namespace) -> int:
+    from gence.train.loop import fit
+
+    config = config_from_args(args)
+    result = fit(config, progress=not args.no_progress)
+    print(f"{config.dataset} {config.regime}, {config.model}, loss {config.loss}, {config.epochs} epochs, "
+          f"seed {config.seed} ({result.extras['hardware']})")
+    print(format_metrics(result.metrics))
+    if args.json:
+        payload = {"metrics": result.metrics, "config": result.config, "extras": result.extras}
+        with open(args.json, "w") as fh:
+            json.dump(_json_safe(payload), fh, indent=1, allow_nan=False)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

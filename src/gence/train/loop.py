@@ -1,0 +1,401 @@
+"""The one training loop: data on the device, SGD with warm-up and cosine/step decay, evaluation.
+
+Read top to bottom, ``fit`` does this:
+
+1. Load the dataset, draw the regime's training subset and a disjoint validation split (seeded), and put
+   the training subset on the device as one standardised float tensor (airbench style).
+2. Build the model and the loss by name; the loss gets the drawn subset's class counts.
+3. Each epoch: ``loss.on_epoch_start(epoch, epochs)``, one device-side shuffle, batches sliced from it,
+   batched random crop + flip when augmenting, one SGD step per batch with the learning rate set per step.
+4. Evaluate: logits on validation, test and OOD sets (eval mode, batched, no grad); fit a temperature on
+   validation; compute every metric before and after temperature scaling.
+
+Conventions (where the issue left a choice):
+
+- Batches: ``ceil(n_train / batch_size)`` steps per epoch, the last batch smaller (no drop_last), so every
+  training image is seen once per epoch; in small-data regimes dropping it would discard up to a quarter.
+- Learning rate, per step s of T = epochs * steps_per_epoch, with W = round(warmup_epochs * steps_per_epoch):
+  warm-up ``lr * (s + 1) / W`` for s < W, then cosine ``lr * (1 + cos(pi * (s - W) / (T - W))) / 2``, or
+  step: ``lr``, times 0.1 from 50% and 0.01 from 75% of T (see :func:`learning_rate`).
+- Determinism: ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic and not
+  benchmarking, for the duration of ``fit`` only (the previous settings are restored). On the CPU this
+  costs nothing measurable; on CUDA it picks deterministic convolution algorithms.
+- Non-finite loss: checked once per epoch (one device sync per epoch, not per step), reporting the first
+  bad step; raises :class:`NonFiniteLossError`.
+- ``n_val_per_class=0``: no validation split; ``val/*`` and ``val_ts/*`` are NaN and the temperature is 1.
+- Many/medium/few groups (``test/acc_*``, always reported): a class is "many" with more than ``many``
+  training images and "few" with fewer than ``few``. The standard thresholds 100 and 20 (Liu et al. 2019)
+  were set for n_max = 500 (CIFAR-100-LT); for smaller n_max both scale by n_max / 500, so the groups keep
+  the same proportions of the head count (see :func:`group_thresholds`).
+- OOD metrics use the test split as in-distribution and the logits before temperature scaling.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCHEDULES = ("cosine", "step")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; JSON-able (``to_dict`` / ``from_dict``)."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    dataset_params: dict = field(default_factory=dict)
+    classes: list | None = None          # keep only these classes (held-out-class OOD uses the rest)
+    regime: str = "balanced:50"          # "balanced:N", "long_tailed:RATIO:N_MAX[:exp|step]", "full"
+    n_val_per_class: int = 50
+    model: str = "small_cnn"
+    model_params: dict = field(default_factory=dict)
+    loss: str = "ce"
+    loss_params: dict = field(default_factory=dict)
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: str = "cosine"             # "cosine" | "step" (x0.1 at 50% and 75% of training)
+    warmup_epochs: float = 1.0
+    epochs: int = 30
+    batch_size: int = 128
+    augment: bool | None = None          # None: the dataset's default (crop+flip for CIFAR-like data)
+    seed: int = 0
+    device: str = "auto"                 # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
+    amp: bool = False                    # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    compile: bool = False                # torch.compile the training forward pass
+    ood: list = field(default_factory=list)  # OOD set names, see gence.data.ood_names()
+    n_bins: int = 15
+    eval_batch_size: int = 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field whose value cannot work."""
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name}={v!r}: expected an integer >= 1")
+        for name in ("epochs", "batch_size", "n_bins", "eval_batch_size"):
+            positive_int(name)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: expected one of {SCHEDULES}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr={self.lr!r}: expected a finite number > 0")
+        if not (0 <= self.warmup_epochs <= self.epochs):
+            raise ValueError(f"TrainConfig.warmup_epochs={self.warmup_epochs!r}: expected 0 <= warmup_epochs "
+                             f"<= epochs={self.epochs}")
+        if isinstance(self.n_val_per_class, bool) or not isinstance(self.n_val_per_class, int) \
+                or self.n_val_per_class < 0:
+            raise ValueError(f"TrainConfig.n_val_per_class={self.n_val_per_class!r}: expected an integer >= 0")
+        if isinstance(self.ood, str):
+            raise ValueError(f"TrainConfig.ood={self.ood!r}: expected a list of OOD set names")
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns. ``metrics`` and ``extras`` are JSON-able; the logits are for callers that
+    want more (plots, ensembles) and are not meant for the results database."""
+
+    metrics: dict[str, float]
+    extras: dict[str, Any]
+    config: dict[str, Any]
+    test_logits: torch.Tensor
+    test_labels: torch.Tensor
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; ``epoch`` and ``step`` count from 0."""
+
+    def __init__(self, value: float, epoch: int, step: int, epochs: int, steps_per_epoch: int, lr: float):
+        self.value, self.epoch, self.step = value, epoch, step
+        super().__init__(
+            f"training loss is {value} at epoch {epoch}, step {step} (both counted from 0; {epochs} epochs of "
+            f"{steps_per_epoch} steps; lr at that step {lr:.4g}); lower the learning rate, check the loss "
+            f"parameters, or turn off amp"
+        )
+
+
+def learning_rate(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0,
+                  schedule: str = "cosine") -> float:
+    """The learning rate at 0-based ``step`` (see the module docstring for the formulas)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return base_lr * 0.1 ** ((step >= 0.5 * total_steps) + (step >= 0.75 * total_steps))
+    raise ValueError(f"schedule={schedule!r}: expected one of {SCHEDULES}")
+
+
+def group_thresholds(n_max: int) -> tuple[float, float]:
+    """(many, few) training-count thresholds for many/medium/few accuracy: (100, 20) scaled by min(1, n_max/500)."""
+    scale = min(1.0, n_max / 500)
+    return 100 * scale, 20 * scale
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return dev
+
+
+def hardware(device: torch.device) -> str:
+    """A one-line description of what ran the training, for every result."""
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{device.type}: {what}; torch {torch.__version__}"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """Deterministic kernels for the duration of a run; the caller's settings come back afterwards."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    # cuBLAS needs this before its first use to be deterministic; harmless when CUDA is absent.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also every CUDA device
+
+
+def autocast(device: torch.device, enabled: bool):
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, normalize, device: torch.device, batch_size: int,
+            amp: bool = False) -> torch.Tensor:
+    """float32 CPU logits of ``model`` (in eval mode) for raw inputs ``x``, ``batch_size`` at a time."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = normalize(x[i:i + batch_size].to(device, non_blocking=True))
+        with autocast(device, amp):
+            out.append(model(xb).float().cpu())
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
+
+
+@dataclass
+class _Data:
+    dataset: Any            # gence.data.ArrayDataset
+    train_x: torch.Tensor   # standardised float32, on the device
+    train_y: torch.Tensor   # int64, on the device
+    val_x: torch.Tensor     # raw (uint8 images or float features), on the CPU
+    val_y: torch.Tensor
+    class_counts: list[int]
+    augment: bool
+
+
+def _load_data(config: TrainConfig, device: torch.device) -> _Data:
+    from gence import data
+
+    ds = data.load_dataset(config.dataset, config.data_dir, classes=config.classes, **config.dataset_params)
+    train_idx, val_idx = data.split_indices(ds.train_y, config.regime, config.n_val_per_class, seed=config.seed,
+                                            num_classes=ds.num_classes)
+    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    train_y = ds.train_y[train_idx]
+    augment = data.default_augment(ds) if config.augment is None else bool(config.augment)
+    if augment and not ds.is_image:
+        raise ValueError(f"augment=True: dataset {config.dataset!r} holds feature vectors, not images")
+    counts = torch.bincount(train_y, minlength=ds.num_classes).tolist()
+    return _Data(dataset=ds, train_x=ds.normalize(ds.train_x[train_idx].to(device)), train_y=train_y.to(device),
+                 val_x=ds.train_x[val_idx], val_y=ds.train_y[val_idx], class_counts=counts, augment=augment)
+
+
+def _build_model(config: TrainConfig, ds) -> nn.Module:
+    from gence import models
+
+    if ds.is_image:
+        in_channels, image_size = ds.image_shape[0], tuple(ds.image_shape[1:])
+    else:
+        in_channels, image_size = ds.train_x.shape[1], None
+    return models.build(config.model, in_channels, ds.num_classes, image_size, **config.model_params)
+
+
+def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+                 device: torch.device, augment: bool, progress: bool = True) -> list[dict]:
+    """The training phase alone (what the throughput benchmark times): returns the per-epoch history."""
+    from tqdm.auto import tqdm
+
+    from gence.data import iterate_batches, random_crop_flip
+
+    n = len(y)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    forward = torch.compile(model) if config.compile else model
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    history = []
+    model.train()
+    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        if hasattr(loss_fn, "on_epoch_start"):
+            loss_fn.on_epoch_start(epoch, config.epochs)
+        # Per-step losses stay on the device: one sync per epoch, not per step.
+        step_losses = torch.zeros(steps_per_epoch, device=device)
+        sizes = torch.zeros(steps_per_epoch, device=device)
+        lrs = []
+        for step, (xb, yb) in enumerate(iterate_batches(x, y, config.batch_size, shuffle=True, generator=generator)):
+            lr = learning_rate(epoch * steps_per_epoch + step, total_steps, config.lr, warmup_steps, config.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            lrs.append(lr)
+            if augment:
+                xb = random_crop_flip(xb, generator=generator)
+            with autocast(device, config.amp):
+                logits = forward(xb)
+            loss = loss_fn(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step_losses[step] = loss.detach()
+            sizes[step] = len(yb)
+        finite = torch.isfinite(step_losses)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+            raise NonFiniteLossError(float(step_losses[bad]), epoch, bad, config.epochs, steps_per_epoch, lrs[bad])
+        mean_loss = float((step_losses * sizes).sum() / n)
+        history.append({"epoch": epoch, "loss": mean_loss, "lr": lrs[-1]})
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs[-1]:.3g}")
+    bar.close()
+    return history
+
+
+def _split_metrics(prefix: str, logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict[str, float]:
+    from gence import metrics
+
+    if len(labels) == 0:
+        keys = ("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")
+        return {f"{prefix}/{k}": math.nan for k in keys}
+    return {f"{prefix}/{k}": float(v) for k, v in metrics.evaluate(logits, labels, n_bins).items()}
+
+
+def evaluate_model(model: nn.Module, data: _Data, config: TrainConfig, device: torch.device
+                   ) -> tuple[dict[str, float], dict[str, Any], torch.Tensor]:
+    """Metrics (before and after temperature scaling, groups, OOD), reliability bins, test logits."""
+    from gence import metrics
+    from gence.calibration import fit_temperature
+    from gence.data import load_ood
+
+    ds = data.dataset
+    run = lambda x: predict(model, x, ds.normalize, device, config.eval_batch_size, config.amp)
+    val_logits, test_logits = run(data.val_x), run(ds.test_x)
+    temperature = fit_temperature(val_logits, data.val_y) if len(data.val_y) else 1.0
+
+    out = {}
+    out.update(_split_metrics("val", val_logits, data.val_y, config.n_bins))
+    out.update(_split_metrics("test", test_logits, ds.test_y, config.n_bins))
+    out.update(_split_metrics("val_ts", val_logits / temperature, data.val_y, config.n_bins))
+    out.update(_split_metrics("test_ts", test_logits / temperature, ds.test_y, config.n_bins))
+    out["temperature"] = float(temperature)
+
+    test_probs = F.softmax(test_logits.double(), dim=1)
+    many, few = group_thresholds(max(data.class_counts))
+    groups = metrics.group_accuracy(test_probs, ds.test_y, data.class_counts, many=many, few=few)
+    out.update({f"test/acc_{g}": float(v) for g, v in groups.items()})
+
+    for name in config.ood:
+        ood_logits = run(load_ood(name, ds, seed=config.seed))
+        for score in metrics.OOD_SCORES:
+            result = metrics.ood_metrics(metrics.ood_scores(test_logits, score), metrics.ood_scores(ood_logits, score))
+            out.update({f"ood/{name}/{score}/{k}": float(v) for k, v in result.items()})
+
+    reliability = {
+        "test": metrics.reliability_bins(test_probs, ds.test_y, config.n_bins),
+        "test_ts": metrics.reliability_bins(F.softmax(test_logits.double() / temperature, dim=1), ds.test_y,
+                                            config.n_bins),
+    }
+    return out, reliability, test_logits
+
+
+def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` with ``config.loss`` on the configured regime, then evaluate it.
+
+    Returns metrics with exactly the keys of docs/architecture.md, extras (reliability bins, per-epoch
+    history, data sizes, hardware), the config as a dict, and the test logits and labels.
+    Raises :class:`NonFiniteLossError` when the training loss stops being finite.
+    """
+    from gence import losses
+
+    config.validate()
+    device = resolve_device(config.device)
+    with deterministic_algorithms():
+        seed_everything(config.seed)
+        data = _load_data(config, device)
+        ds = data.dataset
+        seed_everything(config.seed)  # the model's initialisation does not depend on how data was drawn
+        model = _build_model(config, ds).to(device)
+        loss_fn = losses.build(config.loss, ds.num_classes, class_counts=data.class_counts,
+                               **config.loss_params).to(device)
+
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        history = train_epochs(model, loss_fn, data.train_x, data.train_y, config, device, data.augment, progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+
+        metrics, reliability, test_logits = evaluate_model(model, data, config, device)
+
+    n_train = len(data.train_y)
+    metrics["train/loss"] = history[-1]["loss"]
+    metrics["train/seconds"] = seconds
+    metrics["train/images_per_second"] = config.epochs * n_train / seconds
+    extras = {
+        "reliability": reliability,
+        "history": history,
+        "data": {"n_train": n_train, "n_val": len(data.val_y), "n_test": len(ds.test_y),
+                 "class_counts": data.class_counts, "augment": data.augment},
+        "hardware": hardware(device),
+    }
+    return TrainResult(metrics=metrics, extras=extras, config=config.to_dict(),
+                       test_logits=test_logits, test_labels=ds.test_y.clone())

@@ -1,0 +1,195 @@
+"""The training loop: accuracy on digits, exact metric keys, determinism, schedule, hooks, NaN errors, CLI.
+
+Every run here is a few epochs of a small CNN or MLP on the embedded 8x8 digits, so the file takes
+seconds; none reads /work/shared or any data directory.
+"""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gence.losses
+from gence.cli import main as gence_main
+from gence.train import NonFiniteLossError, TrainConfig, TrainResult, fit, learning_rate
+from gence.train.loop import group_thresholds
+
+SPLIT_METRICS = ("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")
+OOD_SCORES = ("msp", "max_logit", "energy", "entropy")
+OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared machine, two spinning OpenMP threads make these runs
+    several times slower, not faster. The caller's setting comes back afterwards."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def expected_keys(ood=()):
+    """The metric keys of docs/architecture.md, written out independently of the loop."""
+    keys = {f"{s}/{m}" for s in ("val", "test", "val_ts", "test_ts") for m in SPLIT_METRICS}
+    keys |= {"temperature", "test/acc_many", "test/acc_medium", "test/acc_few",
+             "train/loss", "train/seconds", "train/images_per_second"}
+    keys |= {f"ood/{o}/{s}/{m}" for o in ood for s in OOD_SCORES for m in OOD_METRICS}
+    return keys
+
+
+def tiny(**overrides):
+    """A run of a second or two: digits, small CNN, CE."""
+    base = dict(dataset="digits", regime="balanced:20", n_val_per_class=10, model="small_cnn", loss="ce",
+                epochs=2, batch_size=64, lr=0.05, warmup_epochs=0, device="cpu")
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def comparable(metrics):
+    """Metrics minus the timings, NaN replaced by a string so that == compares it too."""
+    return {k: "nan" if math.isnan(v) else v for k, v in metrics.items()
+            if k not in ("train/seconds", "train/images_per_second")}
+
+
+def test_small_cnn_learns_digits_from_50_per_class():
+    result = fit(tiny(regime="balanced:50", n_val_per_class=20, epochs=10, lr=0.1, warmup_epochs=1),
+                 progress=False)
+    assert isinstance(result, TrainResult)
+    assert result.metrics["test/error"] < 0.10
+    assert set(result.metrics) == expected_keys()
+    # Balanced 50 per class: every class is "many" (50 > 100 * 50/500) and the other groups are empty.
+    assert result.metrics["test/acc_many"] == pytest.approx(1 - result.metrics["test/error"])
+    assert math.isnan(result.metrics["test/acc_medium"]) and math.isnan(result.metrics["test/acc_few"])
+    # Temperature scaling changes neither the predictions nor the error, only the probabilities.
+    assert result.metrics["test_ts/error"] == result.metrics["test/error"]
+    assert result.metrics["val_ts/nll"] <= result.metrics["val/nll"] + 1e-12
+    assert result.extras["data"] == {"n_train": 500, "n_val": 200, "n_test": len(result.test_labels),
+                                     "class_counts": [50] * 10, "augment": False}
+    assert result.test_logits.shape == (len(result.test_labels), 10)
+    assert len(result.extras["history"]) == 10
+    assert result.metrics["train/loss"] == result.extras["history"][-1]["loss"]
+    assert sum(result.extras["reliability"]["test"]["count"]) == len(result.test_labels)
+    json.dumps(result.extras)  # JSON-able
+    json.dumps(result.config)
+
+
+def test_same_seed_same_metrics_and_another_seed_differs():
+    # Augmentation on, so the device-side shuffle and crop/flip draws are covered too.
+    config = tiny(augment=True, model_params={"widths": [8, 8, 8]})
+    first = fit(config, progress=False)
+    second = fit(TrainConfig.from_dict(config.to_dict()), progress=False)
+    assert comparable(first.metrics) == comparable(second.metrics)
+    assert torch.equal(first.test_logits, second.test_logits)
+    other = fit(tiny(augment=True, model_params={"widths": [8, 8, 8]}, seed=1), progress=False)
+    assert other.metrics["train/loss"] != first.metrics["train/loss"]
+
+
+def test_learning_rate_closed_form():
+    base, total, warm = 0.1, 100, 10
+    assert learning_rate(0, total, base, warm) == pytest.approx(0.01)
+    assert learning_rate(4, total, base, warm) == pytest.approx(0.05)
+    assert learning_rate(9, total, base, warm) == pytest.approx(0.1)
+    assert learning_rate(10, total, base, warm) == pytest.approx(0.1)  # cosine starts at the peak
+    assert learning_rate(55, total, base, warm) == pytest.approx(0.05)  # half-way through the decay
+    assert learning_rate(32, total, base, warm) == pytest.approx(0.05 * (1 + math.cos(math.pi * 22 / 90)))
+    assert learning_rate(99, total, base, warm) == pytest.approx(0.05 * (1 + math.cos(math.pi * 89 / 90)))
+    assert learning_rate(49, total, base, 0, "step") == pytest.approx(0.1)
+    assert learning_rate(50, total, base, 0, "step") == pytest.approx(0.01)
+    assert learning_rate(74, total, base, 0, "step") == pytest.approx(0.01)
+    assert learning_rate(75, total, base, 0, "step") == pytest.approx(0.001)
+
+
+class RecordingLoss(nn.Module):
+    """Cross-entropy that records what the loop tells it; turns NaN from epoch ``nan_from`` on."""
+
+    def __init__(self, nan_from=None):
+        super().__init__()
+        self.calls, self.nan_from, self.epoch = [], nan_from, 0
+
+    def on_epoch_start(self, epoch, total_epochs):
+        self.calls.append((epoch, total_epochs))
+        self.epoch = epoch
+
+    def forward(self, logits, target):
+        loss = nn.functional.cross_entropy(logits, target)
+        return loss * math.nan if self.nan_from is not None and self.epoch >= self.nan_from else loss
+
+
+@pytest.fixture
+def recording_loss(monkeypatch):
+    made = {}
+
+    def build(name, num_classes, class_counts=None, **params):
+        made.update(name=name, num_classes=num_classes, class_counts=class_counts, params=params)
+        made["loss"] = RecordingLoss(**params)
+        return made["loss"]
+
+    monkeypatch.setattr(gence.losses, "build", build)
+    return made
+
+
+def test_loss_hook_class_counts_and_schedule_as_applied(recording_loss):
+    # long_tailed:4:40 over 10 classes: n_i = floor(40 * 4 ** (-i / 9)) drawn exactly per class.
+    config = tiny(model="mlp", model_params={"hidden": [16]}, regime="long_tailed:4:40", n_val_per_class=5,
+                  epochs=3, batch_size=32, lr=0.2, warmup_epochs=1, loss="recording")
+    result = fit(config, progress=False)
+    assert recording_loss["loss"].calls == [(0, 3), (1, 3), (2, 3)]
+    counts = recording_loss["class_counts"]
+    assert counts == result.extras["data"]["class_counts"]
+    assert counts[0] == 40 and counts[-1] == 10 and counts == sorted(counts, reverse=True)
+    assert recording_loss["num_classes"] == 10
+    n_train = sum(counts)
+    steps = math.ceil(n_train / 32)
+    lrs = [h["lr"] for h in result.extras["history"]]
+    assert lrs == [pytest.approx(learning_rate((e + 1) * steps - 1, 3 * steps, 0.2, steps)) for e in range(3)]
+    # n_max = 40: groups at counts > 8 ("many") and < 1.6 ("few"): all classes are "many".
+    assert group_thresholds(40) == pytest.approx((8.0, 1.6))
+    assert group_thresholds(500) == group_thresholds(5000) == (100, 20)
+
+
+def test_nan_loss_names_the_epoch(recording_loss):
+    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 1, step 0") as info:
+        fit(tiny(model="mlp", loss="recording", loss_params={"nan_from": 1}, epochs=3), progress=False)
+    assert info.value.epoch == 1 and info.value.step == 0
+
+
+def test_huge_learning_rate_stops_with_a_clear_error():
+    with pytest.raises(NonFiniteLossError, match=r"at epoch \d+, step \d+.*lower the learning rate"):
+        fit(tiny(model="mlp", lr=1e30, epochs=3), progress=False)
+
+
+def test_gence_loss_and_ood_sets_run_through_the_loop():
+    result = fit(tiny(loss="gence", loss_params={"generative_weight": 1.0}, ood=["uniform_noise"]), progress=False)
+    assert set(result.metrics) == expected_keys(["uniform_noise"])
+    assert all(math.isfinite(v) for k, v in result.metrics.items() if not k.startswith("test/acc_"))
+    assert 0 <= result.metrics["ood/uniform_noise/msp/auroc"] <= 1
+
+
+def test_config_round_trip_and_errors():
+    config = tiny(loss_params={"generative_weight": 0.5}, ood=["uniform_noise"])
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        fit(tiny(schedule="linear"), progress=False)
+    with pytest.raises(ValueError, match="epochs=0"):
+        fit(tiny(epochs=0), progress=False)
+
+
+def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    code = gence_main(["train", "--dataset", "digits", "--regime", "balanced:10", "--n-val-per-class", "5",
+                       "--model", "mlp", "--model-param", "hidden=[8]", "--loss", "gence",
+                       "--loss-param", "generative_weight=0.5", "--epochs", "1", "--device", "cpu",
+                       "--no-progress", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test_ts" in printed and "temperature" in printed and "images/s" in printed
+    payload = json.loads(out.read_text())
+    assert set(payload["metrics"]) == expected_keys()
+    assert payload["config"]["loss_params"] == {"generative_weight": 0.5}
+    assert payload["config"]["model_params"] == {"hidden": [8]}
+    assert payload["metrics"]["test/acc_few"] is None  # NaN is written as null
