@@ -229,13 +229,15 @@ def test_runner_skips_done_and_stores_failures_retried_only_when_asked(tmp_path,
                                                                                 if r.config["seed"] == 2])
 
 
-def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, monkeypatch, workers):
     run_fn, log = fake
     grid = write_grid(tmp_path)
     db = tmp_path / "r.sqlite"
     monkeypatch.setenv("FAKE_SLEEP", "0.4")
     cmd = [sys.executable, "-c", "import sys; from gence.cli import main; sys.exit(main(sys.argv[1:]))",
-           "bench", str(grid), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report"]
+           "bench", str(grid), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report",
+           "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 40
@@ -255,6 +257,14 @@ def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, mon
     finally:
         proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
+    # workers get SIGTERM when their parent dies (PR_SET_PDEATHSIG): wait until none is left
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with sqlite3.connect(db, timeout=5) as con:
+            owners = [o for (o,) in con.execute("SELECT owner FROM runs WHERE status='running'")]
+        if not any(_alive(int(o.split(":")[1])) for o in owners):
+            break
+        time.sleep(0.1)
     before = {r["key"]: r["status"] for r in db_rows(db)}
     assert 4 <= list(before.values()).count("done") < 12
     started_before = log.read_text().split()
@@ -273,6 +283,14 @@ def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, mon
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_two_workers_share_one_db_without_duplicates(tmp_path, fake, monkeypatch):
@@ -310,12 +328,13 @@ def test_shards_merged_equal_one_unsharded_run(tmp_path, fake, capsys):
     run_fn, _ = fake
     grid = write_grid(tmp_path)
     full = tmp_path / "full.sqlite"
-    assert main(["bench", str(grid), "--db", str(full), "--run-fn", run_fn, "--quiet", "--no-report"]) == 0
+    assert main(["bench", str(grid), "--db", str(full), "--run-fn", run_fn, "--quiet", "--no-report",
+                 "--workers", "1"]) == 0
     shards = []
     for i in (1, 2, 3):
         shards.append(tmp_path / f"shard{i}.sqlite")
         assert main(["bench", str(grid), "--db", str(shards[-1]), "--shard", f"{i}/3", "--run-fn", run_fn,
-                     "--quiet"]) == 0
+                     "--quiet", "--workers", "1"]) == 0
     merged = tmp_path / "merged.sqlite"
     assert main(["merge", str(merged), *map(str, shards)]) == 0
     assert main(["merge", str(merged), *map(str, shards)]) == 0  # merging again adds nothing
@@ -336,7 +355,8 @@ def test_bench_list_shows_status(tmp_path, fake, capsys):
     run_fn, _ = fake
     grid = write_grid(tmp_path)
     db = tmp_path / "r.sqlite"
-    assert main(["bench", str(grid), "--db", str(db), "--shard", "1/2", "--run-fn", run_fn, "--quiet"]) == 0
+    assert main(["bench", str(grid), "--db", str(db), "--shard", "1/2", "--run-fn", run_fn, "--quiet",
+                 "--workers", "1"]) == 0
     capsys.readouterr()
     assert main(["bench", str(grid), "--db", str(db), "--list"]) == 0
     out = capsys.readouterr().out
@@ -356,7 +376,7 @@ def _have_training() -> bool:
 def test_real_tiny_grid_end_to_end_with_report(tmp_path, capsys):
     grid = write_grid(tmp_path, """
         [train]
-        epochs = 2
+        epochs = 1
         n_val_per_class = 5
         batch_size = 32
         ood = ["gaussian_noise"]
@@ -365,15 +385,16 @@ def test_real_tiny_grid_end_to_end_with_report(tmp_path, capsys):
         datasets = ["digits"]
         regimes = ["balanced:5", "balanced:10"]
         models = ["small_cnn"]
-        seeds = [0, 1]
+        seeds = [0]
         losses = ["ce", "gence"]
     """)
     db, out = tmp_path / "r.sqlite", tmp_path / "report"
-    assert main(["bench", str(grid), "--db", str(db), "-o", str(out), "--quiet"]) == 0
+    args = ["bench", str(grid), "--db", str(db), "-o", str(out), "--quiet", "--workers", "1", "--threads", "1"]
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert "Test error %" in printed and "gence" in printed
     rows = db_rows(db)
-    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
     for r in rows:
         assert 0 <= r["metrics"]["test/error"] <= 1
         assert "reliability" in r["extras"]
@@ -384,5 +405,5 @@ def test_real_tiny_grid_end_to_end_with_report(tmp_path, capsys):
         "ece_ts_digits_small_cnn.png", "error_vs_labels_digits_small_cnn.png",
         "reliability_digits_balanced-10_small_cnn.png", "reliability_digits_balanced-5_small_cnn.png"]
     # a second bench run skips everything
-    assert main(["bench", str(grid), "--db", str(db), "-o", str(out), "--quiet"]) == 0
-    assert len(db_rows(db)) == 8
+    assert main(args) == 0
+    assert len(db_rows(db)) == 4

@@ -19,7 +19,10 @@ def register(subparsers) -> None:
     bench.add_argument("--db", default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
     bench.add_argument("-o", "--out", default=DEFAULT_REPORT_DIR,
                        help=f"report directory (default: {DEFAULT_REPORT_DIR})")
-    bench.add_argument("--workers", type=int, default=1, help="parallel worker processes (default: 1)")
+    bench.add_argument("--workers", default="auto",
+                       help="parallel worker processes, or 'auto': one per CPU core (at most 8) when the runs "
+                            "use the CPU, 1 when they may use a GPU (default: auto)")
+    bench.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
     bench.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts (1-based)")
     bench.add_argument("--retry-failed", action="store_true", help="run again the runs stored as failed")
     bench.add_argument("--data-dir", help="dataset directory for every run (does not change run keys)")
@@ -55,7 +58,7 @@ def _load(args):
 def bench_main(args: argparse.Namespace) -> int:
     from gence.experiments.db import ResultsDB
     from gence.experiments.grid import GridError, parse_shard, shard
-    from gence.experiments.runner import describe, run_grid
+    from gence.experiments.runner import auto_workers, describe, run_grid
 
     try:
         grid = _load(args)
@@ -63,10 +66,21 @@ def bench_main(args: argparse.Namespace) -> int:
     except (GridError, ValueError) as exc:
         print(f"gence bench: {exc}", file=sys.stderr)
         return 2
-    if args.workers < 1:
-        print(f"gence bench: --workers {args.workers}: expected >= 1", file=sys.stderr)
-        return 2
     runs = shard(grid.runs, *shard_spec) if shard_spec else grid.runs
+    runtime = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
+    if args.workers == "auto":
+        workers = auto_workers(runs, runtime)
+    else:
+        try:
+            workers = int(args.workers)
+            if workers < 1:
+                raise ValueError
+        except ValueError:
+            print(f"gence bench: --workers {args.workers!r}: expected an integer >= 1 or 'auto'", file=sys.stderr)
+            return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"gence bench: --threads {args.threads}: expected an integer >= 1", file=sys.stderr)
+        return 2
     if args.list:
         status = {}
         if Path(args.db).exists():
@@ -76,12 +90,11 @@ def bench_main(args: argparse.Namespace) -> int:
             print(f"{status.get(spec.key, 'todo'):8s} {spec.key[:12]} {describe(spec)}")
         print(f"{len(runs)} run(s)" + (f" (shard {args.shard} of {len(grid.runs)})" if shard_spec else ""))
         return 0
-    runtime = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
     where = grid.path or "built-in demo grid"
     print(f"gence bench: {len(runs)} run(s) from {where}"
-          + (f", shard {args.shard}" if shard_spec else "") + f" -> {args.db}", file=sys.stderr)
+          + (f", shard {args.shard}" if shard_spec else "") + f", {workers} worker(s) -> {args.db}", file=sys.stderr)
     try:
-        summary = run_grid(runs, args.db, workers=args.workers, retry_failed=args.retry_failed,
+        summary = run_grid(runs, args.db, workers=workers, threads=args.threads, retry_failed=args.retry_failed,
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
                            grid_text=(grid.name, grid.path, grid.text))
     except KeyboardInterrupt:

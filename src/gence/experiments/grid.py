@@ -158,7 +158,10 @@ class Registry:
         """The fully resolved config (defaults filled in, the loop's own validation run)."""
         from gence.train import TrainConfig
 
-        return TrainConfig.from_dict(config).to_dict()
+        resolved = TrainConfig.from_dict(config)
+        if hasattr(resolved, "validate"):
+            resolved.validate()
+        return resolved.to_dict()
 
 
 def _as_list(value: Any, where: str, *, allow_scalar: bool = True) -> list:

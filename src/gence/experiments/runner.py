@@ -6,7 +6,9 @@
   over by the next invocation (see :mod:`gence.experiments.db`).
 - ``workers > 1`` starts that many processes (spawn), all walking the same ordered list and claiming runs
   one at a time: whoever is free takes the next unclaimed run, so no run is done twice and no worker
-  idles while runs remain. Each worker gets ``cpu cores // workers`` torch threads.
+  idles while runs remain. Each worker gets ``cpu cores // workers`` torch threads (or ``threads``).
+  :func:`auto_workers` picks one worker per core for CPU runs: small models gain little from a second
+  thread, and on a shared machine oversubscribed threads can make a run ten times slower.
 - Sharding (``grid.shard``) picks a deterministic, disjoint part of the list before any of this.
 
 The run function is injectable: ``run_fn(config: dict) -> (metrics: dict, extras)``, given as a callable
@@ -156,12 +158,30 @@ def _die_with_parent() -> None:
         pass
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_workers(specs: Sequence[RunSpec], runtime: dict | None = None, *, max_workers: int = 8) -> int:
+    """One worker per usable core (at most ``max_workers``, each dataset is loaded once per worker) when
+    every run is on the CPU; one worker when any run may use a GPU, which the workers would share."""
+    runtime = runtime or {}
+    devices = {str(runtime.get("device", s.config.get("device", "auto"))) for s in specs}
+    if devices - {"cpu"}:
+        import torch
+
+        if not (devices <= {"cpu", "auto"} and not torch.cuda.is_available()):
+            return 1
+    return max(1, min(usable_cores(), max_workers, len(specs)))
+
+
 def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: int = 1,
-             retry_failed: bool = False, run_fn: RunFunction | str | None = None, progress: bool = True,
+             threads: int | None = None, retry_failed: bool = False, run_fn: RunFunction | str | None = None, progress: bool = True,
              runtime: dict | None = None, lease_seconds: float = 600.0,
              grid_text: tuple[str, str | None, str] | None = None) -> RunnerSummary:
     """Run every spec not yet done in ``db_path``; see the module docstring for the guarantees.
 
+    ``threads``: torch threads per run (default: unchanged with one worker, cores // workers otherwise).
     ``runtime``: settings applied at run time that do not change a run's key (``data_dir``, ``device``).
     ``grid_text``: (name, path, TOML text) stored in the database for the report header."""
     runtime = dict(runtime or {})
@@ -213,6 +233,10 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
             hardware: dict = {}
             previous = signal.getsignal(signal.SIGTERM)
             in_main = _in_main_thread()
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
             if in_main:
                 signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
@@ -225,7 +249,8 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
                 if in_main:
                     signal.signal(signal.SIGTERM, previous)
         else:
-            _run_workers(pending, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, record)
+            _run_workers(pending, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, threads,
+                         record)
         if bar is not None:
             bar.close()
     finally:
@@ -248,11 +273,10 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
 
 
-def _run_workers(pending, db_path, run_fn, runtime, retry_failed, lease, workers, record) -> None:
+def _run_workers(pending, db_path, run_fn, runtime, retry_failed, lease, workers, threads, record) -> None:
     if callable(run_fn) and getattr(run_fn, "__module__", None) == "__main__":
         raise ValueError("run_fn is defined in __main__; with workers > 1 give it as 'module:function'")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
+    threads = threads or max(1, usable_cores() // workers)
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     events = ctx.Queue()
     procs = [ctx.Process(target=_worker, name=f"gence-worker-{i}",

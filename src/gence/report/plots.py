@@ -59,6 +59,9 @@ def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
                 ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=label,
                             linewidth=2.2 if label in (BASELINE, "gence") else 1.2)
         ax.set_xscale("log")
+        ticks = sorted({_labels_per_class(s[1]) for s in settings})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("labelled images per class")
         ax.set_ylabel("test error % (mean, 95% CI over seeds)")
         ax.set_title(f"{dataset}, {model}")
@@ -99,7 +102,7 @@ def _gence_label(results: Results, setting) -> str | None:
 
 
 def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
-    """CE and GenCE side by side (columns), before and after temperature scaling (rows), test split bins
+    """CE and GenCE side by side, before and after temperature scaling (left, right), test split bins
     pooled over the seeds of each; one PNG per setting that has both losses with stored bins."""
     from gence.calibration import plot_reliability_bins
 
@@ -119,11 +122,14 @@ def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
                     panels[(g.label, split)] = (pool_bins(bins), len(bins))
         if len(panels) < 2:
             continue
-        fig = _figure(figsize=(9, 8.5), layout="constrained")
-        axes = fig.subplots(2, 2)
+        # no layout engine: the diagram splits a histogram strip off each axes, which constrained layout
+        # does not see, so the margins are set by hand
+        fig = _figure(figsize=(17, 5.4))
+        fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1, top=0.8, wspace=0.25)
+        axes = fig.subplots(1, 4)
         for col, g in enumerate(groups):
             for row, split in enumerate(("test", "test_ts")):
-                ax = axes[row][col]
+                ax = axes[2 * row + col]  # CE and GenCE next to each other, before TS then after
                 if (g.label, split) not in panels:
                     ax.set_axis_off()
                     continue

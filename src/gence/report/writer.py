@@ -50,19 +50,21 @@ def summary_text(results: "T.Results") -> str:
 def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "gence benchmark report",
                  filename: str = "README.md", preamble: str | None = None,
                  extra_sections: ExtraSections = None, select_by: str = T.DEFAULT_SELECT_BY,
-                 plots_dir: str = "plots", tables_dir: str = "tables", command: str | None = None) -> Report:
+                 plots_dir: str = "plots", tables_dir: str = "tables", command: str | None = None,
+                 with_plots: bool = True) -> Report:
     """Write ``out_dir/filename`` (Markdown), CSV tables under ``out_dir/tables_dir`` and PNGs under
     ``out_dir/plots_dir`` from the done runs of ``db_path``.
 
     ``preamble``: Markdown placed right under the title. ``extra_sections``: (heading, Markdown) pairs, or a
     function of the loaded :class:`~gence.report.tables.Results` returning them, placed after the summary
     (e.g. a generated verdict). ``command``: the command line shown as the way to regenerate the report
-    (default: this process's command line)."""
+    (default: ``gence report DB -o OUT_DIR``). ``with_plots=False`` skips the PNGs (tables only)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = T.load_results(db_path, select_by=select_by)
     pdir, tdir = out_dir / plots_dir, out_dir / tables_dir
-    pdir.mkdir(parents=True, exist_ok=True)
+    if with_plots:
+        pdir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     md: list[str] = [f"# {title}", ""]
     cmd = command or f"gence report {shlex.quote(str(db_path))} -o {shlex.quote(str(out_dir))}"
@@ -149,7 +151,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
                "and its test error; the selected one feeds the tables above.", "", selection, ""]
 
     # ------------------------------------------------------------------------------------------ plots
-    if runs:
+    if runs and with_plots:
         figures = [("Error against labels per class", plots.error_vs_labels(results, pdir)),
                    ("Reliability diagrams, CE and GenCE", plots.reliability_diagrams(results, pdir)),
                    ("ECE before and after temperature scaling", plots.ece_before_after(results, pdir))]

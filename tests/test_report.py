@@ -1,0 +1,224 @@
+"""The report: tables against numpy on the stored metrics, paired statistics against scipy, every table
+and plot present, per-loss selection of swept settings, reusable writer. Runs come from a fake run
+function (the real loop is covered end to end in test_experiments.py)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gence.cli import main
+from gence.experiments import parse_grid, run_grid
+from gence.experiments.db import run_key
+from gence.report import paired_comparison, write_report
+from gence.report.stats import mean_std
+
+GRID = """
+[train]
+epochs = 1
+ood = ["gaussian_noise", "uniform_noise"]
+
+[[grid]]
+name = "main"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20", "long_tailed:10:50"]
+models = ["small_cnn"]
+seeds = [0, 1, 2, 3, 4, 5]
+losses = ["ce", "gence", { name = "focal", params = { gamma = 3.0 }, seeds = [0, 1, 2] }]
+
+[[grid]]
+name = "lr-sweep"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["small_cnn"]
+seeds = [0, 1, 2, 3, 4, 5]
+losses = ["ce", "gence"]
+sweep = { lr = [0.01, 0.2] }
+"""
+
+
+def fake_run(config):
+    """Deterministic metrics that depend on loss, regime, lr and seed; seed 5 of focal would fail."""
+    h = int(hashlib.sha256(run_key(config).encode()).hexdigest()[:8], 16) / 16 ** 8
+    if config["loss"] == "gence" and config["regime"] == "balanced:20" and config["seed"] == 5:
+        raise RuntimeError("fake divergence")
+    n = float(config["regime"].split(":")[-1])
+    lr_pen = abs(math.log10(config["lr"] / 0.03)) * (0.2 if config["loss"] == "gence" else 0.05)
+    base = {"ce": 0.0, "gence": -0.01}.get(config["loss"], 0.02)
+    m = {}
+    for split in ("val", "test", "val_ts", "test_ts"):
+        for i, k in enumerate(("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")):
+            m[f"{split}/{k}"] = 1 / n ** 0.5 + base + lr_pen + 0.04 * h + 0.01 * i
+    m["test_ts/ece"] = m["test/ece"] * 0.5
+    for ood in ("gaussian_noise", "uniform_noise"):
+        m[f"ood/{ood}/msp/auroc"] = 0.7 + 0.2 * h + (0.05 if ood == "uniform_noise" else 0)
+        m[f"ood/{ood}/msp/fpr95"] = 0.6 - 0.2 * h
+    for g, v in (("many", 0.9), ("medium", 0.7), ("few", 0.4)):
+        m[f"test/acc_{g}"] = v - base + 0.01 * h
+    acc = [None, 0.2, 0.45, 0.7, 0.92 - 0.1 * h]
+    bins = {"edges": [i / 5 for i in range(6)], "count": [0, 2 + config["seed"], 5, 11, 40],
+            "accuracy": acc, "confidence": [None, 0.3, 0.5, 0.72, 0.95]}
+    return m, {"reliability": {"test": bins, "test_ts": bins}, "history": {"loss": [1.0]}}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    grid = parse_grid(textwrap.dedent(GRID), name="test-grid")
+    db = tmp / "runs.sqlite"
+    summary = run_grid(grid.runs, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
+    assert summary.failed == 1
+    out = tmp / "out"
+    rep = write_report(db, out, title="Test report", extra_sections=lambda res: [("Verdict", f"{len(res.runs)} runs.")])
+    return db, out, rep, grid
+
+
+def stored(db) -> list[dict]:
+    """The done runs read straight from SQLite, independently of the report code."""
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT config, label, metrics, wall_seconds FROM runs WHERE status='done'").fetchall()
+    con.close()
+    return [{"config": json.loads(c), "label": lab, "metrics": json.loads(m), "wall": w} for c, lab, m, w in rows]
+
+
+def read_csv(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_table_and_plot_is_written(report):
+    db, out, rep, _ = report
+    md = (out / "README.md").read_text()
+    assert md.startswith("# Test report")
+    for section in ("## Setup", "## Summary", "## Verdict", "## Results per dataset, regime and model",
+                    "## Paired comparison with CE", "## Hyperparameter selection", "## Plots", "## Failed runs"):
+        assert section in md, section
+    settings = ["digits_balanced-5_small_cnn", "digits_balanced-20_small_cnn", "digits_long_tailed-10-50_small_cnn"]
+    for s in settings:
+        assert (out / "tables" / f"{s}.csv").exists()
+        assert (out / "plots" / f"reliability_{s}.png").stat().st_size > 10_000
+    for name in ("error_vs_labels_digits_small_cnn.png", "ece_ts_digits_small_cnn.png"):
+        assert (out / "plots" / name).stat().st_size > 10_000
+    assert (out / "tables" / "paired_vs_ce.csv").exists() and (out / "tables" / "runs.csv").exists()
+    for p in rep.files:
+        assert p.exists()
+        if p.suffix == ".png":
+            assert f"]({p.relative_to(out).as_posix()})" in md  # linked from the Markdown
+    # long-tailed table has the group accuracies, balanced ones do not
+    lt = read_csv(out / "tables" / "digits_long_tailed-10-50_small_cnn.csv")
+    bal = read_csv(out / "tables" / "digits_balanced-20_small_cnn.csv")
+    assert "acc_few_mean" in lt[0] and "acc_few_mean" not in bal[0]
+    assert "fake divergence" in md and "seeds" in md
+
+
+def test_header_lists_configs_versions_hardware_and_compute_time(report):
+    db, out, _, grid = report
+    md = (out / "README.md").read_text()
+    runs = stored(db)
+    con = sqlite3.connect(db)
+    hardware, torch_v, gence_v = con.execute("SELECT hardware, torch_version, gence_version FROM runs LIMIT 1").fetchone()
+    failed_wall = con.execute("SELECT SUM(wall_seconds) FROM runs WHERE status='failed'").fetchone()[0]
+    con.close()
+    assert hardware in md and torch_v in md and gence_v in md
+    assert f"{len(runs)} done, 1 failed" in md
+    total = sum(r["wall"] for r in runs) + failed_wall
+    assert f"{total:.0f} s" in md
+    assert 'name = "lr-sweep"' in md  # the grid's TOML
+
+
+def test_table_means_and_stds_match_numpy_on_stored_metrics(report):
+    db, out, _, _ = report
+    runs = stored(db)
+    rows = read_csv(out / "tables" / "digits_balanced-20_small_cnn.csv")
+    assert [r["loss"] for r in rows] == ["ce", "gence", "focal(gamma=3)"]
+    for row in rows:
+        mine = [r for r in runs if r["label"] == row["loss"] and r["config"]["regime"] == "balanced:20"]
+        assert int(row["n"]) == len(mine) == {"ce": 6, "gence": 5, "focal(gamma=3)": 3}[row["loss"]]
+        for key, metric in (("error", "test/error"), ("nll", "test/nll"), ("ece_ts", "test_ts/ece")):
+            x = np.array([r["metrics"][metric] for r in mine])
+            assert float(row[f"{key}_mean"]) == pytest.approx(x.mean(), rel=1e-12)
+            assert float(row[f"{key}_std"]) == pytest.approx(x.std(ddof=1), rel=1e-12)
+        auroc = np.array([np.mean([r["metrics"][f"ood/{o}/msp/auroc"] for o in ("gaussian_noise", "uniform_noise")])
+                          for r in mine])
+        assert float(row["ood_auroc_mean"]) == pytest.approx(auroc.mean(), rel=1e-12)
+
+
+def test_swept_lr_is_selected_per_loss_on_validation(report):
+    db, out, rep, _ = report
+    runs = [r for r in stored(db) if r["config"]["regime"] == "balanced:5"]
+    rows = {r["loss"]: r for r in read_csv(out / "tables" / "digits_balanced-5_small_cnn.csv")}
+    for label in ("ce", "gence"):
+        mine = [r for r in runs if r["label"] == label]
+        lrs = sorted({r["config"]["lr"] for r in mine})
+        assert len(lrs) == 3  # 0.05 from the main block, 0.01 and 0.2 from the sweep
+        val = {lr: np.mean([r["metrics"]["val/error"] for r in mine if r["config"]["lr"] == lr]) for lr in lrs}
+        best = min(val, key=val.get)
+        assert rows[label]["variant"] == f"lr={best:g}"
+        test = [r["metrics"]["test/error"] for r in mine if r["config"]["lr"] == best]
+        assert float(rows[label]["error_mean"]) == pytest.approx(np.mean(test), rel=1e-12)
+    assert rows["focal(gamma=3)"]["variant"] == ""
+    assert "mean `val/error`" in rep.markdown
+
+
+def test_paired_comparison_against_scipy_and_numpy(report):
+    db, out, _, _ = report
+    runs = stored(db)
+    rows = read_csv(out / "tables" / "paired_vs_ce.csv")
+    row = next(r for r in rows if r["regime"] == "balanced:20" and r["loss"] == "gence" and r["metric"] == "nll")
+    ce = {r["config"]["seed"]: r["metrics"]["test/nll"] for r in runs
+          if r["label"] == "ce" and r["config"]["regime"] == "balanced:20"}
+    ge = {r["config"]["seed"]: r["metrics"]["test/nll"] for r in runs
+          if r["label"] == "gence" and r["config"]["regime"] == "balanced:20"}
+    seeds = sorted(set(ce) & set(ge))
+    assert seeds == [0, 1, 2, 3, 4]  # seed 5 of gence failed: only matching seeds are paired
+    d = np.array([ge[s] - ce[s] for s in seeds])
+    assert int(row["n_pairs"]) == 5
+    assert float(row["mean_diff_vs_ce"]) == pytest.approx(d.mean(), rel=1e-12)
+    assert float(row["wilcoxon_p"]) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+    rng = np.random.default_rng(0)
+    boot = d[rng.integers(0, 5, size=(10_000, 5))].mean(axis=1)
+    assert float(row["ci95_low"]) == pytest.approx(np.quantile(boot, 0.025), rel=1e-12)
+    assert float(row["ci95_high"]) == pytest.approx(np.quantile(boot, 0.975), rel=1e-12)
+    assert d.min() <= float(row["ci95_low"]) <= d.mean() <= float(row["ci95_high"]) <= d.max()
+
+
+def test_paired_comparison_edge_cases():
+    r = paired_comparison({0: 1.0}, {0: 0.5})
+    assert r.n == 1 and r.mean_diff == 0.5 and math.isnan(r.p_value) and math.isnan(r.ci_low) and "n<2" in r.note
+    r = paired_comparison({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})
+    assert r.n == 3 and r.mean_diff == 0 and math.isnan(r.p_value) and "all differences zero" in r.note
+    assert r.ci_low == r.ci_high == 0
+    r = paired_comparison({0: 1.0, 1: 2.0}, {5: 1.0})
+    assert r.n == 0 and math.isnan(r.mean_diff) and "no matching seeds" in r.note
+    a = {0: 0.3, 1: 0.5, 2: float("nan"), 3: 0.2, 4: 0.9, 5: 0.4, 6: 0.1}
+    b = {0: 0.2, 1: 0.1, 2: 0.5, 3: 0.25, 4: 0.3, 5: 0.4, 6: 0.0}
+    r = paired_comparison(a, b)
+    d = np.array([a[s] - b[s] for s in (0, 1, 3, 4, 5, 6)])
+    assert r.n == 6 and r.mean_diff == pytest.approx(d.mean())
+    assert r.p_value == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert "zero difference" in r.note
+    assert mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(np.std([1, 3], ddof=1)), 2)
+
+
+def test_reusable_writer_and_report_cli(report, tmp_path, capsys):
+    db, _, _, _ = report
+    rep = write_report(db, tmp_path, title="Results", filename="RESULTS.md", preamble="Regenerate: `make`",
+                       extra_sections=[("Verdict", "GenCE: mixed.")], plots_dir="results/plots",
+                       tables_dir="results/tables", command="gence report runs.sqlite -o .", with_plots=False)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.index("Regenerate: `make`") < text.index("## Setup") < text.index("## Verdict")
+    assert "`gence report runs.sqlite -o .`" in text and "](results/tables/" in text
+    assert not (tmp_path / "results" / "plots").exists() or not any((tmp_path / "results" / "plots").iterdir())
+    assert rep.summary in text
+    assert main(["report", str(db), "-o", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    assert "Test error %" in printed and "| digits | small_cnn | balanced:5 |" in printed
+    assert main(["report", str(tmp_path / "missing.sqlite"), "-o", str(tmp_path / "x")]) == 2
