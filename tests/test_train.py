@@ -177,6 +177,17 @@ def test_config_round_trip_and_errors():
         fit(tiny(schedule="linear"), progress=False)
     with pytest.raises(ValueError, match="epochs=0"):
         fit(tiny(epochs=0), progress=False)
+    with pytest.raises(ValueError, match="'nosuchset'"):  # before training, not after it
+        fit(tiny(ood=["nosuchset"]), progress=False)
+    with pytest.raises(ValueError, match="'heldout' needs TrainConfig.classes"):
+        fit(tiny(ood=["heldout"]), progress=False)
+
+
+def test_held_out_classes_are_the_ood_set():
+    result = fit(tiny(model="mlp", classes=[0, 1, 2, 3, 4, 5], ood=["heldout"]), progress=False)
+    assert result.test_logits.shape[1] == 6
+    assert set(result.test_labels.tolist()) == set(range(6))
+    assert 0 <= result.metrics["ood/heldout/energy/auroc"] <= 1
 
 
 def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):

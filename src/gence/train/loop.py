@@ -20,6 +20,8 @@ Conventions (where the issue left a choice):
 - Determinism: ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic and not
   benchmarking, for the duration of ``fit`` only (the previous settings are restored). On the CPU this
   costs nothing measurable; on CUDA it picks deterministic convolution algorithms.
+- Memory layout: image batches and the model are channels-last (NHWC), the layout oneDNN and cuDNN
+  convolutions prefer: about 1.2x faster on a CPU for ResNet-20, same math.
 - Non-finite loss: checked once per epoch (one device sync per epoch, not per step), reporting the first
   bad step; raises :class:`NonFiniteLossError`.
 - ``n_val_per_class=0``: no validation split; ``val/*`` and ``val_ts/*`` are NaN and the temperature is 1.
@@ -204,6 +206,11 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
+def as_memory_format(x: torch.Tensor) -> torch.Tensor:
+    """Image batches in channels-last layout, which oneDNN (CPU) and cuDNN convolutions run faster."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, normalize, device: torch.device, batch_size: int,
             amp: bool = False) -> torch.Tensor:
@@ -211,7 +218,7 @@ def predict(model: nn.Module, x: torch.Tensor, normalize, device: torch.device, 
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        xb = normalize(x[i:i + batch_size].to(device, non_blocking=True))
+        xb = as_memory_format(normalize(x[i:i + batch_size].to(device, non_blocking=True)))
         with autocast(device, amp):
             out.append(model(xb).float().cpu())
     if not out:
@@ -233,6 +240,12 @@ class _Data:
 def _load_data(config: TrainConfig, device: torch.device) -> _Data:
     from gence import data
 
+    # OOD names are checked before training, not after it.
+    for name in config.ood:
+        if name not in data.ood_names():
+            raise ValueError(f"TrainConfig.ood: unknown OOD set {name!r}; expected some of {data.ood_names()}")
+        if name == "heldout" and not config.classes:
+            raise ValueError("TrainConfig.ood: 'heldout' needs TrainConfig.classes (the kept classes; the rest are OOD)")
     ds = data.load_dataset(config.dataset, config.data_dir, classes=config.classes, **config.dataset_params)
     train_idx, val_idx = data.split_indices(ds.train_y, config.regime, config.n_val_per_class, seed=config.seed,
                                             num_classes=ds.num_classes)
@@ -270,6 +283,8 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    if x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if config.compile else model
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history = []
@@ -289,6 +304,7 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
             lrs.append(lr)
             if augment:
                 xb = random_crop_flip(xb, generator=generator)
+            xb = as_memory_format(xb)
             with autocast(device, config.amp):
                 logits = forward(xb)
             loss = loss_fn(logits.float(), yb)
