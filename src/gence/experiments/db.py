@@ -111,7 +111,7 @@ def hardware_string(device: str | None = None) -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = f", {torch.get_num_threads()} torch threads" if torch is not None else ""
+    threads = f", torch threads {torch.get_num_threads()}" if torch is not None else ""
     return f"{model} ({cores} cores{threads})"
 
 

@@ -42,7 +42,9 @@ def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
             continue
         fig = _figure(figsize=(6, 4), layout="constrained")
         ax = fig.add_subplot()
-        for label in results.labels():
+        labels = results.labels()
+        for k, label in enumerate(labels):
+            dodge = 1 + 0.025 * (k - (len(labels) - 1) / 2)  # spread the loss' intervals apart on the log axis
             xs, ms, lo, hi = [], [], [], []
             for s in sorted(settings, key=lambda s: regime_order(s[1])):
                 g = results.group(s, label)
@@ -51,7 +53,7 @@ def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
                 m, a, b = mean_interval([r.metrics.get("test/error", math.nan) * 100 for r in g.runs])
                 if math.isnan(m):
                     continue
-                xs.append(_labels_per_class(s[1]))
+                xs.append(_labels_per_class(s[1]) * dodge)
                 ms.append(m)
                 lo.append(m - a if not math.isnan(a) else 0.0)
                 hi.append(b - m if not math.isnan(b) else 0.0)
