@@ -289,8 +289,9 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history = []
     model.train()
-    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress, leave=False)
-    for epoch in bar:
+    # Advanced per step (no device sync needed), described per epoch once the epoch's loss is known.
+    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, leave=False)
+    for epoch in range(config.epochs):
         if hasattr(loss_fn, "on_epoch_start"):
             loss_fn.on_epoch_start(epoch, config.epochs)
         # Per-step losses stay on the device: one sync per epoch, not per step.
@@ -314,13 +315,14 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
             scaler.update()
             step_losses[step] = loss.detach()
             sizes[step] = len(yb)
+            bar.update(1)
         finite = torch.isfinite(step_losses)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
             raise NonFiniteLossError(float(step_losses[bad]), epoch, bad, config.epochs, steps_per_epoch, lrs[bad])
         mean_loss = float((step_losses * sizes).sum() / n)
         history.append({"epoch": epoch, "loss": mean_loss, "lr": lrs[-1]})
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lrs[-1]:.3g}")
+        bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{mean_loss:.4f}", lr=f"{lrs[-1]:.3g}")
     bar.close()
     return history
 
