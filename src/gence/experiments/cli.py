@@ -23,7 +23,10 @@ def register(subparsers) -> None:
                        help="parallel worker processes, or 'auto': one per CPU core (at most 8) when the runs "
                             "use the CPU, 1 when they may use a GPU (default: auto)")
     bench.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
-    bench.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts (1-based)")
+    bench.add_argument("--shard", metavar="I/N",
+                       help="run only the I-th of N disjoint parts (1-based); runs of blocks with 'tune' run "
+                            "once this shard's database holds their tuning runs finished, so merge the shard "
+                            "databases into each shard's database and run the shards again")
     bench.add_argument("--retry-failed", action="store_true", help="run again the runs stored as failed")
     bench.add_argument("--data-dir", help="dataset directory for every run (does not change run keys)")
     bench.add_argument("--device", help="device for every run, e.g. cpu or cuda (does not change run keys)")
@@ -57,7 +60,7 @@ def _load(args):
 
 def bench_main(args: argparse.Namespace) -> int:
     from gence.experiments.db import ResultsDB
-    from gence.experiments.grid import GridError, parse_shard, shard
+    from gence.experiments.grid import GridError, parse_shard, shard, tune_state
     from gence.experiments.runner import auto_workers, describe, run_grid
 
     try:
@@ -67,9 +70,12 @@ def bench_main(args: argparse.Namespace) -> int:
         print(f"gence bench: {exc}", file=sys.stderr)
         return 2
     runs = shard(grid.runs, *shard_spec) if shard_spec else grid.runs
+    # Tuned runs are sharded among themselves; a shard runs its tuned runs once its own database holds
+    # every tuning run finished (merge the shards' databases into each shard's, then run it again).
+    tuned = shard(grid.tuned, *shard_spec) if shard_spec else grid.tuned
     runtime = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
     if args.workers == "auto":
-        workers = auto_workers(runs, runtime)
+        workers = auto_workers(list(runs) + list(tuned), runtime)
     else:
         try:
             workers = int(args.workers)
@@ -82,38 +88,69 @@ def bench_main(args: argparse.Namespace) -> int:
         print(f"gence bench: --threads {args.threads}: expected an integer >= 1", file=sys.stderr)
         return 2
     if args.list:
-        status = {}
+        status, rows = {}, {}
         if Path(args.db).exists():
             with ResultsDB(args.db) as db:
                 status = db.statuses()
+                rows = db.states({k for t in tuned for k in t.tuning_keys})
         for spec in runs:
             print(f"{status.get(spec.key, 'todo'):8s} {spec.key[:12]} {describe(spec)}")
-        print(f"{len(runs)} run(s)" + (f" (shard {args.shard} of {len(grid.runs)})" if shard_spec else ""))
+        counts = {"wait": 0, "failed": 0}
+        for t in tuned:
+            st = tune_state(t, rows)
+            field = t.tune.field
+            if st.kind == "ready":
+                print(f"{status.get(st.spec.key, 'todo'):8s} {st.spec.key[:12]} {describe(t)} "
+                      f"({field}={st.value!r} tuned on {', '.join(t.tune.sources)})")
+            elif st.kind == "wait":
+                counts["wait"] += 1
+                print(f"{'waiting':8s} {'-' * 12} {describe(t)} (waiting for tuning of {field} on "
+                      f"{', '.join(t.tune.sources)}: {st.finished}/{st.total} tuning runs finished)")
+            else:
+                counts["failed"] += 1
+                print(f"{'untuned':8s} {'-' * 12} {describe(t)} ({st.message})")
+        total = len(grid.runs) + len(grid.tuned)
+        extra = []
+        if counts["wait"]:
+            extra.append(f"{counts['wait']} waiting for tuning")
+        if counts["failed"]:
+            extra.append(f"{counts['failed']} failed to tune")
+        print(f"{len(runs) + len(tuned)} run(s)" + (f" ({', '.join(extra)})" if extra else "")
+              + (f" (shard {args.shard} of {total})" if shard_spec else ""))
         return 0
     where = grid.path or "built-in demo grid"
-    print(f"gence bench: {len(runs)} run(s) from {where}"
+    print(f"gence bench: {len(runs) + len(tuned)} run(s)"
+          + (f" ({len(tuned)} with a tuned {', '.join(sorted({t.tune.field for t in tuned}))})" if tuned else "")
+          + f" from {where}"
           + (f", shard {args.shard}" if shard_spec else "") + f", {workers} worker(s) -> {args.db}", file=sys.stderr)
     try:
         summary = run_grid(runs, args.db, workers=workers, threads=args.threads, retry_failed=args.retry_failed,
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
-                           grid_text=(grid.name, grid.path, grid.text))
+                           grid_text=(grid.name, grid.path, grid.text), tuned=tuned)
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)
         return 130
     print(f"gence bench: {summary.line()}", file=sys.stderr)
+    for what, message in summary.untunable:
+        print(f"gence bench: not run (failed to tune): {what}: {message}", file=sys.stderr)
+    failed = bool(summary.failed or summary.untunable)
     if shard_spec or args.no_report:
         if shard_spec:
             print("gence bench: shard done; `gence merge` the shard databases, then `gence report`",
                   file=sys.stderr)
-        return 1 if summary.failed else 0
+            if summary.waiting:
+                print(f"gence bench: {summary.waiting} tuned run(s) of this shard wait for tuning runs of other "
+                      f"shards: `gence merge` every shard database into this one ({args.db}) and run this "
+                      f"shard again", file=sys.stderr)
+        return 1 if failed else 0
     from gence.report import write_report
 
     kwargs = {"select_by": args.select_by} if args.select_by else {}
     report = write_report(args.db, args.out, **kwargs)
     print(report.summary)
     print(f"gence bench: report written to {report.markdown_path}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if failed else 0
 
 
 def merge_main(args: argparse.Namespace) -> int:

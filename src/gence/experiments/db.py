@@ -310,6 +310,18 @@ class ResultsDB:
             out = {k: v for k, v in out.items() if k in wanted}
         return out
 
+    def states(self, keys: list[str] | set[str]) -> dict[str, tuple[str, dict | None]]:
+        """key -> (status, metrics) for the stored ones of ``keys`` (what tuning needs)."""
+        keys = sorted(set(keys))
+        out = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self.conn.execute(f"SELECT key, status, metrics FROM runs WHERE key IN "
+                                     f"({', '.join('?' for _ in chunk)})", chunk).fetchall()
+            for r in rows:
+                out[r["key"]] = (r["status"], _loads(r["metrics"]))
+        return out
+
     def runs(self, status: str | None = "done") -> list[dict]:
         """Rows as dicts with ``config``, ``metrics`` and ``extras`` decoded from JSON."""
         query = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY key"

@@ -55,7 +55,10 @@ AXIS_FIELDS = ("dataset", "dataset_params", "regime", "model", "model_params", "
 
 TOP_KEYS = {"train": "shared TrainConfig settings", "grid": "one block or an array of blocks",
             "override": "array of conditional settings", "description": "free text"}
-BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train")
+BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train", "tune")
+TUNE_KEYS = ("from", "field", "metric")
+DEFAULT_TUNE_METRIC = "val/error"
+TUNE_TIE_BREAK = "val/nll"
 LOSS_KEYS = ("name", "params", "label", "seeds", "train", "sweep")
 DATASET_KEYS = ("name", "params", "ood", "data_dir", "classes")
 MODEL_KEYS = ("name", "params")
@@ -77,12 +80,42 @@ class RunSpec:
     grid: str
 
 
+@dataclasses.dataclass(frozen=True)
+class TuneSpec:
+    """A block's ``tune = { from = [...], field = "lr", metric = "val/error" }``."""
+
+    sources: tuple[str, ...]
+    field: str
+    metric: str = DEFAULT_TUNE_METRIC
+
+
+@dataclasses.dataclass(frozen=True)
+class TunedSpec:
+    """A run of a block with ``tune`` whose ``field`` is not known until its tuning runs are finished.
+
+    ``candidates`` holds, for every value of ``field`` found among the tuning runs, the fully resolved run
+    with that value (so its key is the key of an ordinary run with that value); ``tuning`` holds the
+    (key, value) of every run of the ``from`` blocks with the same dataset, model and loss."""
+
+    config: dict                              # the first candidate's config (for display)
+    label: str
+    grid: str
+    tune: TuneSpec
+    tuning: tuple[tuple[str, Any], ...]
+    candidates: tuple[tuple[Any, RunSpec], ...]
+
+    @property
+    def tuning_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.tuning)
+
+
 @dataclasses.dataclass
 class Grid:
     name: str
     path: str | None
     text: str
-    runs: list[RunSpec]
+    runs: list[RunSpec]                       # ordinary runs (their keys never depend on other runs)
+    tuned: list[TunedSpec] = dataclasses.field(default_factory=list)  # runs of blocks with ``tune``
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -382,6 +415,47 @@ class _Loader:
                 raise GridError(f"{where}: two entries have the label {label!r}; give them distinct 'label's")
         return out
 
+    def tune(self, value: Any, where: str, block: dict, blocks: list[dict]) -> TuneSpec:
+        """Check a block's ``tune`` table against the other blocks of the file."""
+        _check_keys(value, TUNE_KEYS, where)
+        others = [b["name"] for b in blocks if b["name"] != block["name"]]
+        if "from" not in value:
+            raise GridError(f"{where}: missing 'from' (the blocks whose runs choose the value); blocks in this "
+                            f"file: {_choices(others) or 'none'}")
+        sources = _as_list(value["from"], f"{where}.from")
+        for i, src in enumerate(sources):
+            w = f"{where}.from[{i}]"
+            if src == block["name"]:
+                raise GridError(f"{w} = {src!r}: a block cannot be tuned on its own runs; name other blocks: "
+                                f"{_choices(others) or 'none'}")
+            if not isinstance(src, str) or src not in others:
+                raise GridError(f"{w} = {src!r}: unknown block; blocks in this file: {_choices(others) or 'none'}")
+            if any(b["name"] == src and b["tune"] is not None for b in blocks):
+                raise GridError(f"{w} = {src!r}: that block is tuned itself; tune only on blocks without 'tune'")
+        if len(set(sources)) != len(sources):
+            raise GridError(f"{where}.from = {sources!r}: repeated block names")
+        if "field" not in value:
+            raise GridError(f"{where}: missing 'field' (the TrainConfig field to tune, e.g. 'lr')")
+        field = value["field"]
+        valid = self.fields if self.fields is not None else None
+        if not isinstance(field, str) or (valid is not None and field not in valid) or field in AXIS_FIELDS:
+            choices = [f for f in (valid or []) if f not in AXIS_FIELDS]
+            raise GridError(f"{where}.field = {field!r}: not a TrainConfig field that can be tuned; valid "
+                            f"fields: {_choices(choices)}")
+        for src in sources:
+            swept = next(b["swept"] for b in blocks if b["name"] == src)
+            if field not in swept:
+                raise GridError(f"{where}.field = {field!r}: block {src!r} does not sweep it (its sweep: "
+                                f"{_choices(swept) or 'none'}); a block named in 'from' must sweep the field")
+        if field in block["swept"]:
+            raise GridError(f"{where}.field = {field!r}: this block sweeps {field!r} too; a tuned field takes "
+                            f"one value, remove it from the block's sweep")
+        metric = value.get("metric", DEFAULT_TUNE_METRIC)
+        if not isinstance(metric, str) or not metric:
+            raise GridError(f"{where}.metric = {metric!r}: expected a metric key such as 'val/error' "
+                            f"(lower is better)")
+        return TuneSpec(sources=tuple(sources), field=field, metric=metric)
+
     def overrides(self, value: Any) -> list[tuple[dict, dict]]:
         if value is None:
             return []
@@ -427,7 +501,7 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
     overrides = loader.overrides(doc.get("override"))
     grid_name = name or (Path(path).stem if path else "grid")
 
-    runs: dict[str, RunSpec] = {}
+    parsed = []
     for b, block in enumerate(blocks):
         w = "grid" if len(blocks) == 1 else f"grid[{b}]"
         _check_keys(block, BLOCK_KEYS, w)
@@ -435,6 +509,8 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
             if required not in block:
                 raise GridError(f"{w}: missing {required!r}")
         block_name = block.get("name", grid_name if len(blocks) == 1 else f"{grid_name}[{b}]")
+        if not isinstance(block_name, str) or not block_name:
+            raise GridError(f"{w}.name = {block_name!r}: expected a non-empty string")
         datasets = loader.datasets(block["datasets"], f"{w}.datasets")
         regimes = loader.regimes(block["regimes"], f"{w}.regimes")
         models = loader.models(block["models"], f"{w}.models")
@@ -442,6 +518,8 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
         seeds = loader.seeds(block["seeds"], f"{w}.seeds")
         block_train = loader.check_train(block.get("train", {}), f"{w}.train")
         block_sweep = loader.sweep(block.get("sweep"), f"{w}.sweep")
+        swept = set(block_sweep[0]) | {k for loss in losses if loss["sweep"] for k in loss["sweep"][0]}
+        items = []
         for ds, regime, model, loss in itertools.product(datasets, regimes, models, losses):
             for seed in loss["seeds"] or seeds:
                 for sweep in loss["sweep"] or block_sweep:
@@ -458,15 +536,159 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
                     config.update(sweep)
                     run_where = (f"{w}: run dataset={ds['dataset']} regime={regime} model={model['model']} "
                                  f"loss={loss['label']} seed={seed}")
-                    if loader.fields is not None:
-                        try:
-                            config = registry.resolve(config)
-                        except (TypeError, ValueError, KeyError) as exc:
-                            raise GridError(f"{run_where}: invalid training config: {exc}") from None
-                    key = run_key(config)
-                    if key not in runs:
-                        runs[key] = RunSpec(key=key, config=config, label=loss["label"], grid=block_name)
-    return Grid(name=grid_name, path=path, text=text, runs=list(runs.values()))
+                    items.append((config, loss["label"], run_where))
+        parsed.append({"name": block_name, "where": w, "tune": block.get("tune"), "items": items,
+                       "swept": swept})
+
+    def resolve(config: dict, run_where: str) -> dict:
+        if loader.fields is None:
+            return config
+        try:
+            return registry.resolve(config)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise GridError(f"{run_where}: invalid training config: {exc}") from None
+
+    # Ordinary blocks first, in file order: their runs, keys and order do not depend on any tuning.
+    tunes = {p["name"]: loader.tune(p["tune"], f"{p['where']}.tune", p, parsed)
+             for p in parsed if p["tune"] is not None}
+    runs: dict[str, RunSpec] = {}
+    block_runs: dict[str, list[RunSpec]] = {}
+    for p in parsed:
+        if p["tune"] is not None:
+            continue
+        mine = block_runs.setdefault(p["name"], [])
+        for config, label, run_where in p["items"]:
+            config = resolve(config, run_where)
+            spec = RunSpec(key=run_key(config), config=config, label=label, grid=p["name"])
+            mine.append(spec)
+            if spec.key not in runs:
+                runs[spec.key] = spec
+    tuned: dict[tuple, TunedSpec] = {}
+    for p in parsed:
+        if p["tune"] is None:
+            continue
+        tune = tunes[p["name"]]
+        index: dict[str, list[tuple[str, Any]]] = {}
+        for src in tune.sources:
+            for spec in block_runs[src]:
+                index.setdefault(tuning_ident(spec.config, spec.label), []).append(
+                    (spec.key, spec.config.get(tune.field)))
+        for config, label, run_where in p["items"]:
+            probe = resolve(config, run_where)
+            tuning = index.get(tuning_ident(probe, label))
+            if not tuning:
+                near = sorted({lab for src in tune.sources for s in block_runs[src]
+                               if (s.config.get("dataset"), s.config.get("model")) ==
+                               (probe.get("dataset"), probe.get("model")) for lab in [s.label]})
+                raise GridError(f"{run_where}: tune.from = {list(tune.sources)!r} has no run with this dataset, "
+                                f"model and loss to tune {tune.field!r} on (same dataset/params/classes, model/"
+                                f"params, loss/params and label); labels there for this dataset and model: "
+                                f"{', '.join(near) or 'none'}")
+            tuning_keys = {k for k, _ in tuning}
+            values = sorted({canonical_json(v): v for _, v in tuning}.values(), key=value_order)
+            candidates = []
+            for value in values:
+                cfg = resolve({**config, tune.field: value}, f"{run_where} {tune.field}={value!r}")
+                spec = RunSpec(key=run_key(cfg), config=cfg, label=label, grid=p["name"])
+                if spec.key in tuning_keys:
+                    raise GridError(f"{run_where}: with {tune.field}={value!r} it is the same run as one of its "
+                                    f"tuning runs in {list(tune.sources)!r}; give block {p['name']!r} other seeds "
+                                    f"(or regimes) than the blocks it is tuned on")
+                candidates.append((value, spec))
+            t = TunedSpec(config=candidates[0][1].config, label=label, grid=p["name"], tune=tune,
+                          tuning=tuple(tuning), candidates=tuple(candidates))
+            tuned.setdefault(tuple(s.key for _, s in candidates), t)
+    return Grid(name=grid_name, path=path, text=text, runs=list(runs.values()), tuned=list(tuned.values()))
+
+
+# ------------------------------------------------------------------------------------------- tuning
+TUNING_IDENT_FIELDS = ("dataset", "dataset_params", "classes", "model", "model_params", "loss", "loss_params")
+
+
+def tuning_ident(config: dict, label: str) -> str:
+    """What a tuned run and its tuning runs share: dataset (with params and classes), model (with params)
+    and loss (with params and label); regime, seed and every other field may differ."""
+    return canonical_json([config.get(k) for k in TUNING_IDENT_FIELDS] + [label])
+
+
+def value_order(value: Any) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, canonical_json(value))
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return math.fsum(values) / len(values) if values else math.nan
+
+
+@dataclasses.dataclass
+class Choice:
+    """The tuned value and, per candidate value (in value order), (value, n done, mean metric, mean tie)."""
+
+    value: Any
+    table: list[tuple[Any, int, float, float]]
+
+
+def choose_value(done: Iterable[tuple[Any, dict]], metric: str, tie_break: str = TUNE_TIE_BREAK) -> Choice | None:
+    """The value with the lowest mean ``metric`` over the done runs ``(value, metrics)``; ties: lowest mean
+    ``tie_break``, then the smaller value. None when no run has the metric (every candidate failed)."""
+    by_value: dict[str, list] = {}
+    for value, metrics in done:
+        by_value.setdefault(canonical_json(value), [value, []])[1].append(metrics or {})
+    table = []
+    for value, ms in sorted(by_value.values(), key=lambda vm: value_order(vm[0])):
+        table.append((value, len(ms), _mean([_float(m.get(metric)) for m in ms]),
+                      _mean([_float(m.get(tie_break)) for m in ms])))
+    scored = [row for row in table if not math.isnan(row[2])]
+    if not scored:
+        return None
+    best = min(scored, key=lambda r: (r[2], math.isnan(r[3]), r[3] if not math.isnan(r[3]) else 0.0,
+                                      value_order(r[0])))
+    return Choice(value=best[0], table=table)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@dataclasses.dataclass
+class TuneState:
+    """Where a tuned run stands: ``wait`` (tuning runs unfinished), ``ready`` (``spec`` is the run with the
+    chosen ``value``) or ``failed`` (no tuning run finished with the metric; ``message`` says why)."""
+
+    kind: str
+    finished: int
+    total: int
+    spec: RunSpec | None = None
+    value: Any = None
+    message: str = ""
+
+
+def tune_state(t: TunedSpec, rows: dict[str, tuple[str, dict | None]], unfinished: set[str] = frozenset()
+               ) -> TuneState:
+    """``rows``: key -> (status, metrics) from the database; ``unfinished``: keys this process still has to
+    run (queued, in flight, or failed runs to retry). A tuning run counts as finished when it is stored
+    done or failed and not in ``unfinished``; failed ones are ignored when choosing."""
+    total = len(t.tuning)
+    finished = [(k, v) for k, v in t.tuning if k not in unfinished and rows.get(k, ("todo",))[0] in ("done", "failed")]
+    if len(finished) < total:
+        return TuneState("wait", len(finished), total)
+    done = [(v, rows[k][1]) for k, v in finished if rows[k][0] == "done"]
+    choice = choose_value(done, t.tune.metric)
+    if choice is None:
+        n_failed = total - len(done)
+        why = (f"all {total} tuning run(s) failed" if not done else
+               f"none of the {len(done)} done tuning run(s) has metric {t.tune.metric!r}"
+               + (f" ({n_failed} failed)" if n_failed else ""))
+        return TuneState("failed", total, total,
+                         message=f"cannot tune {t.tune.field!r}: {why} in block(s) "
+                                 f"{', '.join(t.tune.sources)}; fix them (gence bench --retry-failed) and run again")
+    spec = next(s for v, s in t.candidates if canonical_json(v) == canonical_json(choice.value))
+    return TuneState("ready", total, total, spec=spec, value=choice.value)
 
 
 def load_grid(path: str | Path, *, registry: Registry | None = None) -> Grid:

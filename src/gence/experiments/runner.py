@@ -10,6 +10,14 @@
   :func:`auto_workers` picks one worker per core for CPU runs: small models gain little from a second
   thread, and on a shared machine oversubscribed threads can make a run ten times slower.
 - Sharding (``grid.shard``) picks a deterministic, disjoint part of the list before any of this.
+- Tuned runs (blocks with ``tune``, see :mod:`gence.experiments.grid`) wait until every tuning run of
+  their dataset, model and loss is stored done or failed; the runner runs everything it can, and after
+  each finished tuning run checks which tuned runs are now ready and queues them, so one invocation does
+  tuning then main runs and the workers take the tuned runs as soon as they are ready (runs are handed
+  to workers one at a time by the parent). Tuned runs whose tuning runs are neither here nor finished
+  in the database (another shard's, or running in another process) stay waiting: they are counted in
+  the summary and run by a later invocation once the database has them (for shards: ``gence merge``
+  the shard databases into each shard's database, then run the shards again).
 
 The run function is injectable: ``run_fn(config: dict) -> (metrics: dict, extras)``, given as a callable
 or as ``"module:function"`` (it must be importable by name when ``workers > 1``). The default,
@@ -30,7 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from gence.experiments.db import ResultsDB, hardware_string, software_versions
-from gence.experiments.grid import RunSpec
+from collections import deque
+
+from gence.experiments.grid import RunSpec, TunedSpec, tune_state
 
 RunFunction = Callable[[dict], "tuple[dict, Any]"]
 DEFAULT_RUN_FN = "gence.experiments.runner:train_run"
@@ -66,6 +76,8 @@ class RunnerSummary:
     done: int = 0               # finished by this invocation
     failed: int = 0             # failed in this invocation
     held_elsewhere: int = 0     # claimed by another live process
+    waiting: int = 0            # tuned runs whose tuning runs are not finished (another shard/process)
+    untunable: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # tuned runs: every tuning run failed
     seconds: float = 0.0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (label/config, last error line)
 
@@ -77,6 +89,11 @@ class RunnerSummary:
             parts.append(f"{self.skipped_failed} failed earlier and skipped (--retry-failed retries them)")
         if self.held_elsewhere:
             parts.append(f"{self.held_elsewhere} running in another process")
+        if self.waiting:
+            parts.append(f"{self.waiting} waiting for tuning runs not finished here (another shard or process; "
+                         f"run again once the database has them)")
+        if self.untunable:
+            parts.append(f"{len(self.untunable)} could not be tuned (every tuning run failed)")
         return ", ".join(parts) + f" in {self.seconds:.1f} s"
 
 
@@ -119,8 +136,9 @@ def _execute(db: ResultsDB, spec: RunSpec, run_fn: RunFunction, runtime: dict, r
     return "done", None, seconds
 
 
-def _worker(db_path: str, specs: list[RunSpec], run_fn, runtime: dict, retry_failed: bool, lease: float,
+def _worker(db_path: str, tasks, run_fn, runtime: dict, retry_failed: bool, lease: float,
             threads: int | None, events, parent_pid: int) -> None:
+    """Run the specs the parent hands out on ``tasks`` (one at a time) until it sends None."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which sends SIGTERM
     _die_with_parent()
@@ -133,8 +151,9 @@ def _worker(db_path: str, specs: list[RunSpec], run_fn, runtime: dict, retry_fai
     hardware: dict = {}
     db = ResultsDB(db_path, lease_seconds=lease)
     try:
-        for spec in specs:
-            if os.getppid() != parent_pid:  # the parent was killed: stop rather than run on as an orphan
+        while True:
+            spec = tasks.get()
+            if spec is None or os.getppid() != parent_pid:  # done, or the parent was killed
                 break
             outcome, error, seconds = _execute(db, spec, fn, runtime, retry_failed, hardware, versions)
             events.put((outcome, spec.key, error, seconds))
@@ -175,15 +194,82 @@ def auto_workers(specs: Sequence[RunSpec], runtime: dict | None = None, *, max_w
     return max(1, min(usable_cores(), max_workers, len(specs)))
 
 
+class _Scheduler:
+    """The runs still to do in this invocation: a queue of ready specs, and tuned runs that wait."""
+
+    def __init__(self, db: ResultsDB, specs: list[RunSpec], tuned: list[TunedSpec], retry_failed: bool,
+                 summary: RunnerSummary):
+        self.db, self.retry_failed, self.summary = db, retry_failed, summary
+        status = db.statuses()
+        self.queue: deque[RunSpec] = deque()
+        self.known: set[str] = set()
+        self.unfinished: set[str] = set()      # queued or in flight here
+        self.specs: dict[str, RunSpec] = {}
+        for spec in specs:
+            self._add(spec, status.get(spec.key))
+        self.waiting = list(tuned)
+        self.tuning_keys = {k for t in self.waiting for k in t.tuning_keys}
+        self.released: list[tuple[TunedSpec, str]] = []   # (tuned run, outcome) for the progress bar
+
+    def _add(self, spec: RunSpec, st: str | None) -> bool:
+        if spec.key in self.known:
+            return False
+        self.known.add(spec.key)
+        if st == "done":
+            self.summary.already_done += 1
+            return False
+        if st == "failed" and not self.retry_failed:
+            self.summary.skipped_failed += 1
+            return False
+        self.queue.append(spec)
+        self.unfinished.add(spec.key)
+        self.specs[spec.key] = spec
+        return True
+
+    def pop(self) -> RunSpec:
+        return self.queue.popleft()
+
+    def finished(self, key: str) -> bool:
+        """Mark ``key`` as finished here; True when it is a tuning run of a waiting tuned run."""
+        self.unfinished.discard(key)
+        return key in self.tuning_keys
+
+    def release(self) -> int:
+        """Queue the tuned runs whose tuning runs are all finished; returns how many were queued."""
+        if not self.waiting:
+            return 0
+        rows = self.db.states(self.tuning_keys)
+        states = [(t, tune_state(t, rows, self.unfinished)) for t in self.waiting]
+        ready_keys = [st.spec.key for _, st in states if st.kind == "ready"]
+        stored = {k: v[0] for k, v in self.db.states(ready_keys).items()} if ready_keys else {}
+        queued = 0
+        still = []
+        for t, st in states:
+            if st.kind == "wait":
+                still.append(t)
+            elif st.kind == "failed":
+                self.summary.untunable.append((describe(t), st.message))
+                self.released.append((t, "untunable"))
+            else:
+                added = self._add(st.spec, stored.get(st.spec.key))
+                queued += added
+                self.released.append((t, "queued" if added else "skipped"))
+        self.waiting = still
+        self.tuning_keys = {k for t in self.waiting for k in t.tuning_keys}
+        return queued
+
+
 def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: int = 1,
              threads: int | None = None, retry_failed: bool = False, run_fn: RunFunction | str | None = None, progress: bool = True,
              runtime: dict | None = None, lease_seconds: float = 600.0,
-             grid_text: tuple[str, str | None, str] | None = None) -> RunnerSummary:
+             grid_text: tuple[str, str | None, str] | None = None,
+             tuned: Sequence[TunedSpec] = ()) -> RunnerSummary:
     """Run every spec not yet done in ``db_path``; see the module docstring for the guarantees.
 
     ``threads``: torch threads per run (default: unchanged with one worker, cores // workers otherwise).
     ``runtime``: settings applied at run time that do not change a run's key (``data_dir``, ``device``).
-    ``grid_text``: (name, path, TOML text) stored in the database for the report header."""
+    ``grid_text``: (name, path, TOML text) stored in the database for the report header.
+    ``tuned``: runs of blocks with ``tune`` (``Grid.tuned``), run once their tuning runs are finished."""
     runtime = dict(runtime or {})
     for key in runtime:
         if key not in RUNTIME_FIELDS:
@@ -192,42 +278,49 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     if workers < 1:
         raise ValueError(f"workers = {workers}: expected >= 1")
     specs = list(specs)
-    summary = RunnerSummary(planned=len(specs))
+    tuned = list(tuned)
+    summary = RunnerSummary(planned=len(specs) + len(tuned))
     start = time.perf_counter()
     db = ResultsDB(db_path, lease_seconds=lease_seconds)
     try:
         if grid_text is not None:
             db.add_grid(*grid_text)
-        status = db.statuses([s.key for s in specs])
-        pending = []
-        for spec in specs:
-            st = status.get(spec.key)
-            if st == "done":
-                summary.already_done += 1
-            elif st == "failed" and not retry_failed:
-                summary.skipped_failed += 1
-            else:
-                pending.append(spec)
-        by_key = {s.key: s for s in pending}
-        bar = _progress_bar(len(pending), progress)
+        sched = _Scheduler(db, specs, tuned, retry_failed, summary)
+        bar = _progress_bar(len(sched.queue) + len(sched.waiting), progress)
+
+        def account_released():
+            for t, what in sched.released:
+                if what == "untunable":
+                    msg = f"not run: {describe(t)}: {[m for d, m in summary.untunable if d == describe(t)][-1]}"
+                    if bar is not None:
+                        bar.write(msg)
+                    else:
+                        print(msg, file=sys.stderr)
+                if what != "queued" and bar is not None:
+                    bar.total -= 1
+                    bar.refresh()
+            sched.released.clear()
 
         def record(outcome, key, error, seconds):
+            spec = sched.specs[key]
             if outcome == "done":
                 summary.done += 1
             elif outcome == "failed":
                 summary.failed += 1
-                summary.failures.append((describe(by_key[key]), error or ""))
+                summary.failures.append((describe(spec), error or ""))
                 if bar is not None:
-                    bar.write(f"failed: {describe(by_key[key])}: {error}")
+                    bar.write(f"failed: {describe(spec)}: {error}")
                 else:
-                    print(f"failed: {describe(by_key[key])}: {error}", file=sys.stderr)
+                    print(f"failed: {describe(spec)}: {error}", file=sys.stderr)
             elif outcome == "held":
                 summary.held_elsewhere += 1
             if bar is not None:
-                bar.set_postfix_str(f"{by_key[key].label} {seconds:.1f}s", refresh=False)
+                bar.set_postfix_str(f"{spec.label} {seconds:.1f}s", refresh=False)
                 bar.update(1)
 
-        if workers == 1 or len(pending) <= 1:
+        sched.release()
+        account_released()
+        if workers == 1 or len(sched.queue) + len(sched.waiting) <= 1:
             fn = resolve_run_fn(run_fn)
             versions = software_versions()
             hardware: dict = {}
@@ -240,17 +333,27 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
             if in_main:
                 signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
-                for spec in pending:
+                while True:
+                    if not sched.queue:
+                        sched.release()  # tuning runs finished by another process in the meantime
+                        account_released()
+                        if not sched.queue:
+                            break
+                    spec = sched.pop()
                     if bar is not None:
                         bar.set_description_str(describe(spec)[:60], refresh=True)
                     outcome, error, seconds = _execute(db, spec, fn, runtime, retry_failed, hardware, versions)
                     record(outcome, spec.key, error, seconds)
+                    if sched.finished(spec.key):
+                        sched.release()
+                        account_released()
             finally:
                 if in_main:
                     signal.signal(signal.SIGTERM, previous)
         else:
-            _run_workers(pending, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, threads,
-                         record)
+            _run_workers(sched, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, threads,
+                         record, account_released)
+        summary.waiting = len(sched.waiting)
         if bar is not None:
             bar.close()
     finally:
@@ -273,32 +376,70 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
 
 
-def _run_workers(pending, db_path, run_fn, runtime, retry_failed, lease, workers, threads, record) -> None:
+def _run_workers(sched: _Scheduler, db_path, run_fn, runtime, retry_failed, lease, workers, threads, record,
+                 account_released) -> None:
+    """Hand runs to ``workers`` processes one at a time (never more outstanding than workers), so runs
+    that become ready while others train (tuned runs after their tuning runs) are taken at once."""
     if callable(run_fn) and getattr(run_fn, "__module__", None) == "__main__":
         raise ValueError("run_fn is defined in __main__; with workers > 1 give it as 'module:function'")
     threads = threads or max(1, usable_cores() // workers)
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     events = ctx.Queue()
+    tasks = ctx.Queue()
     procs = [ctx.Process(target=_worker, name=f"gence-worker-{i}",
-                         args=(db_path, pending, run_fn, runtime, retry_failed, lease, threads, events,
-                               os.getpid()))
+                         args=(db_path, tasks, run_fn, runtime, retry_failed, lease, threads, events, os.getpid()))
              for i in range(workers)]
     for p in procs:
         p.start()
+    handed: set[str] = set()      # given to a worker, no outcome yet
+    reported: set[str] = set()
     exited = 0
-    finished: set[str] = set()
+
+    def feed() -> None:
+        while len(handed) < workers and sched.queue:
+            spec = sched.pop()
+            handed.add(spec.key)
+            tasks.put(spec)
+
     try:
-        while exited < len(procs):
+        feed()
+        while True:
+            if not handed:
+                sched.release()
+                account_released()
+                feed()
+                if not handed:
+                    break
             try:
                 outcome, key, error, seconds = events.get(timeout=1.0)
             except queue_module.Empty:
-                if not any(p.is_alive() for p in procs):  # a worker died without saying so
+                if any(not p.is_alive() for p in procs):  # a worker died without saying so: stop handing out
                     break
                 continue
             if outcome == "exit":
                 exited += 1
-            elif outcome != "held":  # a sibling holding a run is normal; counted at the end if nobody ran it
-                finished.add(key)
+                continue
+            handed.discard(key)
+            reported.add(key)
+            record(outcome, key, error, seconds)
+            if sched.finished(key):
+                sched.release()
+                account_released()
+            feed()
+        for _ in procs:
+            tasks.put(None)
+        while exited < len(procs):
+            try:
+                outcome, key, error, seconds = events.get(timeout=1.0)
+            except queue_module.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if outcome == "exit":
+                exited += 1
+            elif key not in reported:
+                handed.discard(key)
+                reported.add(key)
                 record(outcome, key, error, seconds)
     except KeyboardInterrupt:
         for p in procs:
@@ -308,6 +449,7 @@ def _run_workers(pending, db_path, run_fn, runtime, retry_failed, lease, workers
     finally:
         for p in procs:
             p.join(timeout=30)
-    for spec in pending:
-        if spec.key not in finished:
-            record("held", spec.key, None, 0.0)
+        tasks.cancel_join_thread()
+    for key in list(handed) + [s.key for s in sched.queue]:
+        if key not in reported:
+            record("held", key, None, 0.0)
