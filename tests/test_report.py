@@ -151,21 +151,37 @@ def test_table_means_and_stds_match_numpy_on_stored_metrics(report):
         assert float(row["ood_auroc_mean"]) == pytest.approx(auroc.mean(), rel=1e-12)
 
 
-def test_swept_lr_is_selected_per_loss_on_validation(report):
+def test_swept_lr_is_selected_per_loss_on_validation_within_each_block(report):
     db, out, rep, _ = report
+    con = sqlite3.connect(db)
+    block_of = dict(con.execute("SELECT key, grid FROM runs WHERE status='done'").fetchall())
+    con.close()
     runs = [r for r in stored(db) if r["config"]["regime"] == "balanced:5"]
-    rows = {r["loss"]: r for r in read_csv(out / "tables" / "digits_balanced-5_small_cnn.csv")}
+    for r in runs:
+        r["block"] = block_of[run_key(r["config"])]
+    rows = {(r["block"], r["loss"]): r for r in read_csv(out / "tables" / "digits_balanced-5_small_cnn.csv")}
+    assert set(rows) == {("main", "ce"), ("main", "gence"), ("main", "focal(gamma=3)"), ("lr-sweep", "ce"),
+                         ("lr-sweep", "gence")}
     for label in ("ce", "gence"):
-        mine = [r for r in runs if r["label"] == label]
+        # the main block has one lr (0.05): its seeds are not pooled with the sweep block's
+        main_runs = [r for r in runs if r["label"] == label and r["block"] == "main"]
+        assert {r["config"]["lr"] for r in main_runs} == {0.05}
+        assert rows[("main", label)]["variant"] == "" and int(rows[("main", label)]["n"]) == len(main_runs) == 6
+        assert float(rows[("main", label)]["error_mean"]) == pytest.approx(
+            np.mean([r["metrics"]["test/error"] for r in main_runs]), rel=1e-12)
+        mine = [r for r in runs if r["label"] == label and r["block"] == "lr-sweep"]
         lrs = sorted({r["config"]["lr"] for r in mine})
-        assert len(lrs) == 3  # 0.05 from the main block, 0.01 and 0.2 from the sweep
+        assert lrs == [0.01, 0.2]
         val = {lr: np.mean([r["metrics"]["val/error"] for r in mine if r["config"]["lr"] == lr]) for lr in lrs}
         best = min(val, key=val.get)
-        assert rows[label]["variant"] == f"lr={best:g}"
+        assert rows[("lr-sweep", label)]["variant"] == f"lr={best:g}"
         test = [r["metrics"]["test/error"] for r in mine if r["config"]["lr"] == best]
-        assert float(rows[label]["error_mean"]) == pytest.approx(np.mean(test), rel=1e-12)
-    assert rows["focal(gamma=3)"]["variant"] == ""
+        assert float(rows[("lr-sweep", label)]["error_mean"]) == pytest.approx(np.mean(test), rel=1e-12)
+    assert rows[("main", "focal(gamma=3)")]["variant"] == ""
     assert "mean `val/error`" in rep.markdown
+    # paired comparisons stay within a block
+    paired = read_csv(out / "tables" / "paired_vs_ce.csv")
+    assert {r["block"] for r in paired if r["regime"] == "balanced:5"} == {"main", "lr-sweep"}
 
 
 def test_paired_comparison_against_scipy_and_numpy(report):

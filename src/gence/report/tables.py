@@ -4,6 +4,12 @@ Vocabulary: a *setting* is (dataset, regime, model); a *group* is a setting plus
 may hold several *variants* when the grid swept a TrainConfig field (e.g. ``lr=0.01`` and ``lr=0.1``):
 the fields whose values differ between the group's runs, apart from the seed. The main tables use one
 variant per group, the one with the best mean validation metric (``select_by``), chosen by code.
+
+Groups are also split by grid block (the ``grid`` column of the database): seeds of two blocks that share a
+setting and a loss are never pooled; a setting's table then has a ``block`` column. Runs of tuning blocks
+(blocks named in some block's ``tune.from``, read from the grid files stored in the database) are not in
+the main tables: :func:`tuning_tables` summarises them per candidate value. Rows that are not benchmark
+runs (the properness study's, or any without a ``dataset``) are skipped.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from gence.experiments.db import KEY_EXCLUDED_FIELDS, ResultsDB, canonical_json
+from gence.experiments.grid import TuneSpec, choose_value, tuning_ident, value_order
 from gence.report.stats import PairedResult, mean_std, paired_comparison
 
 DEFAULT_SELECT_BY = "val/error"
@@ -73,6 +80,7 @@ class Run:
     wall_seconds: float
     hardware: str
     versions: dict
+    block: str = ""
 
     @property
     def setting(self) -> tuple[str, str, str]:
@@ -90,6 +98,7 @@ class Group:
     variants: dict[str, list[Run]]            # variant string ("" when only one) -> runs
     selected: str                             # the variant used in the main tables
     selection: dict[str, float] = dataclasses.field(default_factory=dict)  # variant -> mean select metric
+    block: str = ""
 
     @property
     def runs(self) -> list[Run]:
@@ -101,24 +110,72 @@ class Group:
 
 
 @dataclasses.dataclass
+class TuningRow:
+    """One candidate value of a tuned field for one dataset/model/loss: its tuning runs' statistics."""
+
+    dataset: str
+    model: str
+    label: str
+    regimes: str
+    value: Any
+    n: int                      # done runs
+    failed: int
+    metric: tuple[float, float]
+    test_error: tuple[float, float]
+    chosen: bool
+    seeds: int                  # distinct seeds among the done runs
+
+
+@dataclasses.dataclass
+class TuningTable:
+    sources: tuple[str, ...]    # the tuning blocks
+    field: str
+    metric: str
+    tuned_blocks: tuple[str, ...]
+    rows: list[TuningRow]
+
+
+@dataclasses.dataclass
 class Results:
     runs: list[Run]
     failed: list[dict]
     groups: list[Group]
     grids: list[dict]
     select_by: str
+    blocks: list[str] = dataclasses.field(default_factory=list)           # main-table blocks, in file order
+    tuning: list[TuningTable] = dataclasses.field(default_factory=list)
+    tuning_runs: list[Run] = dataclasses.field(default_factory=list)      # runs of tuning blocks
 
     def settings(self) -> list[tuple[str, str, str]]:
         return sorted({g.setting for g in self.groups}, key=_setting_order)
 
-    def groups_of(self, setting) -> list[Group]:
-        return sorted((g for g in self.groups if g.setting == setting), key=lambda g: label_order(g.label, g.loss))
+    def block_order(self, block: str) -> tuple:
+        return (self.blocks.index(block), block) if block in self.blocks else (len(self.blocks), block)
 
-    def group(self, setting, label) -> Group | None:
-        return next((g for g in self.groups if g.setting == setting and g.label == label), None)
+    def blocks_of(self, setting) -> list[str]:
+        return sorted({g.block for g in self.groups if g.setting == setting}, key=self.block_order)
 
-    def baseline(self, setting) -> Group | None:
-        return self.group(setting, BASELINE)
+    def primary_block(self, setting) -> str | None:
+        """The first block (in file order) with runs in ``setting``: what plots show."""
+        blocks = self.blocks_of(setting)
+        return blocks[0] if blocks else None
+
+    def groups_of(self, setting, block: str | None = None) -> list[Group]:
+        """The setting's groups, of one block, or of every block (block order, then loss order)."""
+        return sorted((g for g in self.groups if g.setting == setting and (block is None or g.block == block)),
+                      key=lambda g: (self.block_order(g.block), label_order(g.label, g.loss)))
+
+    def group(self, setting, label, block: str | None = None) -> Group | None:
+        """A loss's group in ``setting`` and ``block`` (default: the setting's primary block)."""
+        block = self.primary_block(setting) if block is None else block
+        return next((g for g in self.groups if g.setting == setting and g.label == label and g.block == block),
+                    None)
+
+    def baseline(self, setting, block: str | None = None) -> Group | None:
+        return self.group(setting, BASELINE, block)
+
+    def multi_block(self) -> bool:
+        return len({g.block for g in self.groups}) > 1
 
     def labels(self) -> list[str]:
         seen = {g.label: g.loss for g in self.groups}
@@ -145,24 +202,61 @@ def _setting_order(s: tuple[str, str, str]) -> tuple:
     return (s[0], regime_order(s[1]), s[2])
 
 
+def is_benchmark_row(row: dict) -> bool:
+    """A run of ``gence bench``: not the properness study's (it shares the database format)."""
+    config = row.get("config")
+    return isinstance(config, dict) and "dataset" in config and row.get("grid") != "properness"
+
+
+def grid_tunes(grids: Sequence[dict]) -> tuple[dict[str, TuneSpec], list[str]]:
+    """Blocks with ``tune`` and every block name, in file order, read from the stored grid files."""
+    import tomllib
+
+    tunes: dict[str, TuneSpec] = {}
+    names: list[str] = []
+    for g in grids:
+        try:
+            doc = tomllib.loads(g["text"])
+        except Exception:  # an unreadable stored grid only loses the tuning view, not the report
+            continue
+        blocks = doc.get("grid") or []
+        blocks = blocks if isinstance(blocks, list) else [blocks]
+        for b, block in enumerate(blocks):
+            if not isinstance(block, dict):
+                continue
+            name = block.get("name", g.get("name") if len(blocks) == 1 else f"{g.get('name')}[{b}]")
+            if name not in names:
+                names.append(name)
+            tune = block.get("tune")
+            if isinstance(tune, dict) and "from" in tune and "field" in tune:
+                sources = tune["from"] if isinstance(tune["from"], list) else [tune["from"]]
+                tunes[name] = TuneSpec(tuple(sources), tune["field"], tune.get("metric", "val/error"))
+    return tunes, names
+
+
 def load_results(db_path: str | Path, *, select_by: str = DEFAULT_SELECT_BY) -> Results:
     """Read the done runs of a results database, group them, and pick each group's variant."""
     db_path = Path(db_path)
     if not db_path.exists():
         raise FileNotFoundError(f"results database {db_path} does not exist")
     with ResultsDB(db_path) as db:
-        rows = db.runs("done")
-        failed = db.runs("failed")
+        rows = [r for r in db.runs("done") if is_benchmark_row(r)]
+        failed = [r for r in db.runs("failed") if is_benchmark_row(r)]
         grids = db.grids()
-    runs = [Run(key=r["key"], config=r["config"], label=r["label"], metrics=r["metrics"] or {},
-                extras=r["extras"], wall_seconds=r["wall_seconds"] or 0.0, hardware=r["hardware"] or "unknown",
-                versions={"gence": r["gence_version"], "torch": r["torch_version"], "python": r["python_version"]})
-            for r in rows]
+    tunes, block_names = grid_tunes(grids)
+    tuning_blocks = {src for t in tunes.values() for src in t.sources}
+    all_runs = [Run(key=r["key"], config=r["config"], label=r["label"], metrics=r["metrics"] or {},
+                    extras=r["extras"], wall_seconds=r["wall_seconds"] or 0.0, hardware=r["hardware"] or "unknown",
+                    versions={"gence": r["gence_version"], "torch": r["torch_version"],
+                              "python": r["python_version"]},
+                    block=r["grid"] or "")
+                for r in rows]
+    runs = [r for r in all_runs if r.block not in tuning_blocks]
     by_group: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        by_group[(run.setting, run.label)].append(run)
+        by_group[(run.setting, run.block, run.label)].append(run)
     groups = []
-    for (setting, label), members in by_group.items():
+    for (setting, block, label), members in by_group.items():
         variants = split_variants(members)
         selection = {}
         if len(variants) > 1:
@@ -176,8 +270,108 @@ def load_results(db_path: str | Path, *, select_by: str = DEFAULT_SELECT_BY) -> 
             selected = min(variants, key=score)
         else:
             selected = next(iter(variants))
-        groups.append(Group(setting, label, variants, selected, selection))
-    return Results(runs=runs, failed=failed, groups=groups, grids=grids, select_by=select_by)
+        groups.append(Group(setting, label, variants, selected, selection, block=block))
+    blocks = [b for b in block_names if b not in tuning_blocks]
+    blocks += sorted({g.block for g in groups} - set(blocks))
+    tuning_runs = [r for r in all_runs if r.block in tuning_blocks]
+    failed_tuning = [r for r in failed if r["grid"] in tuning_blocks]
+    tables = tuning_tables(tunes, tuning_runs, failed_tuning)
+    return Results(runs=runs, failed=failed, groups=groups, grids=grids, select_by=select_by, blocks=blocks,
+                   tuning=tables, tuning_runs=tuning_runs)
+
+
+def tuning_tables(tunes: dict[str, TuneSpec], runs: Sequence[Run], failed: Sequence[dict]) -> list[TuningTable]:
+    """Per distinct (from blocks, field, metric): per dataset/model/loss and candidate value, the tuning
+    runs' mean ± std metric and test error, with the value the runner chooses (same function) marked."""
+    specs: dict[tuple, list[str]] = {}
+    for block, t in tunes.items():
+        specs.setdefault((t.sources, t.field, t.metric), []).append(block)
+    out = []
+    for (sources, field, metric), tuned_blocks in specs.items():
+        mine = [r for r in runs if r.block in sources]
+        bad = [f for f in failed if f["grid"] in sources]
+        by_ident: dict[str, list[Run]] = defaultdict(list)
+        for r in mine:
+            by_ident[tuning_ident(r.config, r.label)].append(r)
+        failed_by: dict[tuple, int] = defaultdict(int)
+        for f in bad:
+            failed_by[(tuning_ident(f["config"], f["label"]), canonical_json(f["config"].get(field)))] += 1
+        for f in bad:  # every candidate of a dataset/model/loss failed: still a row
+            ident = tuning_ident(f["config"], f["label"])
+            by_ident.setdefault(ident, [])
+        rows = []
+        for ident, members in by_ident.items():
+            choice = choose_value([(r.config.get(field), r.metrics) for r in members], metric)
+            values = {canonical_json(r.config.get(field)): r.config.get(field) for r in members}
+            failed_values = {canonical_json(f["config"].get(field)): f["config"].get(field) for f in bad
+                             if tuning_ident(f["config"], f["label"]) == ident}
+            values = {**failed_values, **values}
+            ref = members[0].config if members else next(f["config"] for f in bad
+                                                       if tuning_ident(f["config"], f["label"]) == ident)
+            label = members[0].label if members else next(f["label"] for f in bad
+                                                         if tuning_ident(f["config"], f["label"]) == ident)
+            regimes = sorted({r.config["regime"] for r in members} | {f["config"].get("regime") for f in bad
+                             if tuning_ident(f["config"], f["label"]) == ident}, key=regime_order)
+            for vkey, value in sorted(values.items(), key=lambda kv: value_order(kv[1])):
+                vr = [r for r in members if canonical_json(r.config.get(field)) == vkey]
+                m, sd, _ = mean_std([r.metrics.get(metric, math.nan) for r in vr])
+                e, esd, _ = mean_std([r.metrics.get("test/error", math.nan) for r in vr])
+                rows.append(TuningRow(
+                    dataset=ref["dataset"], model=ref["model"], label=label, regimes=", ".join(regimes),
+                    value=value, n=len(vr), failed=failed_by[(ident, vkey)], metric=(m, sd), test_error=(e, esd),
+                    chosen=choice is not None and canonical_json(choice.value) == vkey,
+                    seeds=len({r.seed for r in vr})))
+        rows.sort(key=lambda r: (r.dataset, r.model, label_order(r.label), value_order(r.value)))
+        out.append(TuningTable(sources=sources, field=field, metric=metric, tuned_blocks=tuple(tuned_blocks),
+                               rows=rows))
+    return out
+
+
+def tuning_markdown(table: TuningTable) -> tuple[str, str | None]:
+    """The choice table (mean ± std of the metric per value, chosen one marked) and the robustness table
+    (test error per value, for losses with at least 2 seeds at every value), or None when there is none."""
+    values = sorted({canonical_json(r.value): r.value for r in table.rows}.values(), key=value_order)
+    keys = []
+    for r in table.rows:
+        k = (r.dataset, r.model, r.label)
+        if k not in keys:
+            keys.append(k)
+    def cell_rows(fmt, only_seeded: bool):
+        out = []
+        for k in keys:
+            mine = {canonical_json(r.value): r for r in table.rows if (r.dataset, r.model, r.label) == k}
+            if only_seeded and not all(r.seeds >= 2 for r in mine.values()):
+                continue
+            cells = [k[0], k[1], k[2], next(iter(mine.values())).regimes]
+            for v in values:
+                r = mine.get(canonical_json(v))
+                cells.append("" if r is None else fmt(r))
+            out.append(cells)
+        return out
+
+    def choice_cell(r: TuningRow) -> str:
+        text = fmt_mean_std(*r.metric, 1, 4) + f" (n={r.n}" + (f", {r.failed} failed" if r.failed else "") + ")"
+        return f"**{text}** ✓" if r.chosen else text
+
+    def error_cell(r: TuningRow) -> str:
+        text = fmt_mean_std(*r.test_error, 100, 2)
+        return f"**{text}**" if r.chosen else text
+
+    header = ["dataset", "model", "loss", "regimes"] + [f"{table.field}={_short(v)}" for v in values]
+    align = ["l"] * 4 + ["r"] * len(values)
+    choice = markdown_table(header, cell_rows(choice_cell, False), align)
+    robust_rows = cell_rows(error_cell, True)
+    robust = markdown_table(header, robust_rows, align) if robust_rows else None
+    return choice, robust
+
+
+def tuning_csv_rows(table: TuningTable) -> tuple[list[str], list[list]]:
+    header = ["tuning_blocks", "tuned_blocks", "field", "metric", "dataset", "model", "loss", "regimes", "value",
+              "n", "failed", "seeds", "metric_mean", "metric_std", "test_error_mean", "test_error_std", "chosen"]
+    rows = [["+".join(table.sources), "+".join(table.tuned_blocks), table.field, table.metric, r.dataset, r.model,
+             r.label, r.regimes, r.value, r.n, r.failed, r.seeds, *r.metric, *r.test_error, int(r.chosen)]
+            for r in table.rows]
+    return header, rows
 
 
 def split_variants(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -248,8 +442,8 @@ def setting_rows(results: Results, setting) -> list[dict]:
     cols = MAIN_COLUMNS + (LONG_TAILED_COLUMNS if is_long_tailed(setting[1]) else ())
     rows = []
     for g in results.groups_of(setting):
-        row = {"dataset": setting[0], "regime": setting[1], "model": setting[2], "loss": g.label,
-               "variant": g.selected, "n": len(g.runs)}
+        row = {"dataset": setting[0], "regime": setting[1], "model": setting[2], "block": g.block,
+               "loss": g.label, "variant": g.selected, "n": len(g.runs)}
         for c in cols:
             m, s, _ = mean_std([c.value(r.metrics) for r in g.runs])
             row[c.key] = (m, s)
@@ -268,33 +462,39 @@ def setting_table(results: Results, setting) -> tuple[str, list[str], list[list]
         if len(means) > 1:
             best[c.key] = max(means) if c.higher_is_better else min(means)
     show_variant = any(r["variant"] for r in rows)
-    header = ["loss"] + (["selected"] if show_variant else []) + ["seeds"] + [c.name for c in cols]
+    show_block = len({r["block"] for r in rows}) > 1
+    header = (["block"] if show_block else []) + ["loss"] + (["selected"] if show_variant else []) + ["seeds"] \
+        + [c.name for c in cols]
     md_rows = []
     for r in rows:
-        cells = [r["loss"]] + ([r["variant"] or "–"] if show_variant else []) + [str(r["n"])]
+        cells = ([r["block"]] if show_block else []) + [r["loss"]] + ([r["variant"] or "–"] if show_variant else []) \
+            + [str(r["n"])]
         for c in cols:
             text = fmt_mean_std(*r[c.key], scale=c.scale, digits=c.digits)
             if c.key in best and r[c.key][0] == best[c.key]:
                 text = f"**{text}**"
             cells.append(text)
         md_rows.append(cells)
-    csv_header = ["dataset", "regime", "model", "loss", "variant", "n"]
+    csv_header = ["dataset", "regime", "model", "block", "loss", "variant", "n"]
     for c in cols:
         csv_header += [f"{c.key}_mean", f"{c.key}_std"]
-    csv_rows = [[r["dataset"], r["regime"], r["model"], r["loss"], r["variant"], r["n"]]
+    csv_rows = [[r["dataset"], r["regime"], r["model"], r["block"], r["loss"], r["variant"], r["n"]]
                 + [v for c in cols for v in r[c.key]] for r in rows]
     return markdown_table(header, md_rows), csv_header, csv_rows
 
 
 def summary_table(results: Results, column: Column = MAIN_COLUMNS[0]) -> str:
-    """Rows (dataset, model, regime), one column per loss: mean ± std of one metric."""
+    """Rows (dataset, model, regime[, block]), one column per loss: mean ± std of one metric. With several
+    blocks each (setting, block) is a row: seeds of different blocks are never pooled."""
     labels = results.labels()
+    multi = results.multi_block()
     rows = []
-    for setting in results.settings():
-        cells = [setting[0], setting[2], setting[1]]
+    for setting, block in [(s, b) for s in results.settings() for b in results.blocks_of(s)]:
+        cells = [setting[0], setting[2], setting[1]] + ([block] if multi else [])
+        first = len(cells)
         means = {}
         for lab in labels:
-            g = results.group(setting, lab)
+            g = results.group(setting, lab, block)
             if g is None:
                 cells.append("")
                 continue
@@ -306,9 +506,10 @@ def summary_table(results: Results, column: Column = MAIN_COLUMNS[0]) -> str:
             best = (max if column.higher_is_better else min)(valid.values())
             for i, lab in enumerate(labels):
                 if valid.get(lab) == best:
-                    cells[3 + i] = f"**{cells[3 + i]}**"
+                    cells[first + i] = f"**{cells[first + i]}**"
         rows.append(cells)
-    return markdown_table(["dataset", "model", "regime"] + labels, rows, ["l", "l", "l"] + ["r"] * len(labels))
+    head = ["dataset", "model", "regime"] + (["block"] if multi else [])
+    return markdown_table(head + labels, rows, ["l"] * len(head) + ["r"] * len(labels))
 
 
 @dataclasses.dataclass
@@ -317,16 +518,17 @@ class PairedRow:
     label: str
     column: Column
     result: PairedResult
+    block: str = ""
 
 
 def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) -> list[PairedRow]:
-    """Every non-CE group against CE of its setting, over matching seeds (selected variants)."""
+    """Every non-CE group against CE of its setting and block, over matching seeds (selected variants)."""
     out = []
-    for setting in results.settings():
-        base = results.baseline(setting)
+    for setting, block in [(s, b) for s in results.settings() for b in results.blocks_of(s)]:
+        base = results.baseline(setting, block)
         if base is None:
             continue
-        for g in results.groups_of(setting):
+        for g in results.groups_of(setting, block):
             if g.label == BASELINE:
                 continue
             for c in columns:
@@ -334,7 +536,7 @@ def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) ->
                 b = {r.seed: c.value(r.metrics) for r in base.runs}
                 if all(math.isnan(v) for v in a.values()) and all(math.isnan(v) for v in b.values()):
                     continue
-                out.append(PairedRow(setting, g.label, c, paired_comparison(a, b)))
+                out.append(PairedRow(setting, g.label, c, paired_comparison(a, b), block))
     return out
 
 
@@ -347,15 +549,17 @@ def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str]) -> s
             columns.append(r.column)
     keys = []
     for r in mine:
-        k = (r.setting[1], r.label)
+        k = (r.setting[1], r.block, r.label)
         if k not in keys:
             keys.append(k)
+    show_block = len({r.block for r in mine}) > 1
     table = []
-    for regime, label in keys:
-        cells = [regime, label]
+    for regime, block, label in keys:
+        cells = [regime] + ([block] if show_block else []) + [label]
         n = ""
         for c in columns:
-            hit = next((r for r in mine if r.setting[1] == regime and r.label == label and r.column.key == c.key), None)
+            hit = next((r for r in mine if r.setting[1] == regime and r.block == block and r.label == label
+                        and r.column.key == c.key), None)
             if hit is None:
                 cells.append("")
                 continue
@@ -366,16 +570,17 @@ def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str]) -> s
             if res.note and math.isnan(res.p_value):
                 text += f" ({res.note})"
             cells.append(text)
-        cells.insert(2, n)
+        cells.insert(3 if show_block else 2, n)
         table.append(cells)
-    header = ["regime", "loss", "pairs"] + [f"Δ {c.name}" for c in columns]
-    return markdown_table(header, table, ["l", "l", "r"] + ["r"] * len(columns))
+    head = ["regime"] + (["block"] if show_block else []) + ["loss"]
+    header = head + ["pairs"] + [f"Δ {c.name}" for c in columns]
+    return markdown_table(header, table, ["l"] * len(head) + ["r"] + ["r"] * len(columns))
 
 
 def paired_csv_rows(rows: list[PairedRow]) -> tuple[list[str], list[list]]:
-    header = ["dataset", "regime", "model", "loss", "metric", "n_pairs", "mean_diff_vs_ce", "ci95_low",
+    header = ["dataset", "regime", "model", "block", "loss", "metric", "n_pairs", "mean_diff_vs_ce", "ci95_low",
               "ci95_high", "wilcoxon_p", "note"]
-    return header, [[r.setting[0], r.setting[1], r.setting[2], r.label, r.column.key, r.result.n,
+    return header, [[r.setting[0], r.setting[1], r.setting[2], r.block, r.label, r.column.key, r.result.n,
                      r.result.mean_diff, r.result.ci_low, r.result.ci_high, r.result.p_value, r.result.note]
                     for r in rows]
 
@@ -386,10 +591,11 @@ def ood_table(results: Results, setting) -> str | None:
     sets = sorted({k.split("/")[1] for g in groups for r in g.runs for k in r.metrics if k.startswith("ood/")})
     if not sets:
         return None
-    header = ["loss"] + [f"{s} {stat}" for s in sets for stat in ("AUROC %", "FPR95 %")]
+    show_block = len({g.block for g in groups}) > 1
+    header = (["block"] if show_block else []) + ["loss"] + [f"{s} {stat}" for s in sets for stat in ("AUROC %", "FPR95 %")]
     rows = []
     for g in groups:
-        cells = [g.label]
+        cells = ([g.block] if show_block else []) + [g.label]
         for s in sets:
             for stat in ("auroc", "fpr95"):
                 m, sd, _ = mean_std([r.metrics.get(f"ood/{s}/msp/{stat}", math.nan) for r in g.runs])
@@ -408,25 +614,26 @@ def selection_table(results: Results) -> str | None:
             for name, vruns in g.variants.items():
                 val = g.selection[name]
                 err, err_sd, _ = mean_std([r.metrics.get("test/error", math.nan) for r in vruns])
-                rows.append([setting[0], setting[1], setting[2], g.label, name, str(len(vruns)),
+                rows.append([setting[0], setting[1], setting[2], g.block, g.label, name, str(len(vruns)),
                              fmt_num(val, 4), fmt_mean_std(err, err_sd, 100), "yes" if name == g.selected else ""])
     if not rows:
         return None
-    header = ["dataset", "regime", "model", "loss", "variant", "seeds", f"mean {results.select_by}",
+    header = ["dataset", "regime", "model", "block", "loss", "variant", "seeds", f"mean {results.select_by}",
               "test error %", "selected"]
-    return markdown_table(header, rows, ["l"] * 5 + ["r"] * 3 + ["l"])
+    return markdown_table(header, rows, ["l"] * 6 + ["r"] * 3 + ["l"])
 
 
 def runs_csv(results: Results, path: Path) -> None:
     """Every done run with its config axes and every metric: the raw data behind every table."""
-    metric_keys = sorted({k for r in results.runs for k in r.metrics})
-    header = ["key", "dataset", "regime", "model", "loss", "label", "seed", "selected", "wall_seconds",
+    every = list(results.runs) + list(results.tuning_runs)
+    metric_keys = sorted({k for r in every for k in r.metrics})
+    header = ["key", "dataset", "regime", "model", "block", "loss", "label", "seed", "selected", "wall_seconds",
               "hardware", "config"] + metric_keys
     selected = {r.key for g in results.groups for r in g.runs}
-    rows = [[r.key, r.config["dataset"], r.config["regime"], r.config["model"], r.config["loss"], r.label,
+    rows = [[r.key, r.config["dataset"], r.config["regime"], r.config["model"], r.block, r.config["loss"], r.label,
              r.seed, int(r.key in selected), r.wall_seconds, r.hardware, canonical_json(r.config)]
             + [r.metrics.get(k, math.nan) for k in metric_keys]
-            for r in sorted(results.runs, key=lambda r: (_setting_order(r.setting), r.label, r.seed))]
+            for r in sorted(every, key=lambda r: (_setting_order(r.setting), r.block, r.label, r.seed))]
     write_csv(path, header, rows)
 
 

@@ -41,6 +41,10 @@ def _rel(path: Path, start: Path) -> str:
         return path.resolve().as_posix()
 
 
+def _tuning_heading(field: str) -> str:
+    return "Learning-rate tuning" if field == "lr" else f"Tuning of {field}"
+
+
 def summary_text(results: "T.Results") -> str:
     err, ece = T.MAIN_COLUMNS[0], T.MAIN_COLUMNS[2]
     bins = "/".join(str(b) for b in sorted({r.config.get("n_bins") for r in results.runs}, key=str))
@@ -76,7 +80,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
         md += [preamble.strip(), ""]
 
     # ------------------------------------------------------------------------------------ setup header
-    runs = results.runs
+    runs = list(results.runs) + list(results.tuning_runs)
     total = sum(r.wall_seconds for r in runs) + sum(f.get("wall_seconds") or 0.0 for f in results.failed)
     md += ["## Setup", ""]
     md.append(f"- Runs: {len(runs)} done, {len(results.failed)} failed; total compute time "
@@ -102,6 +106,14 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
         md.append(f"- Swept hyperparameters: each loss's setting in the main tables is the one with the best "
                   f"mean `{results.select_by}` (ties: `{T.TIE_BREAK}`) on the validation split, chosen per "
                   f"dataset, regime, model and loss; see 'Hyperparameter selection'.")
+    for t in results.tuning:
+        md.append(f"- Tuned `{t.field}`: block(s) {', '.join(f'`{b}`' for b in t.tuned_blocks)} take, per dataset, "
+                  f"model and loss, the `{t.field}` with the lowest mean `{t.metric}` over the runs of "
+                  f"{', '.join(f'`{b}`' for b in t.sources)} (ties: `val/nll`, then the smaller value), chosen by "
+                  f"the runner; those tuning runs are not in the main tables (see '{_tuning_heading(t.field)}').")
+    if results.multi_block():
+        md.append("- Runs of different grid blocks are never pooled: where a setting has runs of several blocks, "
+                  "the tables have a `block` column and the paired comparisons stay within a block.")
     md.append("")
     for g in results.grids:
         where = f" (`{g['path']}`)" if g.get("path") else ""
@@ -109,7 +121,8 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
                g["text"].rstrip(), "```", "", "</details>", ""]
 
     # ---------------------------------------------------------------------------------------- summary
-    summary = summary_text(results) if runs else "No finished runs.\n"
+    summary = summary_text(results) if results.runs else (
+        "No finished runs outside tuning blocks yet.\n" if runs else "No finished runs.\n")
     md += ["## Summary", "", summary]
     extra = extra_sections(results) if callable(extra_sections) else (extra_sections or [])
     for heading, body in extra:
@@ -145,6 +158,21 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
         md += [f"CSV: [{_rel(path, out_dir)}]({_rel(path, out_dir)})", ""]
     else:
         md += ["No setting has CE and another loss; nothing to compare.", ""]
+    for t in results.tuning:
+        choice, robust = T.tuning_markdown(t)
+        md += [f"## {_tuning_heading(t.field)}", "",
+               f"Tuning runs of {', '.join(f'`{b}`' for b in t.sources)} for {', '.join(f'`{b}`' for b in t.tuned_blocks)}: "
+               f"mean ± std of `{t.metric}` per `{t.field}` value over the done runs (pooled over regimes and "
+               f"seeds; n = done runs, failed runs are ignored); ✓ and bold mark the value the tuned runs use.",
+               "", choice, ""]
+        if robust:
+            md += [f"Test error % per `{t.field}` (mean ± std over seeds; losses with at least 2 seeds at every "
+                   f"value; bold: the chosen value): how much the result depends on `{t.field}`.", "", robust, ""]
+        header, rows = T.tuning_csv_rows(t)
+        path = tdir / f"tuning_{plots._slug(t.field, *t.sources)}.csv"
+        T.write_csv(path, header, rows)
+        files.append(path)
+        md += [f"CSV: [{_rel(path, out_dir)}]({_rel(path, out_dir)})", ""]
     selection = T.selection_table(results)
     if selection:
         md += ["## Hyperparameter selection", "",
@@ -152,7 +180,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
                "and its test error; the selected one feeds the tables above.", "", selection, ""]
 
     # ------------------------------------------------------------------------------------------ plots
-    if runs and with_plots:
+    if results.runs and with_plots:
         figures = [("Error against labels per class", plots.error_vs_labels(results, pdir)),
                    ("Reliability diagrams, CE and GenCE", plots.reliability_diagrams(results, pdir)),
                    ("ECE before and after temperature scaling", plots.ece_before_after(results, pdir))]
