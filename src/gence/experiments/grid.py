@@ -28,6 +28,20 @@ Precedence for a run's settings: TrainConfig defaults < ``[train]`` < block ``tr
 A loss entry is a name or a table with ``name``, ``params`` (constructor arguments), ``label`` (display
 name; default: the name, with its params when there are any, e.g. ``focal(gamma=3)``), ``seeds`` (replaces
 the block's seeds), ``train`` (TrainConfig fields) and ``sweep`` (replaces the block's sweep).
+
+A block may take one field from other blocks' runs instead of fixing or sweeping it::
+
+    tune = { from = ["tune"], field = "lr", metric = "val/error" }     # metric: lower is better (default)
+
+Each of its runs then uses the value of ``field`` with the lowest mean ``metric`` over the done runs of
+the ``from`` blocks with the same dataset (params, classes), model (params) and loss (params, label),
+pooled over their regimes and seeds; ties go to the lower mean ``val/nll``, then the smaller value.
+Failed tuning runs are ignored; when all failed the run cannot be tuned (reported, not run). The value
+lands in the resolved config like a sweep value, so a tuned run is the ordinary run with that value (same
+key). Such runs are in ``Grid.tuned`` (their candidate runs precomputed), not ``Grid.runs``, and wait
+until every tuning run is stored done or failed (see the runner). Checked before any run: ``from`` names
+other blocks of the file without ``tune``, each sweeping ``field``; the block itself does not sweep it;
+every run has tuning runs; no candidate run is one of its own tuning runs (give the blocks other seeds).
 """
 from __future__ import annotations
 
