@@ -74,40 +74,58 @@ class _GenCEFunction(torch.autograd.Function):
             y = target
             l_y = l.gather(1, y.unsqueeze(1)).squeeze(1)
             w_y = None if w is None else w[y]
-            ce_terms = -l_y if w_y is None else -w_y * l_y
+            ce_terms = l_y.neg() if w_y is None else -w_y * l_y
             if eps != 0.0:
                 smooth = -(l.sum(1) if w is None else l @ w)  # -sum_k w_k l_ik
                 ce_terms = (1.0 - eps) * ce_terms + (eps / K) * smooth
 
         saved_l = l.clone() if (soft and ctx.needs_input_grad[1]) else None
 
-        # Column maxima over the counted rows; U = exp(l - M) in place of l.
-        if mask is not None:
-            l.masked_fill_(~mask.unsqueeze(1), -math.inf)
-        M = l.amax(dim=0) if n > 0 else l.new_full((K,), -math.inf)
-        M_safe = torch.where(torch.isfinite(M), M, torch.zeros_like(M))
-        U = l.sub_(M_safe).exp_()
-        S = M_safe + torch.log(U.sum(0))  # -inf for a class with no counted rows
+        # U = exp(l - M) over the counted rows, with M[k] a per-class shift, in place of l.
+        # Since l <= 0, the shift M = 0 (U = p, the softmax) is safe unless a column's sum underflows:
+        # a class with probability below ~1e-30 on every counted sample. On the CPU that is checked for
+        # free, and only then is the column maximum computed; elsewhere (a check would cost a device
+        # synchronisation) the maximum is always used.
+        M, U, Z = None, None, None
+        if z.device.type == "cpu":
+            U = l.exp_()
+            if mask is not None:
+                U.masked_fill_(~mask.unsqueeze(1), 0.0)
+            Z = U.sum(0)
+            if bool((Z > 1e-30).all()):
+                M = U.new_zeros(K)
+            else:  # rare: recompute the log-probabilities that exp_ overwrote
+                l = torch.log_softmax(z, dim=1)
+        if M is None:
+            if mask is not None:
+                l.masked_fill_(~mask.unsqueeze(1), -math.inf)
+            # A column without counted rows has M = -inf; shifting it by 0 keeps U = 0 there.
+            M = torch.nan_to_num(l.amax(dim=0), neginf=0.0) if n > 0 else l.new_zeros(K)
+            U = l.sub_(M).exp_()
+            Z = U.sum(0)
+        S = M + Z.log_()  # -inf for a class with no counted rows
         if world_size > 1:
             S = _logsumexp_over_ranks(S, process_group, world_size)
+        # Such a class carries no term of a counted sample unless smoothing puts mass on it; it then
+        # contributes 0 rather than -inf (its U column is 0, so the gradient is unaffected).
+        S = torch.nan_to_num(S, neginf=0.0)
 
         if lam != 0.0:
-            S_fin = torch.where(torch.isfinite(S), S, torch.zeros_like(S))
             if soft:
-                reg = tw @ S_fin
+                reg = tw @ S
             else:
-                S_y = S_fin[y]
+                S_y = S[y]
                 reg = S_y if w_y is None else w_y * S_y
                 if eps != 0.0:
-                    S_w = S_fin.sum() if w is None else S_fin @ w
+                    S_w = S.sum() if w is None else S @ w
                     reg = (1.0 - eps) * reg + (eps / K) * S_w
-            L = ce_terms + lam * reg
+            L = torch.add(ce_terms, reg, alpha=lam)
         else:
             L = ce_terms
         if mask is not None:
-            L = torch.where(mask, L, torch.zeros_like(L))
+            L = L.masked_fill(~mask, 0.0)
 
-        ctx.save_for_backward(U, M_safe, S, target, weight, mask, saved_l)
+        ctx.save_for_backward(U, M, S, target, weight, mask, saved_l)
         ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
         ctx.process_group, ctx.world_size = process_group, world_size
         return L
@@ -121,7 +139,7 @@ class _GenCEFunction(torch.autograd.Function):
         g = g.to(U.dtype)
         w = weight
         if mask is not None:
-            g = torch.where(mask, g, torch.zeros_like(g))
+            g = g.masked_fill(~mask, 0.0)
 
         # c[i, k]: coefficient of (lam*S_k - l_ik) in L_i.  A_k = sum_i g_i c_ik (the batch's target
         # mass per class), gC_i = g_i sum_k c_ik (row mass of the cross-entropy part).
@@ -144,9 +162,7 @@ class _GenCEFunction(torch.autograd.Function):
 
         # dL/dl[j, k] = -g_j c_jk + lam * A_k * exp(l_jk - S_k); then through log_softmax:
         # dz_j = dl_j - p_j * sum_k dl_jk,  with p = U * exp(M) and exp(l - S) = U * exp(M - S).
-        finite = torch.isfinite(S)
-        a = torch.where(finite, lam * A * torch.exp(M - torch.where(finite, S, torch.zeros_like(S))),
-                        torch.zeros_like(A)) if lam != 0.0 else torch.zeros_like(A)
+        a = torch.exp(M - S).mul_(A).mul_(lam)  # lam * A_k * exp(M_k - S_k)
         b = torch.exp(M)
         r = U @ a  # lam * sum_k A_k exp(l_jk - S_k)
         s = r - gC
@@ -161,8 +177,7 @@ class _GenCEFunction(torch.autograd.Function):
 
         grad_target = None
         if saved_l is not None and ctx.needs_input_grad[1]:
-            S_fin = torch.where(finite, S, torch.zeros_like(S))
-            per_class = (lam * S_fin).unsqueeze(0) - saved_l
+            per_class = (lam * S).unsqueeze(0) - saved_l
             if w is not None:
                 per_class = per_class * w
             grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
@@ -282,16 +297,19 @@ def gen_cross_entropy(
             tt = (t.movedim(1, -1).reshape(-1, C) if t.dim() > 2 else t).to(dtype)
         else:
             tt = t.reshape(-1)
-            valid = tt != ignore_index
-            bad = valid & ((tt < 0) | (tt >= C))
-            any_bad, any_ignored = torch.stack([bad.any(), ~valid.all()]).tolist()
-            if any_bad:
-                value = tt[bad][0].item()
-                raise ValueError(f"target contains class {value}, outside [0, {C}) and not "
-                                 f"ignore_index={ignore_index}")
-            if any_ignored:
-                mask = valid
-                tt = torch.where(valid, tt, torch.zeros_like(tt))
+            # One synchronisation: the common case (all targets in range, ignore_index outside the
+            # classes) is settled by the extremes alone.
+            lo, hi = torch.stack(torch.aminmax(tt)).tolist() if tt.numel() else (0, 0)
+            if not (0 <= lo and hi < C) or 0 <= ignore_index < C:
+                valid = tt != ignore_index
+                bad = valid & ((tt < 0) | (tt >= C))
+                if bool(bad.any()):
+                    value = tt[bad][0].item()
+                    raise ValueError(f"target contains class {value}, outside [0, {C}) and not "
+                                     f"ignore_index={ignore_index}")
+                if not bool(valid.all()):
+                    mask = valid
+                    tt = tt.masked_fill(~valid, 0)
         world_size = _world_size(distributed, process_group)
         L = _GenCEFunction.apply(z, tt, w, mask, soft, eps, lam, process_group, world_size)
 
@@ -301,11 +319,11 @@ def gen_cross_entropy(
         total = L.sum()
         if reduction == "sum":
             return total
-        if soft:
-            denominator = torch.tensor(float(L.numel()), dtype=dtype, device=z.device)
+        if soft or (w is None and mask is None):
+            denominator = torch.tensor(float(L.numel()), dtype=dtype, device=z.device) \
+                if world_size > 1 else float(L.numel())
         elif w is None:
-            denominator = (mask.sum() if mask is not None else
-                           torch.tensor(L.numel(), device=z.device)).to(dtype)
+            denominator = mask.sum().to(dtype)
         else:
             w_y = w[tt]
             denominator = (w_y if mask is None else torch.where(mask, w_y, torch.zeros_like(w_y))).sum()
