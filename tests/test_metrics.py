@@ -420,3 +420,17 @@ def test_probabilities_from_16bit_softmax_are_accepted():
     probs = torch.softmax(logits, dim=1).to(torch.bfloat16)
     labels = torch.randint(0, 100, (64,), generator=torch.Generator().manual_seed(1))
     assert 0.0 <= expected_calibration_error(probs, labels) <= 1.0
+
+
+def test_class_coverage_counts_unpredicted_classes_and_worst_recall():
+    from gence.metrics import class_coverage
+
+    # 4 classes; predictions (argmax) 0, 0, 1, 1, 1, 3 -> class 2 never predicted.
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1],
+                      [0.2, 0.5, 0.2, 0.1], [0.1, 0.4, 0.4, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    labels = np.array([0, 1, 1, 2, 2, 3])
+    # per-class recall by hand: class 0 1/1, class 1 1/2, class 2 0/2, class 3 1/1
+    out = class_coverage(probs, labels)
+    assert out == {"never_predicted": 1.0, "worst_class_accuracy": 0.0}
+    out = class_coverage(probs[[0, 2, 5]], labels[[0, 2, 5]])  # class 2 absent from labels: not counted
+    assert out == {"never_predicted": 1.0, "worst_class_accuracy": 1.0}

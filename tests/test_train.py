@@ -34,6 +34,7 @@ def expected_keys(ood=()):
     """The metric keys of docs/architecture.md, written out independently of the loop."""
     keys = {f"{s}/{m}" for s in ("val", "test", "val_ts", "test_ts") for m in SPLIT_METRICS}
     keys |= {"temperature", "test/acc_many", "test/acc_medium", "test/acc_few",
+             "test/never_predicted", "test/worst_class_accuracy",
              "train/loss", "train/seconds", "train/images_per_second"}
     keys |= {f"ood/{o}/{s}/{m}" for o in ood for s in OOD_SCORES for m in OOD_METRICS}
     return keys

@@ -14,6 +14,7 @@ from gence.metrics.calibration_error import (
 )
 from gence.metrics.classification import (
     brier_score,
+    class_coverage,
     error_rate,
     evaluate,
     group_accuracy,
@@ -22,6 +23,7 @@ from gence.metrics.classification import (
 from gence.metrics.ood import OOD_SCORES, ood_metrics, ood_scores
 
 __all__ = [
+    "class_coverage",
     "error_rate",
     "negative_log_likelihood",
     "brier_score",

@@ -16,7 +16,7 @@ from gence.metrics.calibration_error import (
     maximum_calibration_error,
 )
 
-__all__ = ["error_rate", "negative_log_likelihood", "brier_score", "group_accuracy", "evaluate"]
+__all__ = ["error_rate", "negative_log_likelihood", "brier_score", "group_accuracy", "class_coverage", "evaluate"]
 
 
 def error_rate(probs, labels) -> float:
@@ -73,6 +73,26 @@ def group_accuracy(probs, labels, class_counts, many: int = 100, few: int = 20) 
         mask = group_of_class[y] == g
         result[name] = float(hits[mask].mean()) if mask.any() else float("nan")
     return result
+
+
+def class_coverage(probs, labels) -> dict[str, float]:
+    """How evenly a model spreads its predictions over the K = ``probs.shape[1]`` classes.
+
+    ``never_predicted``: number of classes that are the argmax (lowest index on ties) of no sample;
+    ``worst_class_accuracy``: the lowest per-class accuracy (recall) over classes present in ``labels``.
+    A collapse that leaves whole classes unpredicted shows as never_predicted > 0 and a worst-class
+    accuracy of 0, which a mean error can hide.
+    """
+    p = check_probs(probs)
+    y = check_labels(labels, p.shape[0], p.shape[1])
+    K = p.shape[1]
+    pred = p.argmax(axis=1)
+    predicted = np.bincount(pred, minlength=K) > 0
+    present = np.bincount(y, minlength=K)
+    correct = np.bincount(y[pred == y], minlength=K)
+    recall = correct[present > 0] / present[present > 0]
+    return {"never_predicted": float(K - predicted.sum()),
+            "worst_class_accuracy": float(recall.min()) if recall.size else float("nan")}
 
 
 def evaluate(logits, labels, n_bins: int = 15) -> dict[str, float]:

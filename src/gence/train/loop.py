@@ -359,6 +359,7 @@ def evaluate_model(model: nn.Module, data: _Data, config: TrainConfig, device: t
     many, few = group_thresholds(max(data.class_counts))
     groups = metrics.group_accuracy(test_probs, ds.test_y, data.class_counts, many=many, few=few)
     out.update({f"test/acc_{g}": float(v) for g, v in groups.items()})
+    out.update({f"test/{k}": v for k, v in metrics.class_coverage(test_probs, ds.test_y).items()})
 
     for name in config.ood:
         ood_logits = run(load_ood(name, ds, seed=config.seed))
