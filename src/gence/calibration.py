@@ -142,8 +142,8 @@ def plot_reliability_bins(bins: dict, ax=None, title=None):
         patch.set_gid("accuracy")
     gap_bottom = np.where(filled, np.minimum(accuracy, confidence), 0.0)
     gap_height = np.where(filled, np.abs(accuracy - confidence), 0.0)
-    gaps = ax.bar(left, gap_height, bottom=gap_bottom, width=width, align="edge", color="tab:red",
-                  alpha=0.3, edgecolor="tab:red", hatch="//", linewidth=0.5, label="gap")
+    gaps = ax.bar(left, gap_height, bottom=gap_bottom, width=width, align="edge", facecolor=(1.0, 0.0, 0.0, 0.12),
+                  edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap")
     for patch in gaps:
         patch.set_gid("gap")
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
