@@ -305,3 +305,27 @@ def test_distributed_without_process_group_is_the_local_loss():
     logits, target = _batch()
     torch.testing.assert_close(gen_cross_entropy(logits, target, distributed=True),
                                gen_cross_entropy(logits, target))
+
+
+def test_synchronisation_free_path_for_accelerators_matches(monkeypatch):
+    # Accelerators skip the host-side target check (a synchronisation per call) and always mask;
+    # force that path on the CPU and compare with the checked path.
+    import gence.losses.gence as module
+
+    logits, target = _batch(n=12)
+    ignored = target.clone()
+    ignored[[1, 7]] = -100
+    want = [gen_cross_entropy(logits, t, weight=WEIGHT, label_smoothing=0.1, reduction=r)
+            for t in (target, ignored) for r in ("mean", "none")]
+    z = logits.clone().requires_grad_()
+    gen_cross_entropy(z, ignored).backward()
+    monkeypatch.setattr(module, "_HOST_CHECKED_DEVICES", ())
+    got = [gen_cross_entropy(logits, t, weight=WEIGHT, label_smoothing=0.1, reduction=r)
+           for t in (target, ignored) for r in ("mean", "none")]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    z2 = logits.clone().requires_grad_()
+    gen_cross_entropy(z2, ignored).backward()
+    torch.testing.assert_close(z2.grad, z.grad)
+    with pytest.raises(RuntimeError, match=r"class outside \[0, 5\)"):
+        gen_cross_entropy(logits, torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 0]))

@@ -39,6 +39,9 @@ from torch import Tensor, nn
 __all__ = ["gen_cross_entropy", "GenCELoss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
+# Devices where target values are checked on the host (raising ValueError): a synchronisation is free
+# there. Elsewhere the check runs on the device without stopping the stream.
+_HOST_CHECKED_DEVICES = ("cpu",)
 
 
 def _world_size(distributed: bool, process_group) -> int:
@@ -244,6 +247,13 @@ def gen_cross_entropy(
         The loss: a scalar, or per-sample values of the target's shape for ``reduction='none'``,
         in float32 (float64 for float64 input).
 
+    Raises:
+        ValueError: naming the argument, the value and what was expected, for a bad shape, dtype,
+            ``weight``, ``label_smoothing``, ``generative_weight`` or ``reduction``, and for a target
+            class outside [0, C) on the CPU. On accelerators the class range is checked on the device,
+            without a host synchronisation per call: a bad class fails asynchronously with a
+            RuntimeError, as ``F.cross_entropy``'s device-side assert does.
+
     Gradients: first order only (``once_differentiable``); gradients flow to ``input`` and, for
     probability targets that require grad, to ``target``.
     """
@@ -297,10 +307,21 @@ def gen_cross_entropy(
             tt = (t.movedim(1, -1).reshape(-1, C) if t.dim() > 2 else t).to(dtype)
         else:
             tt = t.reshape(-1)
-            # One synchronisation: the common case (all targets in range, ignore_index outside the
-            # classes) is settled by the extremes alone.
-            lo, hi = torch.stack(torch.aminmax(tt)).tolist() if tt.numel() else (0, 0)
-            if not (0 <= lo and hi < C) or 0 <= ignore_index < C:
+            if tt.device.type not in _HOST_CHECKED_DEVICES:
+                # No host synchronisation on accelerators: mask every call, check ranges on the device
+                # (an out-of-range class fails asynchronously, as F.cross_entropy's device assert does).
+                valid = tt != ignore_index
+                torch._assert_async(((tt >= 0) & (tt < C) | ~valid).all(),
+                                    f"gen_cross_entropy: target contains a class outside [0, {C}) and "
+                                    f"not ignore_index={ignore_index}")
+                mask = valid
+                tt = tt.masked_fill(~valid, 0)
+                lo, hi = 0, 0
+            else:
+                # One cheap synchronisation: the common case (all targets in range, ignore_index outside
+                # the classes) is settled by the extremes alone.
+                lo, hi = torch.stack(torch.aminmax(tt)).tolist() if tt.numel() else (0, 0)
+            if mask is None and (not (0 <= lo and hi < C) or 0 <= ignore_index < C):
                 valid = tt != ignore_index
                 bad = valid & ((tt < 0) | (tt >= C))
                 if bool(bad.any()):
