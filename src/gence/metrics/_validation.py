@@ -60,17 +60,22 @@ def check_n_bins(n_bins) -> int:
     return int(n_bins)
 
 
-def check_matrix(x, name: str, what: str = "(N, K)") -> np.ndarray:
-    """A float64 (N, K) matrix with N >= 1 and K >= 1 and no NaN."""
-    arr = to_numpy(x, name)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{name} must have shape {what} with N >= 1 and K >= 1, got {_describe(x)}")
+def _real_float64(arr: np.ndarray, x, name: str) -> np.ndarray:
+    """``arr`` (converted from ``x``) as float64, after checking it holds real numbers and no NaN."""
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"{name} must hold real numbers, got {_describe(x)}")
     arr = arr.astype(np.float64)
     if np.isnan(arr).any():
         raise ValueError(f"{name} must not contain NaN, got {int(np.isnan(arr).sum())} NaN values")
     return arr
+
+
+def check_matrix(x, name: str, what: str = "(N, K)") -> np.ndarray:
+    """A float64 (N, K) matrix with N >= 1 and K >= 1 and no NaN."""
+    arr = to_numpy(x, name)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} must have shape {what} with N >= 1 and K >= 1, got {_describe(x)}")
+    return _real_float64(arr, x, name)
 
 
 def check_probs(probs, name: str = "probs") -> np.ndarray:
@@ -111,9 +116,4 @@ def check_vector(x, name: str) -> np.ndarray:
     arr = to_numpy(x, name)
     if arr.ndim != 1 or arr.shape[0] < 1:
         raise ValueError(f"{name} must be a non-empty 1-D array of scores, got {_describe(x)}")
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must hold real numbers, got {_describe(x)}")
-    arr = arr.astype(np.float64)
-    if np.isnan(arr).any():
-        raise ValueError(f"{name} must not contain NaN, got {int(np.isnan(arr).sum())} NaN values")
-    return arr
+    return _real_float64(arr, x, name)
