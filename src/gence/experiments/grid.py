@@ -325,27 +325,35 @@ class _Loader:
             out.append(settings)
         return out
 
+    def _named_entry(self, entry: Any, keys: tuple, valid: list[str], kind: str, check, checked: set,
+                     errors: tuple, w: str) -> tuple[dict, str, dict]:
+        """A model or loss entry (a name, or a table with ``name`` and ``params``), its constructor
+        arguments checked once per distinct (name, params)."""
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        _check_keys(entry, keys, w)
+        if "name" not in entry:
+            raise GridError(f"{w}: missing 'name'; valid choices: {_choices(valid)}")
+        name = _check_name(entry["name"], valid, f"{w}.name")
+        params = entry.get("params", {})
+        if not isinstance(params, dict):
+            raise GridError(f"{w}.params = {params!r}: expected a table")
+        tag = canonical_json([name, params])
+        if tag not in checked:
+            try:
+                check(name, dict(params))
+            except errors as exc:
+                raise GridError(f"{w}.params = {params!r}: not accepted by {kind} {name!r}: {exc}") from None
+            checked.add(tag)
+        return entry, name, params
+
     def models(self, value: Any, where: str) -> list[dict]:
         valid = self.registry.models()
         out = []
         for i, entry in enumerate(_as_list(value, where)):
             w = f"{where}[{i}]"
-            if isinstance(entry, str):
-                entry = {"name": entry}
-            _check_keys(entry, MODEL_KEYS, w)
-            if "name" not in entry:
-                raise GridError(f"{w}: missing 'name'; valid choices: {_choices(valid)}")
-            name = _check_name(entry["name"], valid, f"{w}.name")
-            params = entry.get("params", {})
-            if not isinstance(params, dict):
-                raise GridError(f"{w}.params = {params!r}: expected a table")
-            tag = canonical_json([name, params])
-            if tag not in self._checked_models:
-                try:
-                    self.registry.check_model(name, dict(params))
-                except TypeError as exc:
-                    raise GridError(f"{w}.params = {params!r}: not accepted by model {name!r}: {exc}") from None
-                self._checked_models.add(tag)
+            entry, name, params = self._named_entry(entry, MODEL_KEYS, valid, "model", self.registry.check_model,
+                                                    self._checked_models, (TypeError,), w)
             out.append({"model": name, "model_params": params})
         return out
 
@@ -398,22 +406,8 @@ class _Loader:
         out = []
         for i, entry in enumerate(_as_list(value, where)):
             w = f"{where}[{i}]"
-            if isinstance(entry, str):
-                entry = {"name": entry}
-            _check_keys(entry, LOSS_KEYS, w)
-            if "name" not in entry:
-                raise GridError(f"{w}: missing 'name'; valid choices: {_choices(valid)}")
-            name = _check_name(entry["name"], valid, f"{w}.name")
-            params = entry.get("params", {})
-            if not isinstance(params, dict):
-                raise GridError(f"{w}.params = {params!r}: expected a table")
-            tag = canonical_json([name, params])
-            if tag not in self._checked_losses:
-                try:
-                    self.registry.check_loss(name, dict(params))
-                except (TypeError, ValueError) as exc:
-                    raise GridError(f"{w}.params = {params!r}: not accepted by loss {name!r}: {exc}") from None
-                self._checked_losses.add(tag)
+            entry, name, params = self._named_entry(entry, LOSS_KEYS, valid, "loss", self.registry.check_loss,
+                                                    self._checked_losses, (TypeError, ValueError), w)
             label = entry.get("label", default_label(name, params))
             if not isinstance(label, str) or not label:
                 raise GridError(f"{w}.label = {label!r}: expected a non-empty string")
