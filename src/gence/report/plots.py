@@ -180,3 +180,58 @@ def ece_before_after(results: Results, out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths
+
+
+def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float, bool]]]]]], path: Path,
+                  field: str = "lr") -> Path:
+    """Test error against the learning rate, one panel per setting: per loss the mean over seeds with every
+    run as a dot, runs that collapsed (a class never predicted) as red crosses. ``panels``: (title,
+    {label: {lr: [(test error, collapsed), ...]}})."""
+    n = len(panels)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = _figure(figsize=(3.3 * cols, 2.9 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colors = {}
+    for i, (title, losses) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for j, (label, by_lr) in enumerate(losses.items()):
+            color = colors.setdefault(label, f"C{len(colors)}")
+            lrs = sorted(by_lr)
+            offset = 1 + 0.04 * (j - (len(losses) - 1) / 2)   # dodge the losses' dots
+            ax.plot(lrs, [100 * sum(e for e, _ in by_lr[lr]) / len(by_lr[lr]) for lr in lrs], "-", color=color,
+                    label=label if i == 0 else None)
+            for lr in lrs:
+                ok = [100 * e for e, c in by_lr[lr] if not c]
+                bad = [100 * e for e, c in by_lr[lr] if c]
+                ax.plot([lr * offset] * len(ok), ok, "o", color=color, ms=3.5, alpha=0.7)
+                ax.plot([lr * offset] * len(bad), bad, "x", color="red", ms=6, mew=1.6,
+                        label="collapsed run" if i == 0 and bad and "collapsed run" not in
+                        [t.get_label() for t in ax.get_lines()] else None)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({lr for by_lr in losses.values() for lr in by_lr}))
+        ax.get_xaxis().set_major_formatter(_log_formatter())
+        ax.set_title(title, fontsize="small")
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel(field, fontsize="small")
+        if i % cols == 0:
+            ax.set_ylabel("test error %")
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    handles, names = [], []
+    for row in axes:
+        for ax in row:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in names:
+                    handles.append(h)
+                    names.append(lab)
+    fig.legend(handles, names, loc="outside upper center", ncols=len(names), fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _log_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _: f"{v:g}")
