@@ -158,6 +158,7 @@ def _worker(rank: int, init_file: str, result_dir: str) -> None:
         out = _rank_results(rank, ddp, gather)
         # DDP hooks write the averaged gradients into the wrapped model's parameters
         torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
+        dist.barrier()  # nobody tears the group down while a peer still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -167,12 +168,14 @@ def gloo_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     try:
         mp.spawn(_worker, args=(str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=True)
-    except mp.ProcessExitedException:
-        # a worker killed by a signal before its process group was up: gloo cannot connect here
+    except mp.ProcessExitedException as exc:
+        # killed by a signal (gloo aborts on socket errors in C++, uncatchable in Python)
         if not all((tmp / f"rank{r}.up").exists() for r in range(WORLD)):
-            pytest.skip("gloo could not set up a process group on this machine (worker died in "
+            pytest.skip(f"gloo could not set up a process group on this machine ({exc}, in "
                         "init_process_group); the simulated world covers the same checks")
-        raise
+        if not all((tmp / f"rank{r}.pt").exists() for r in range(WORLD)):
+            raise
+        # every rank stored its results: a crash in teardown says nothing about the loss
     reasons = sorted(p.read_text() for p in tmp.glob("*.no_gloo"))
     if reasons:
         pytest.skip(f"gloo could not set up a process group on this machine: {reasons[0]}")
