@@ -216,6 +216,23 @@ def test_image_tree_as_tar_gz(tmp_path, fmt):
             assert diff.max() <= 3
 
 
+def test_image_tree_cache_sees_an_image_edited_in_place(tmp_path):
+    from PIL import Image
+
+    written = write_image_tree(tmp_path / "cifar10", np.random.default_rng(10), "png", per_class=(1, 1))
+    first = gd.load_dataset("cifar10", tmp_path)  # decoded, and cached
+    np.testing.assert_array_equal(first.train_x.numpy(), written["train"][0])
+    # overwrite one image with new pixels; put its folder's times back, as an in-place edit leaves them
+    folder = tmp_path / "cifar10" / "train" / "cat"
+    st = os.stat(folder)
+    new = np.full((8, 8, 3), 7, dtype=np.uint8)
+    Image.fromarray(new).save(folder / "0000.png")
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = gd.load_dataset("cifar10", tmp_path)
+    k = CIFAR10.index("cat")  # one training image per class, in class order
+    np.testing.assert_array_equal(again.train_x[k].numpy(), new.transpose(2, 0, 1))
+
+
 def test_image_tree_with_wrong_class_folders_is_an_error(tmp_path):
     names = CIFAR10[:9] + ["lorry"]
     write_image_tree(tmp_path / "cifar10", np.random.default_rng(8), "png", classes=names, per_class=(1, 1))

@@ -250,8 +250,9 @@ def _cifar_loader(variant: str):
         for d in tree_candidates:
             searched.append(str(d))
             if (d / "train").is_dir() and (d / "test").is_dir():
-                class_dirs = [p for s in ("train", "test") for p in (d / s).iterdir() if p.is_dir()]
-                return cached_arrays(f"{kind}-tree-{_CACHE_VERSION}", [d / "train", d / "test", *class_dirs],
+                # every image file in the key: an image edited in place changes no folder's mtime
+                files = [path for _, _, path in readers.list_image_tree(d)]
+                return cached_arrays(f"{kind}-tree-{_CACHE_VERSION}", [d / "train", d / "test", *files],
                                      lambda d=d: readers.read_image_tree(d, class_names), cache)
         tars = [root] if root.is_file() else [root / t for t in tar_names]
         for t in tars:

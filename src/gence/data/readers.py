@@ -183,20 +183,23 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not PurePosixPath(name).name.startswith(".")
 
 
-def read_image_tree(root: str | os.PathLike, class_names: Sequence[str] | None = None, mode: str = "RGB"):
-    """Read ``root/{train,test}/<class>/<image>``; see ``read_image_tar`` for the class order."""
+def list_image_tree(root: str | os.PathLike) -> list[tuple[str, str, Path]]:
+    """``(split, class folder, path)`` of every image under ``root/{train,test}/<class>/``, sorted."""
     root = Path(root)
-    entries: dict[str, dict[str, list]] = {}
     paths = []
     for split in ("train", "test"):
-        entries[split] = {}
         split_dir = root / split
         if not split_dir.is_dir():
             continue
         for cdir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            files = sorted(f for f in os.listdir(cdir) if _is_image(f))
-            entries[split][cdir.name] = files
-            paths += [(split, cdir.name, cdir / f) for f in files]
+            paths += [(split, cdir.name, cdir / f) for f in sorted(os.listdir(cdir)) if _is_image(f)]
+    return paths
+
+
+def read_image_tree(root: str | os.PathLike, class_names: Sequence[str] | None = None, mode: str = "RGB"):
+    """Read ``root/{train,test}/<class>/<image>``; see ``read_image_tar`` for the class order."""
+    root = Path(root)
+    paths = list_image_tree(root)
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         blobs = list(pool.map(lambda t: t[2].read_bytes(), paths, chunksize=256))
