@@ -9,6 +9,9 @@ them alike. Reported:
 * loss only, forward + backward, at (batch, classes) = (4096, 1000) and (1024, 100): GenCE (the hand-
   written backward), and for reference the plain autograd composition of log_softmax and logsumexp;
 * one training step (forward, backward, SGD step) of the small CNN at batch 128 on 3x32x32 inputs.
+
+The first lines of the output say the command, the time, the commit and the hardware; stored outputs in
+``results/benchmarks/`` are this output as printed.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from _provenance import print_provenance
 from gence import gen_cross_entropy
 from gence.models import build as build_model
 
@@ -105,8 +109,8 @@ def main() -> None:
         devices.append(torch.device("cpu"))
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
-    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
-          f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
+    print_provenance(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
+                     f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
     print("ratios are median time / median time of F.cross_entropy in the same interleaved rounds")
     for device in devices:
         for n, k in [(4096, 1000), (1024, 100)]:
