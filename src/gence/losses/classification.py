@@ -173,7 +173,8 @@ class MMCE(ClassificationLoss):
     This is the unweighted estimator MMCE_m with the square root of the paper's objective
     (Mukhoti et al.'s port drops the root). The root is taken as ``sqrt(max(x, 1e-12))``: a
     perfectly calibrated batch has x = 0, where the root's derivative is infinite. Default
-    lam = 2.0.
+    lam = 2.0, the weight Mukhoti et al. (NeurIPS 2020) train their MMCE baselines with on CIFAR
+    (``--lamda 2.0`` in their training scripts, there for the weighted estimator).
 
     MMCE is one number per batch, not per sample: ``reduction='none'`` returns
     ``CE_i + lam * sqrt(MMCE_m^2)`` for every sample, so 'mean' and 'sum' are the mean and sum of
