@@ -124,6 +124,14 @@ def test_grid_expands_product_with_overrides_sweeps_and_seed_overrides(tmp_path)
     assert run_key({**g.config, "data_dir": "/elsewhere", "device": "cuda"}) == g.key
 
 
+def test_override_model_params_merge_into_the_matching_runs_only():
+    grid = parse_grid(GRID.replace('models = ["small_cnn"]', 'models = ["small_cnn", {name = "mlp", params = {hidden = [32]}}]')
+                      + '[[override]]\nmatch = {loss = "gence"}\nmodel_params = {head = "cosine"}\n')
+    params = {(r.config["loss"], r.config["model"]): r.config["model_params"] for r in grid.runs}
+    assert params == {("ce", "small_cnn"): {}, ("ce", "mlp"): {"hidden": [32]},
+                      ("gence", "small_cnn"): {"head": "cosine"}, ("gence", "mlp"): {"hidden": [32], "head": "cosine"}}
+
+
 def test_int_and_float_values_give_one_key(tmp_path):
     a = parse_grid(GRID.replace("epochs = 1", "epochs = 1\nlr = 1"))
     b = parse_grid(GRID.replace("epochs = 1", "epochs = 1\nlr = 1.0"))
@@ -172,6 +180,11 @@ BAD = [
     (GRID + "sweep = {lr = [0.1, -1]}\n", ["grid.sweep.lr[1]", "-1", "> 0"]),
     (GRID + "[[override]]\nmatch = {regimen = 'balanced:5'}\nepochs = 3\n",
      ["override[0].match", "'regimen'", "regime", "dataset"]),
+    (GRID + "[[override]]\nmatch = {loss = 'ce'}\nmodel_params = {head = 'cos'}\n",
+     ["override[0].model_params", "'cos'", "'small_cnn'", "cosine"]),
+    (GRID + "[[override]]\nmatch = {loss = 'ce'}\nmodel_params = 3\n", ["override[0].model_params", "3", "table"]),
+    (GRID.replace('"small_cnn"', '{name = "small_cnn", params = {head = "cos"}}'),
+     ["grid.models[0].params", "head='cos'", "cosine"]),
 ]
 
 

@@ -83,3 +83,39 @@ def test_factory_errors_name_the_argument():
         models.build("resnet", 3, 10, 32, depth=21)
     with pytest.raises(ValueError, match="image_size"):
         models.build("resnet20", 3, 10, None)
+    with pytest.raises(ValueError, match="head='cos'.*'cosine'"):
+        models.build("resnet8", 3, 10, 32, head="cos")
+
+
+def test_cosine_head_logits_are_cosines_of_features_and_class_weights():
+    """The logits equal the cosine between the network's pooled features (captured by a hook on the head)
+    and each class's weight row, computed in float64 numpy; the head has no bias."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = models.build("resnet8", 3, 5, 16, head="cosine")
+    head = model.fc
+    assert isinstance(head, models.CosineLinear) and [n for n, _ in head.named_parameters()] == ["weight"]
+    np.testing.assert_allclose(head.weight.detach().norm(dim=1).numpy(), 1.0, rtol=1e-6)  # unit rows at start
+    with torch.no_grad():                # rows of other norms: the logits must not depend on them
+        head.weight.mul_(torch.tensor([0.1, 1.0, 3.0, 7.0, 0.5])[:, None])
+    seen = {}
+    head.register_forward_hook(lambda m, inp, out: seen.update(features=inp[0].detach()))
+    logits = model(torch.randn(6, 3, 16, 16)).detach().double().numpy()
+    f, w = seen["features"].double().numpy(), head.weight.detach().double().numpy()
+    expected = (f @ w.T) / np.linalg.norm(f, axis=1)[:, None] / np.linalg.norm(w, axis=1)[None, :]
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(logits).max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("name,params", [("mlp", {"hidden": (8,)}), ("mlp", {"hidden": ()}), ("small_cnn", {}),
+                                         ("wrn", {"depth": 10, "width": 1})])
+def test_cosine_head_replaces_the_last_linear_layer_only(name, params):
+    torch.manual_seed(0)
+    linear = models.build(name, 1, 4, 8, **params)
+    cosine = models.build(name, 1, 4, 8, head="cosine", **params)
+    kinds = lambda m: [type(x).__name__ for x in m.modules() if isinstance(x, (torch.nn.Linear, models.CosineLinear))]
+    assert kinds(linear)[-1] == "Linear" and kinds(cosine)[-1] == "CosineLinear"
+    assert kinds(cosine)[:-1] == kinds(linear)[:-1]
+    # Same parameter count less the bias of the replaced layer.
+    assert n_params(cosine) == n_params(linear) - 4

@@ -48,6 +48,15 @@ def tiny(**overrides):
     return TrainConfig(**base)
 
 
+def test_cosine_head_reaches_the_model_through_model_params():
+    """LDAM with the cosine head, as its authors train it: every test logit is a cosine, |z| <= 1,
+    while the same run with the linear head has logits outside [-1, 1]."""
+    cosine = fit(tiny(loss="ldam", model_params={"head": "cosine"}, epochs=1), progress=False)
+    linear = fit(tiny(loss="ldam", epochs=1), progress=False)
+    assert cosine.test_logits.abs().max() <= 1 + 1e-5
+    assert linear.test_logits.abs().max() > 1
+
+
 def comparable(metrics):
     """Metrics minus the timings, NaN replaced by a string so that == compares it too."""
     return {k: "nan" if math.isnan(v) else v for k, v in metrics.items()

@@ -22,6 +22,10 @@ blocks without duplicates (same resolved config = same run). Example::
     match = { regime = "balanced:10" }
     epochs = 60
 
+    [[override]]                 # model_params are merged into the matching runs' model params
+    match = { loss = "ldam" }
+    model_params = { head = "cosine" }
+
 Precedence for a run's settings: TrainConfig defaults < ``[train]`` < block ``train`` < loss entry
 ``train`` < matching ``[[override]]`` entries in file order < sweep values.
 
@@ -178,6 +182,8 @@ class Registry:
         """Only unknown keyword arguments are errors here: shape checks depend on the dataset."""
         from gence import models
 
+        if params.get("head", "linear") not in models.HEADS:
+            raise TypeError(f"head={params['head']!r}; expected one of {models.HEADS}")
         try:
             models.build(name, in_channels=1, num_classes=10, image_size=28, **params)
         except TypeError:
@@ -478,9 +484,30 @@ class _Loader:
                                 f"{{ regime = 'balanced:10' }}; keys: {', '.join(MATCH_KEYS)}")
             _check_keys(match, MATCH_KEYS, f"{w}.match")
             match = {k: _as_list(v, f"{w}.match.{k}") for k, v in match.items()}
-            settings = self.check_train({k: v for k, v in entry.items() if k != "match"}, w)
+            settings = self.check_train({k: v for k, v in entry.items() if k not in ("match", "model_params")}, w)
+            if "model_params" in entry:  # merged into each matching run's model params, checked per model there
+                if not isinstance(entry["model_params"], dict):
+                    raise GridError(f"{w}.model_params = {entry['model_params']!r}: expected a table")
+                settings["model_params"] = dict(entry["model_params"])
             out.append((match, settings))
         return out
+
+    def apply_override(self, config: dict, settings: dict, where: str) -> None:
+        """An override's settings into a run's config; its ``model_params`` are merged into the run's
+        (and the merged params checked against the run's model once)."""
+        settings = dict(settings)
+        if "model_params" in settings:
+            merged = {**config["model_params"], **settings.pop("model_params")}
+            tag = canonical_json([config["model"], merged])
+            if tag not in self._checked_models:
+                try:
+                    self.registry.check_model(config["model"], dict(merged))
+                except TypeError as exc:
+                    raise GridError(f"{where}.model_params: {merged!r} not accepted by model "
+                                    f"{config['model']!r}: {exc}") from None
+                self._checked_models.add(tag)
+            config["model_params"] = merged
+        config.update(settings)
 
 
 def _matches(match: dict, run: dict) -> bool:
@@ -538,9 +565,9 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
                                    "seed": seed})
                     ident = {"dataset": ds["dataset"], "regime": regime, "model": model["model"],
                              "loss": loss["name"], "label": loss["label"], "seed": seed, "grid": block_name}
-                    for match, settings in overrides:
+                    for i, (match, settings) in enumerate(overrides):
                         if _matches(match, ident):
-                            config.update(settings)
+                            loader.apply_override(config, settings, f"override[{i}]")
                     config.update(sweep)
                     run_where = (f"{w}: run dataset={ds['dataset']} regime={regime} model={model['model']} "
                                  f"loss={loss['label']} seed={seed}")

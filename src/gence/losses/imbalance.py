@@ -76,8 +76,9 @@ class LDAM(ClassificationLoss):
         L_i = -log( e^{s (z_i[y] - Delta_y)} / (e^{s (z_i[y] - Delta_y)} + sum_{k != y} e^{s z_i[k]}) )
 
     Defaults max_m = 0.5 and s = 30 as in the authors' code, which feeds LDAM cosine logits from a
-    normalised last layer (|z| <= 1); with an ordinary linear head s = 30 multiplies logits that
-    are already large, so consider s = 1 there.
+    normalised last layer (|z| <= 1): build the network with ``head="cosine"`` (``model_params =
+    {head = "cosine"}`` in a grid or TrainConfig; :class:`gence.models.CosineLinear`). With an
+    ordinary linear head s = 30 multiplies logits that are already large, so consider s = 1 there.
 
     DRW: for epochs ``epoch >= drw_fraction * total_epochs`` (0-based, as passed to
     :meth:`on_epoch_start`) each sample is weighted by the class-balanced weight of its class,

@@ -4,7 +4,9 @@
     net = models.build("resnet20", in_channels=3, num_classes=10, image_size=32)
 
 Every convolutional network ends in global average pooling, so the classifier does not depend on the
-input size; strides are chosen so that 8x8 inputs still run (see each module's docstring).
+input size; strides are chosen so that 8x8 inputs still run (see each module's docstring). Every network
+takes ``head="linear"`` (default) or ``head="cosine"``: a classifier whose logits are cosines between the
+features and the class weights (:class:`CosineLinear`, the layer LDAM's authors pair with ``s = 30``).
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from typing import Callable
 
 from torch import nn
 
+from gence.models._common import HEADS, CosineLinear, set_head
 from gence.models.preact_resnet import PreActResNet
 from gence.models.resnet import ResNet
 from gence.models.small import MLP, SmallCNN
 from gence.models.wide_resnet import WideResNet
 
-__all__ = ["build", "available", "ResNet", "WideResNet", "PreActResNet", "SmallCNN", "MLP"]
+__all__ = ["build", "available", "ResNet", "WideResNet", "PreActResNet", "SmallCNN", "MLP", "CosineLinear", "HEADS"]
 
 
 def _resnet(depth: int | None = None):
@@ -65,12 +68,15 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, in_channels: int, num_classes: int, image_size=32, **params) -> nn.Module:
+def build(name: str, in_channels: int, num_classes: int, image_size=32, head: str = "linear", **params) -> nn.Module:
     """Build the network ``name`` for inputs of shape (in_channels, *image_size) and ``num_classes`` outputs.
 
     ``image_size`` is an int (square), an (H, W) pair, or None / () for feature vectors (``mlp`` only).
+    ``head``: ``"linear"`` (an ``nn.Linear`` classifier) or ``"cosine"`` (:class:`CosineLinear`).
     ``params`` go to the network's constructor (e.g. ``depth``, ``width``, ``shortcut``, ``hidden``).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model name={name!r}; expected one of {available()}")
-    return _REGISTRY[name](in_channels, num_classes, image_size, **params)
+    if head not in HEADS:
+        raise ValueError(f"model {name!r}: head={head!r}; expected one of {HEADS}")
+    return set_head(_REGISTRY[name](in_channels, num_classes, image_size, **params), head)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -51,3 +53,43 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class CosineLinear(nn.Module):
+    """Cosine-similarity classifier: ``logits[i, k] = <x_i, w_k> / (|x_i| |w_k|)``, each in [-1, 1].
+
+    The normalised last layer LDAM's authors train with (Cao et al. 2019, ``NormedLinear``): the logits
+    are cosines, so a loss that scales them (LDAM's ``s = 30``) sets their range. A zero feature vector
+    or weight row gives 0 (norms are clamped at 1e-12, as ``F.normalize`` does). Weight rows start at
+    unit norm. ``weight`` has ``nn.Linear``'s shape (out_features, in_features); there is no bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        with torch.no_grad():
+            self.weight.uniform_(-1, 1)
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+HEADS = ("linear", "cosine")
+
+
+def set_head(model: nn.Module, head: str) -> nn.Module:
+    """Make ``model``'s classifier (its last ``nn.Linear``) the ``head`` kind (one of :data:`HEADS`, checked
+    by the caller): ``"linear"`` leaves it, ``"cosine"`` replaces it by a :class:`CosineLinear` of the same
+    shape. Returns ``model``."""
+    if head == "linear":
+        return model
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, attr = name.rpartition(".")
+    old = model.get_submodule(name)
+    setattr(model.get_submodule(parent) if parent else model, attr, CosineLinear(old.in_features, old.out_features))
+    return model
