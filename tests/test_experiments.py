@@ -420,3 +420,73 @@ def test_real_tiny_grid_end_to_end_with_report(tmp_path, capsys):
     # a second bench run skips everything
     assert main(args) == 0
     assert len(db_rows(db)) == 4
+
+
+@pytest.mark.skipif(not _have_training(), reason="gence.train not built yet")
+def test_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A run killed after epoch 1 of 3 leaves its checkpoint at <db>.checkpoints/<key>.pt and its claim
+    released; the next invocation trains epochs 2 and 3 only, stores the same metrics as a run never
+    stopped, and deletes the checkpoint."""
+    import gence.data
+    import gence.train.loop as loop
+    from gence.train import TrainConfig, fit
+
+    grid = parse_grid("""
+        [train]
+        epochs = 3
+        n_val_per_class = 5
+        batch_size = 32
+        device = "cpu"
+        augment = true
+        [grid]
+        datasets = ["digits"]
+        regimes = ["balanced:10"]
+        models = ["small_cnn"]
+        seeds = [0]
+        losses = ["gence"]
+    """)
+    (spec,) = grid.runs
+    db = tmp_path / "r.sqlite"
+    checkpoint = tmp_path / "r.sqlite.checkpoints" / f"{spec.key}.pt"
+    save = loop._save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise KeyboardInterrupt  # what the runner gets on Ctrl-C or SIGTERM
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(grid.runs, db, progress=False)
+    assert checkpoint.exists()
+    assert db_rows(db) == []  # the claim was given up: the run counts as never started
+
+    calls, original = [], gence.data.iterate_batches
+    with monkeypatch.context() as m:
+        m.setattr(gence.data, "iterate_batches", lambda *a, **k: calls.append(1) or original(*a, **k))
+        summary = run_grid(grid.runs, db, progress=False)
+    assert summary.done == 1 and len(calls) == 2
+    assert not checkpoint.exists()
+    (row,) = db_rows(db)
+    reference = fit(TrainConfig.from_dict(spec.config), progress=False).metrics
+    timing = ("train/seconds", "train/images_per_second")
+    assert {k: v for k, v in row["metrics"].items() if k not in timing} == \
+        pytest.approx({k: v for k, v in reference.items() if k not in timing}, nan_ok=True, rel=0, abs=0)
+
+
+def test_checkpoint_given_only_to_run_functions_that_take_one_and_deleted_after_a_failure(tmp_path):
+    grid = parse_grid(GRID)
+    db = tmp_path / "r.sqlite"
+    seen = {}
+
+    def failing(config, checkpoint):
+        seen[run_key(config)] = checkpoint
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        Path(checkpoint).write_text("state")
+        raise RuntimeError("diverged")
+
+    summary = run_grid(grid.runs[:2], db, run_fn=failing, progress=False)
+    assert summary.failed == 2
+    assert seen == {r.key: tmp_path / "r.sqlite.checkpoints" / f"{r.key}.pt" for r in grid.runs[:2]}
+    assert not any(Path(p).exists() for p in seen.values())
+    assert [r["status"] for r in db_rows(db)] == ["failed", "failed"]

@@ -57,6 +57,83 @@ def test_cosine_head_reaches_the_model_through_model_params():
     assert linear.test_logits.abs().max() > 1
 
 
+class Killed(Exception):
+    """Stands for a kill right after a checkpoint was written."""
+
+
+def kill_after_epoch(monkeypatch, n_epochs):
+    """Make the loop die right after it saved the state of ``n_epochs`` epochs."""
+    import gence.train.loop as loop
+
+    save = loop._save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        if len(state["history"]) == n_epochs:
+            raise Killed(n_epochs)
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
+
+
+def count_epochs(monkeypatch):
+    """Count the epochs the loop runs (one ``iterate_batches`` call each)."""
+    import gence.data
+
+    calls, original = [], gence.data.iterate_batches
+    monkeypatch.setattr(gence.data, "iterate_batches", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_resumed_run_equals_a_run_never_stopped(tmp_path, monkeypatch):
+    """Killed after epoch 2 of 4 and started again, the run trains epochs 3 and 4 only and ends with the
+    same metrics, logits and history as an uninterrupted run: model, optimiser momentum, BN statistics,
+    the augmentation generator and the schedule all carried over."""
+    config = tiny(loss="gence", epochs=4, augment=True, lr=0.1, warmup_epochs=1)
+    reference = fit(config, progress=False)
+    path = tmp_path / "sub" / "run.pt"
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 2)
+        with pytest.raises(Killed):
+            fit(config, progress=False, checkpoint=path)
+    assert path.exists() and not list(path.parent.glob("*.tmp*"))
+    with monkeypatch.context() as m:
+        epochs = count_epochs(m)
+        resumed = fit(config, progress=False, checkpoint=path)
+    assert len(epochs) == 2
+    assert comparable(resumed.metrics) == comparable(reference.metrics)
+    assert torch.equal(resumed.test_logits, reference.test_logits)
+    assert [h["loss"] for h in resumed.extras["history"]] == [h["loss"] for h in reference.extras["history"]]
+    # train/seconds adds the time of both parts: more than the part before the kill.
+    first_part = torch.load(path, weights_only=True)["history"][1]["seconds"]
+    assert resumed.metrics["train/seconds"] > first_part > 0
+
+
+def test_checkpoint_of_another_config_is_refused_and_kept(tmp_path):
+    path = tmp_path / "run.pt"
+    fit(tiny(epochs=1), progress=False, checkpoint=path)
+    saved = path.read_bytes()
+    with pytest.raises(ValueError) as info:
+        fit(tiny(epochs=1, lr=0.2), progress=False, checkpoint=path)
+    for needle in (str(path), "'lr'", "0.05", "0.2"):
+        assert needle in str(info.value)
+    assert path.read_bytes() == saved
+    # Where a run happens is not which run it is: another data_dir resumes (nothing left to train).
+    fit(tiny(epochs=1, data_dir=str(tmp_path)), progress=False, checkpoint=path)
+
+
+def test_cli_checkpoint_resumes(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "ck.pt"
+    args = ["train", "--dataset", "digits", "--regime", "balanced:20", "--n-val-per-class", "10", "--epochs", "3",
+            "--device", "cpu", "--no-progress", "--checkpoint", str(path)]
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 1)
+        with pytest.raises(Killed):
+            gence_main(args)
+    with monkeypatch.context() as m:
+        epochs = count_epochs(m)
+        assert gence_main(args) == 0
+    assert len(epochs) == 2 and path.exists()
+
+
 def comparable(metrics):
     """Metrics minus the timings, NaN replaced by a string so that == compares it too."""
     return {k: "nan" if math.isnan(v) else v for k, v in metrics.items()

@@ -22,11 +22,18 @@
 The run function is injectable: ``run_fn(config: dict) -> (metrics: dict, extras)``, given as a callable
 or as ``"module:function"`` (it must be importable by name when ``workers > 1``). The default,
 :func:`train_run`, calls :func:`gence.train.fit`.
+
+A run function with a ``checkpoint`` keyword (the default one has it) is given a file of its own,
+``<database>.checkpoints/<run key>.pt``, to save its state in as it goes: a run killed mid-way (a session
+ending, a machine going away) goes on from its last saved epoch when the grid is run again, with the
+same result. The file is deleted once the run is stored, done or failed (a failed run starts afresh
+with ``retry_failed``).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import multiprocessing as mp
 import os
 import queue as queue_module
@@ -49,12 +56,25 @@ DEFAULT_RUN_FN = "gence.experiments.runner:train_run"
 RUNTIME_FIELDS = ("data_dir", "device")
 
 
-def train_run(config: dict) -> tuple[dict, Any]:
-    """The default run function: one training run of :mod:`gence.train`."""
+def train_run(config: dict, checkpoint: str | os.PathLike | None = None) -> tuple[dict, Any]:
+    """The default run function: one training run of :mod:`gence.train`, resumable from ``checkpoint``."""
     from gence.train import TrainConfig, fit
 
-    result = fit(TrainConfig.from_dict(config), progress=False)
+    result = fit(TrainConfig.from_dict(config), progress=False, checkpoint=checkpoint)
     return dict(result.metrics), result.extras
+
+
+def checkpoint_path(db_path: str | os.PathLike, key: str) -> Path:
+    """Where the runner lets the run ``key`` of the database ``db_path`` save its training state."""
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.name + ".checkpoints") / f"{key}.pt"
+
+
+def _takes_checkpoint(run_fn: RunFunction) -> bool:
+    try:
+        return "checkpoint" in inspect.signature(run_fn).parameters
+    except (TypeError, ValueError):  # builtins and the like
+        return False
 
 
 def resolve_run_fn(run_fn: RunFunction | str | None) -> RunFunction:
@@ -119,21 +139,32 @@ def _execute(db: ResultsDB, spec: RunSpec, run_fn: RunFunction, runtime: dict, r
     device = config.get("device")
     if device not in hardware:
         hardware[device] = hardware_string(device)
+    kwargs = {}
+    if _takes_checkpoint(run_fn):
+        kwargs["checkpoint"] = checkpoint_path(db.path, spec.key)
     start = time.perf_counter()
     try:
-        metrics, extras = run_fn(config)
+        metrics, extras = run_fn(config, **kwargs)
     except KeyboardInterrupt:
-        db.release(spec.key)
+        db.release(spec.key)  # the checkpoint stays: the next invocation resumes from it
         raise
     except Exception as exc:  # a failed run is a result too: store why, go on with the next
         seconds = time.perf_counter() - start
         db.fail(spec.key, error=traceback.format_exc(), wall_seconds=seconds, hardware=hardware[device],
                 versions=versions)
+        _remove(kwargs.get("checkpoint"))
         return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300], seconds
     seconds = time.perf_counter() - start
     db.finish(spec.key, metrics={k: float(v) for k, v in metrics.items()}, extras=extras,
               wall_seconds=seconds, hardware=hardware[device], versions=versions)
+    _remove(kwargs.get("checkpoint"))
     return "done", None, seconds
+
+
+def _remove(path: Path | None) -> None:
+    """Delete a stored run's checkpoint. The directory stays: another worker may be about to write in it."""
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def _worker(db_path: str, tasks, run_fn, runtime: dict, retry_failed: bool, lease: float,

@@ -76,6 +76,8 @@ def register(subparsers) -> None:
                      "shared machine 1 can be much faster than the default")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", metavar="PATH", help="write metrics, config and extras as JSON (NaN as null)")
+    run.add_argument("--checkpoint", metavar="PATH", help="save the training state there after every epoch; "
+                     "run the same command again to resume after the last saved epoch")
     p.set_defaults(func=main)
 
 
@@ -133,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    result = fit(config, progress=not args.no_progress)
+    result = fit(config, progress=not args.no_progress, checkpoint=args.checkpoint)
     print(f"{config.dataset} {config.regime}, {config.model}, loss {config.loss}, {config.epochs} epochs, "
           f"seed {config.seed} ({result.extras['hardware']})")
     print(format_metrics(result.metrics))

@@ -30,6 +30,13 @@ Conventions (where the issue left a choice):
   were set for n_max = 500 (CIFAR-100-LT); for smaller n_max both scale by n_max / 500, so the groups keep
   the same proportions of the head count (see :func:`group_thresholds`).
 - OOD metrics use the test split as in-distribution and the logits before temperature scaling.
+- Checkpoints (``fit(config, checkpoint=PATH)``, ``gence train --checkpoint PATH``, and the experiment
+  runner for every run): after each epoch the whole training state (model, optimiser, GradScaler, the
+  loop's generator and the global RNG, history, training seconds so far) is written to PATH, atomically
+  (temporary file, then rename). A run started again with the same PATH goes on after the last saved
+  epoch, and gives the same metrics as a run never stopped (same machine). A checkpoint of another
+  config raises ValueError (``data_dir`` and ``device`` may differ); one written on another device type
+  is ignored with a warning (its random streams cannot carry over). ``fit`` leaves the file in place.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,9 +277,43 @@ def _build_model(config: TrainConfig, ds) -> nn.Module:
     return models.build(config.model, in_channels, ds.num_classes, image_size, **config.model_params)
 
 
+# Where a run happens, not which run it is: a checkpoint may be resumed with other values.
+CHECKPOINT_FREE_FIELDS = ("data_dir", "device")
+
+
+def _save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str | os.PathLike, config: TrainConfig, device: torch.device) -> dict | None:
+    """The saved state if ``path`` holds a checkpoint of this config on this device type, else None."""
+    if not os.path.exists(path):
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    saved = {k: v for k, v in state["config"].items() if k not in CHECKPOINT_FREE_FIELDS}
+    wanted = {k: v for k, v in config.to_dict().items() if k not in CHECKPOINT_FREE_FIELDS}
+    if saved != wanted:
+        diff = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted))
+                if saved.get(k) != wanted.get(k)}
+        raise ValueError(f"checkpoint={os.fspath(path)!r} was written by another config (field: saved value, "
+                         f"this run's value: {diff}); delete it or give another path")
+    if state["device_type"] != device.type:
+        warnings.warn(f"checkpoint {os.fspath(path)!r} was written on {state['device_type']}, this run is on "
+                      f"{device.type}: its random streams cannot carry over, so training starts from epoch 0")
+        return None
+    return state
+
+
 def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                 device: torch.device, augment: bool, progress: bool = True) -> list[dict]:
-    """The training phase alone (what the throughput benchmark times): returns the per-epoch history."""
+                 device: torch.device, augment: bool, progress: bool = True,
+                 checkpoint: str | os.PathLike | None = None) -> list[dict]:
+    """The training phase alone (what the throughput benchmark times): returns the per-epoch history
+    (``loss``, last ``lr`` and cumulative training ``seconds`` per epoch). With ``checkpoint``, resumes
+    from the state saved there (see the module docstring) and saves the state after every epoch."""
     from tqdm.auto import tqdm
 
     from gence.data import iterate_batches, random_crop_flip
@@ -287,11 +329,24 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if config.compile else model
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    history = []
+    history, first_epoch, seconds_before = [], 0, 0.0
+    state = _load_checkpoint(checkpoint, config, device) if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["cpu_rng"].cpu())
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        history = list(state["history"])
+        first_epoch, seconds_before = len(history), history[-1]["seconds"]
+    start = time.perf_counter()
     model.train()
     # Advanced per step (no device sync needed), described per epoch once the epoch's loss is known.
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, leave=False)
-    for epoch in range(config.epochs):
+    bar = tqdm(total=total_steps, initial=first_epoch * steps_per_epoch, desc="train", unit="step",
+               disable=not progress, leave=False)
+    for epoch in range(first_epoch, config.epochs):
         if hasattr(loss_fn, "on_epoch_start"):
             loss_fn.on_epoch_start(epoch, config.epochs)
         # Per-step losses stay on the device: one sync per epoch, not per step.
@@ -320,8 +375,15 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
             raise NonFiniteLossError(float(step_losses[bad]), epoch, bad, config.epochs, steps_per_epoch, lrs[bad])
-        mean_loss = float((step_losses * sizes).sum() / n)
-        history.append({"epoch": epoch, "loss": mean_loss, "lr": lrs[-1]})
+        mean_loss = float((step_losses * sizes).sum() / n)  # a device sync: the time below is the epoch's
+        history.append({"epoch": epoch, "loss": mean_loss, "lr": lrs[-1],
+                        "seconds": seconds_before + time.perf_counter() - start})
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "config": config.to_dict(), "device_type": device.type, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
         bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{mean_loss:.4f}", lr=f"{lrs[-1]:.3g}")
     bar.close()
     return history
@@ -375,12 +437,15 @@ def evaluate_model(model: nn.Module, data: _Data, config: TrainConfig, device: t
     return out, reliability, test_logits
 
 
-def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
+def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLike | None = None) -> TrainResult:
     """Train ``config.model`` with ``config.loss`` on the configured regime, then evaluate it.
 
     Returns metrics with exactly the keys of docs/architecture.md, extras (reliability bins, per-epoch
     history, data sizes, hardware), the config as a dict, and the test logits and labels.
     Raises :class:`NonFiniteLossError` when the training loss stops being finite.
+    ``checkpoint``: a file path; the training state is saved there after every epoch, and a run started
+    again with the same path resumes after the last saved epoch (see the module docstring).
+    ``train/seconds`` counts the training time of every part of a resumed run.
     """
     from gence import losses
 
@@ -397,11 +462,9 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        history = train_epochs(model, loss_fn, data.train_x, data.train_y, config, device, data.augment, progress)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+        history = train_epochs(model, loss_fn, data.train_x, data.train_y, config, device, data.augment, progress,
+                               checkpoint=checkpoint)
+        seconds = history[-1]["seconds"]
 
         metrics, reliability, test_logits = evaluate_model(model, data, config, device)
 
