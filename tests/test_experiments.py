@@ -449,6 +449,7 @@ def test_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypat
     db = tmp_path / "r.sqlite"
     checkpoint = tmp_path / "r.sqlite.checkpoints" / f"{spec.key}.pt"
     save = loop._save_checkpoint
+    monkeypatch.setattr(loop, "CHECKPOINT_SECONDS", 0.0)  # save after every epoch
 
     def save_then_die(path, state):
         save(path, state)

@@ -66,6 +66,7 @@ def kill_after_epoch(monkeypatch, n_epochs):
     import gence.train.loop as loop
 
     save = loop._save_checkpoint
+    monkeypatch.setattr(loop, "CHECKPOINT_SECONDS", 0.0)  # save after every epoch
 
     def save_then_die(path, state):
         save(path, state)
@@ -105,6 +106,20 @@ def test_resumed_run_equals_a_run_never_stopped(tmp_path, monkeypatch):
     # train/seconds adds the time of both parts: more than the part before the kill.
     first_part = torch.load(path, weights_only=True)["history"][1]["seconds"]
     assert resumed.metrics["train/seconds"] > first_part > 0
+
+
+def test_checkpoints_are_saved_once_a_minute_and_after_the_last_epoch(tmp_path, monkeypatch):
+    import gence.train.loop as loop
+
+    saved, save = [], loop._save_checkpoint
+    monkeypatch.setattr(loop, "_save_checkpoint", lambda path, state: saved.append(len(state["history"])) or
+                        save(path, state))
+    fit(tiny(epochs=3), progress=False, checkpoint=tmp_path / "a.pt")   # a few seconds: the last epoch only
+    assert saved == [3]
+    saved.clear()
+    monkeypatch.setattr(loop, "CHECKPOINT_SECONDS", 0.0)
+    fit(tiny(epochs=3), progress=False, checkpoint=tmp_path / "b.pt")
+    assert saved == [1, 2, 3]
 
 
 def test_checkpoint_of_another_config_is_refused_and_kept(tmp_path):

@@ -76,7 +76,8 @@ def register(subparsers) -> None:
                      "shared machine 1 can be much faster than the default")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", metavar="PATH", help="write metrics, config and extras as JSON (NaN as null)")
-    run.add_argument("--checkpoint", metavar="PATH", help="save the training state there after every epoch; "
+    run.add_argument("--checkpoint", metavar="PATH", help="save the training state there (each minute, at an "
+                     "epoch end, and after the last epoch); "
                      "run the same command again to resume after the last saved epoch")
     p.set_defaults(func=main)
 
