@@ -37,9 +37,9 @@ Conventions (where the issue left a choice):
   PATH, atomically (temporary file, then rename). A kill loses at most about a minute of training plus
   one epoch, and saving a WideResNet-28-10 (~0.3 GB with momentum) does not happen every few seconds. A
   run started again with the same PATH goes on after the last saved epoch, and gives the same metrics as
-  a run never stopped (same machine). A checkpoint of another
-  config raises ValueError (``data_dir`` and ``device`` may differ); one written on another device type
-  is ignored with a warning (its random streams cannot carry over). ``fit`` leaves the file in place.
+  a run never stopped (same machine). A checkpoint of another config raises ValueError (``data_dir`` and
+  ``device`` may differ); one written on another device type is ignored with a warning (its random
+  streams cannot carry over). ``fit`` leaves the file in place.
 """
 from __future__ import annotations
 
