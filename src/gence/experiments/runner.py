@@ -44,7 +44,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gence.experiments.db import ResultsDB, hardware_string, software_versions
+from gence.experiments.db import KEY_EXCLUDED_FIELDS, ResultsDB, hardware_string, software_versions
 from collections import deque
 
 from gence.experiments.grid import RunSpec, TunedSpec, tune_state
@@ -52,8 +52,8 @@ from gence.experiments.grid import RunSpec, TunedSpec, tune_state
 RunFunction = Callable[[dict], "tuple[dict, Any]"]
 DEFAULT_RUN_FN = "gence.experiments.runner:train_run"
 
-# Fields that may be overridden at run time without changing a run's key (see db.KEY_EXCLUDED_FIELDS).
-RUNTIME_FIELDS = ("data_dir", "device")
+# Fields that may be overridden at run time without changing a run's key.
+RUNTIME_FIELDS = KEY_EXCLUDED_FIELDS
 
 
 def train_run(config: dict, checkpoint: str | os.PathLike | None = None) -> tuple[dict, Any]:

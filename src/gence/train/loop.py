@@ -37,9 +37,9 @@ Conventions (where the issue left a choice):
   PATH, atomically (temporary file, then rename). A kill loses at most about a minute of training plus
   one epoch, and saving a WideResNet-28-10 (~0.3 GB with momentum) does not happen every few seconds. A
   run started again with the same PATH goes on after the last saved epoch, and gives the same metrics as
-  a run never stopped (same machine). A checkpoint of another config raises ValueError (``data_dir`` and
-  ``device`` may differ); one written on another device type is ignored with a warning (its random
-  streams cannot carry over). ``fit`` leaves the file in place.
+  a run never stopped (same machine). A checkpoint of another run (another run key; ``data_dir`` and
+  ``device`` may differ) raises ValueError; one written on another device type is ignored with a
+  warning (its random streams cannot carry over). ``fit`` leaves the file in place.
 """
 from __future__ import annotations
 
@@ -280,8 +280,6 @@ def _build_model(config: TrainConfig, ds) -> nn.Module:
     return models.build(config.model, in_channels, ds.num_classes, image_size, **config.model_params)
 
 
-# Where a run happens, not which run it is: a checkpoint may be resumed with other values.
-CHECKPOINT_FREE_FIELDS = ("data_dir", "device")
 # Training seconds between checkpoint saves (each at the end of an epoch; the last epoch is always saved).
 CHECKPOINT_SECONDS = 60.0
 
@@ -298,12 +296,13 @@ def _load_checkpoint(path: str | os.PathLike, config: TrainConfig, device: torch
     """The saved state if ``path`` holds a checkpoint of this config on this device type, else None."""
     if not os.path.exists(path):
         return None
+    from gence.experiments.db import KEY_EXCLUDED_FIELDS, run_key
+
     state = torch.load(path, map_location=device, weights_only=True)
-    saved = {k: v for k, v in state["config"].items() if k not in CHECKPOINT_FREE_FIELDS}
-    wanted = {k: v for k, v in config.to_dict().items() if k not in CHECKPOINT_FREE_FIELDS}
-    if saved != wanted:
+    if run_key(state["config"]) != run_key(config.to_dict()):  # same run = same key (where it runs aside)
+        saved, wanted = state["config"], config.to_dict()
         diff = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted))
-                if saved.get(k) != wanted.get(k)}
+                if k not in KEY_EXCLUDED_FIELDS and saved.get(k) != wanted.get(k)}
         raise ValueError(f"checkpoint={os.fspath(path)!r} was written by another config (field: saved value, "
                          f"this run's value: {diff}); delete it or give another path")
     if state["device_type"] != device.type:
