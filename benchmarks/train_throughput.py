@@ -22,12 +22,15 @@ that machine load shifts all of them alike; the median is reported:
 * ``steps only``: the same model, optimiser and schedule stepping through batches cropped and flipped once,
   before the timing, already on the device in channels-last layout: no data work at all. No data pipeline
   can beat it with this model, layout and precision; ``gence loop / steps only`` says how close the loop
-  comes, and ``steps only / dataloader`` is the most any pipeline could gain over the conventional one;
+  comes, and ``steps only / dataloader`` is the most any pipeline feeding a channels-last model could
+  gain over the conventional one;
 * ``dataloader w0 amp`` and ``gence loop amp``: the same with mixed precision (``amp=True``: bf16 autocast
   on CPU, fp16 + GradScaler on CUDA) on both sides, so the gain of mixed precision is not credited to the
   loop; ``vs best DL`` compares with the best float32 DataLoader run;
-* ``gence loop compile`` (with ``--compile``): the loop with ``torch.compile`` (float32); compilation happens
-  in the untimed warm-up run.
+* ``dataloader w0 zero-pad``: the conventional pipeline with zero padding (torchvision's default fill), for
+  reference: not the loop's augmentation;
+* ``dataloader w0 compile`` and ``gence loop compile`` (with ``--compile``): both with ``torch.compile``
+  (float32); compilation happens in the untimed warm-up run.
 
 The first lines of the output say the command, the time, the commit and the hardware; stored outputs in
 ``results/benchmarks/`` are this output as printed.
@@ -179,16 +182,17 @@ def main(argv=None) -> None:
         cfg = TrainConfig(**{**config.to_dict(), "epochs": epochs})
         conventional_epochs(fresh_model().to(memory_format=torch.channels_last), resident, cfg, device)
 
-    w0 = f"dataloader w{args.workers[0]}"
+    first = args.workers[0]
+    w0 = f"dataloader w{first}"
     pipelines = {f"dataloader w{w}": run_dataloader(w) for w in args.workers}
-    pipelines[f"{w0} zero-pad"] = run_dataloader(args.workers[0], padding_mode="zeros")
+    pipelines[f"{w0} zero-pad"] = run_dataloader(first, padding_mode="zeros")
     pipelines["gence loop"] = run_loop(False)
     pipelines["steps only"] = run_steps_only
     if args.compile:  # on both sides too
-        pipelines[f"{w0} compile"] = run_dataloader(args.workers[0], compile=True)
+        pipelines[f"{w0} compile"] = run_dataloader(first, compile=True)
         pipelines["gence loop compile"] = run_loop(False, compile=True)
     if not args.no_amp:  # mixed precision on both sides, so that its gain is not credited to the loop
-        pipelines[f"dataloader w{args.workers[0]} amp"] = run_dataloader(args.workers[0], amp=True)
+        pipelines[f"{w0} amp"] = run_dataloader(first, amp=True)
         pipelines["gence loop amp"] = run_loop(True)
 
     print_provenance(hardware(device))
@@ -217,7 +221,7 @@ def main(argv=None) -> None:
         print(f"{name:24}{v:10.0f}{v / baseline:9.2f}x{v / best_conventional:11.2f}x")
     print("\ngence loop / conventional DataLoader pipeline, the same settings on both sides:")
     print(f"  float32:               {rate['gence loop'] / baseline:.2f}x   (against the zero-padding DataLoader, "
-          f"cheaper per image but not the loop's augmentation: {rate['gence loop'] / rate[w0 + ' zero-pad']:.2f}x)")
+          f"which is not the loop's augmentation: {rate['gence loop'] / rate[w0 + ' zero-pad']:.2f}x)")
     if "gence loop compile" in rate:
         print(f"  float32, compiled:     {rate['gence loop compile'] / rate[w0 + ' compile']:.2f}x")
     if "gence loop amp" in rate:
@@ -228,6 +232,7 @@ def main(argv=None) -> None:
     faster = [f"{k.removeprefix('gence loop ')} {rate[k] / baseline:.2f}x" for k in rate if k.startswith("gence loop ")]
     if faster:
         print(f"the loop with its speed options against the textbook float32 {w0}: " + ", ".join(faster))
+
 
 if __name__ == "__main__":
     main()
