@@ -344,13 +344,7 @@ class _Loader:
         params = entry.get("params", {})
         if not isinstance(params, dict):
             raise GridError(f"{w}.params = {params!r}: expected a table")
-        tag = canonical_json([name, params])
-        if tag not in checked:
-            try:
-                check(name, dict(params))
-            except errors as exc:
-                raise GridError(f"{w}.params = {params!r}: not accepted by {kind} {name!r}: {exc}") from None
-            checked.add(tag)
+        _check_once(kind, name, params, check, checked, errors, f"{w}.params")
         return entry, name, params
 
     def models(self, value: Any, where: str) -> list[dict]:
@@ -498,16 +492,21 @@ class _Loader:
         settings = dict(settings)
         if "model_params" in settings:
             merged = {**config["model_params"], **settings.pop("model_params")}
-            tag = canonical_json([config["model"], merged])
-            if tag not in self._checked_models:
-                try:
-                    self.registry.check_model(config["model"], dict(merged))
-                except TypeError as exc:
-                    raise GridError(f"{where}.model_params: {merged!r} not accepted by model "
-                                    f"{config['model']!r}: {exc}") from None
-                self._checked_models.add(tag)
+            _check_once("model", config["model"], merged, self.registry.check_model, self._checked_models,
+                        (TypeError,), f"{where}.model_params")
             config["model_params"] = merged
         config.update(settings)
+
+
+def _check_once(kind: str, name: str, params: dict, check, checked: set, errors: tuple, where: str) -> None:
+    """``check(name, params)`` once per distinct (name, params); its ``errors`` become a GridError."""
+    tag = canonical_json([name, params])
+    if tag not in checked:
+        try:
+            check(name, dict(params))
+        except errors as exc:
+            raise GridError(f"{where} = {params!r}: not accepted by {kind} {name!r}: {exc}") from None
+        checked.add(tag)
 
 
 def _matches(match: dict, run: dict) -> bool:
