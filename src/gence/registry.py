@@ -83,15 +83,22 @@ class Registry:
         return len(self._entries)
 
 
-def keyword_names(builder: Callable, skip: Iterable[str] = ()) -> tuple[str, ...] | None:
-    """The parameter names ``builder`` (a function or a class) takes by keyword, less ``skip``;
-    None when it takes ``**kwargs`` (any name). Lets a package check parameters before building."""
-    params = inspect.signature(builder).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
+def keyword_names(builder: Callable, skip: Iterable[str] = (),
+                  forwards_to: Iterable[Callable] = ()) -> tuple[str, ...] | None:
+    """The parameter names ``builder`` (a function or a class) takes by keyword, less ``skip``.
+
+    A builder that takes ``**kwargs`` passes them on to the callables ``forwards_to`` (an entry's
+    ``info["forwards_to"]``), whose keyword names count too; without any, it takes any name: None.
+    Lets a package check parameters before building."""
     skipped = set(skip)
-    return tuple(p.name for p in params
-                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skipped)
+    names: list[str] = []
+    for fn in (builder, *forwards_to):
+        params = inspect.signature(fn).parameters.values()
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in skipped and p.name not in names]
+        if fn is builder and not forwards_to and any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+    return tuple(names)
 
 
 def check_keywords(what: str, params: Mapping[str, Any], valid: Iterable[str] | None) -> None:
