@@ -371,8 +371,62 @@ def test_gaussians_dataset():
         gd.load_ood("gaussian_noise", ds)
 
 
-def test_available_lists_every_name():
-    assert set(gd.available()) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "gaussians"}
+IMAGE_DATASETS = {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"}
+
+
+def test_available_lists_every_name_with_a_description():
+    names = gd.available()
+    assert set(names) == IMAGE_DATASETS | {"gaussians"}
+    assert list(names) == sorted(names)
+    assert all(isinstance(d, str) and d for d in names.values())
+    assert set(gd.image_datasets()) == IMAGE_DATASETS
+    # every image dataset is an OOD set, feature data is not
+    assert set(gd.ood_available()) == IMAGE_DATASETS | {"heldout", "gaussian_noise", "uniform_noise"}
+    assert gd.ood_names() == list(gd.ood_available())
+
+
+def test_names_are_case_and_dash_insensitive_with_aliases():
+    assert gd.load_dataset("Digits").name == "digits"
+    for spelling in ("fashion-mnist", "FashionMNIST", "FASHION_MNIST"):
+        with pytest.raises(ValueError, match="GENCE_DATA"):  # resolved to fashion_mnist, which needs files
+            gd.load_dataset(spelling)
+    with pytest.raises(ValueError, match=r"unknown dataset name='cifar-1o'; expected one of: cifar10, cifar100"):
+        gd.load_dataset("cifar-1o")
+
+
+def test_unknown_dataset_parameters_are_value_errors_naming_dataset_parameter_and_choices():
+    # checked before any file is looked for: no data directory is set, and the error is the parameter's
+    with pytest.raises(ValueError, match=r"dataset 'digits': unknown parameter size=3; it takes no parameters"):
+        gd.load_dataset("digits", size=3)
+    with pytest.raises(ValueError, match=r"dataset 'cifar10': unknown parameter label_type='coarse'"):
+        gd.load_dataset("cifar10", label_type="coarse")
+    with pytest.raises(ValueError, match=r"dataset 'cifar100': unknown parameter labels='fine'; "
+                                         r"expected some of: label_type"):
+        gd.load_dataset("cifar100", labels="fine")
+    # gaussians: its own parameters and those of GaussianTask, where the rest go
+    with pytest.raises(ValueError, match=r"dataset 'gaussians': unknown parameter seperation=2; expected some of: "
+                                         r"n_train, n_test, sample_seed, num_classes, dim, priors, separation"):
+        gd.load_dataset("gaussians", seperation=2)
+
+
+def test_gaussians_samples_follow_the_task_seed_unless_sample_seed_is_given():
+    task = gd.GaussianTask(num_classes=3, dim=2, seed=5, separation=2.0)
+    rng = np.random.default_rng(5)  # by hand: one generator, train then test
+    train_x, train_y = task.sample(40, generator=rng)
+    test_x, _ = task.sample(30, generator=rng)
+    ds = gd.load_dataset("gaussians", n_train=40, n_test=30, seed=5, separation=2.0)
+    np.testing.assert_array_equal(ds.train_x.numpy(), train_x)
+    np.testing.assert_array_equal(ds.train_y.numpy(), train_y)
+    np.testing.assert_array_equal(ds.test_x.numpy(), test_x)
+    np.testing.assert_array_equal(ds.extras["task"].means, task.means)
+    other = gd.load_dataset("gaussians", n_train=40, n_test=30, seed=5, separation=2.0, sample_seed=6)
+    np.testing.assert_array_equal(other.train_x.numpy(), task.sample(40, seed=6)[0])
+
+
+def test_as_rng_passes_a_generator_through_and_seeds_otherwise():
+    g = np.random.default_rng(3)
+    assert gd.as_rng(g) is g
+    np.testing.assert_array_equal(gd.as_rng(7).normal(size=4), np.random.default_rng(7).normal(size=4))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -87,6 +87,37 @@ def test_factory_errors_name_the_argument():
         models.build("resnet8", 3, 10, 32, head="cos")
 
 
+def test_available_names_every_network_with_a_description():
+    names = models.available()
+    assert set(names) == {"resnet", "resnet8", "resnet20", "resnet32", "resnet56", "wrn", "wrn16_2", "wrn16_4",
+                          "wrn28_10", "preact_resnet18", "small_cnn", "mlp"}
+    assert list(names) == sorted(names) and all(isinstance(d, str) and d for d in names.values())
+
+
+def test_parameter_errors_name_model_parameter_and_what_is_valid():
+    # unknown names are found from the constructor's signature, before anything is built
+    with pytest.raises(ValueError, match=r"model 'mlp': unknown parameter depth=3; expected some of: hidden$"):
+        models.build("mlp", 1, 10, 8, depth=3)
+    with pytest.raises(ValueError, match=r"model 'resnet': unknown parameter widths=\(8,\); "
+                                         r"expected some of: depth, shortcut, width$"):
+        models.build("resnet", 3, 10, 32, widths=(8,))
+    with pytest.raises(ValueError, match=r"model 'wrn': unknown parameter dropout_rate=0.3"):
+        models.check_params("wrn", dropout_rate=0.3)
+    # a name that fixes a parameter refuses another value (it used to be overridden silently)
+    with pytest.raises(ValueError, match=r"model 'resnet20': depth=32 cannot be set, the name fixes depth=20"):
+        models.build("resnet20", 3, 10, 32, depth=32)
+    with pytest.raises(ValueError, match=r"model 'wrn16_4': width=2 cannot be set, the name fixes depth=16, width=4"):
+        models.check_params("wrn16_4", width=2)
+    # a value the constructor rejects, of the wrong kind or type, names the model too
+    with pytest.raises(ValueError, match=r"model 'resnet20': ResNet shortcut='C': expected 'A'"):
+        models.build("resnet20", 3, 10, 32, shortcut="C")
+    with pytest.raises(ValueError, match=r"model 'resnet' \(depth='20'\): "):
+        models.build("resnet", 3, 10, 32, depth="20")
+    with pytest.raises(ValueError, match=r"model 'small_cnn': head='cos'; expected one of \('linear', 'cosine'\)"):
+        models.check_params("small_cnn", head="cos")
+    models.check_params("wrn", depth=10, width=1, dropout=0.3, head="cosine")  # valid: no error
+
+
 def test_cosine_head_logits_are_cosines_of_features_and_class_weights():
     """The logits equal the cosine between the network's pooled features (captured by a hook on the head)
     and each class's weight row, computed in float64 numpy; the head has no bias."""

@@ -19,7 +19,7 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 from gence.metrics import reliability_bins
-from gence.metrics._validation import check_labels, check_matrix
+from gence.metrics.checks import check_labels, check_matrix
 from gence.metrics.calibration_error import ece_from_bins
 
 __all__ = ["fit_temperature", "TemperatureScaler", "plot_reliability", "plot_reliability_bins"]

@@ -15,10 +15,11 @@ model the input shape) and exposes ``available() -> dict[str, str]`` (name -> on
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-__all__ = ["Entry", "Registry"]
+__all__ = ["Entry", "Registry", "check_keywords", "keyword_names"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +81,33 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def keyword_names(builder: Callable, skip: Iterable[str] = (),
+                  forwards_to: Iterable[Callable] = ()) -> tuple[str, ...] | None:
+    """The parameter names ``builder`` (a function or a class) takes by keyword, less ``skip``.
+
+    A builder that takes ``**kwargs`` passes them on to the callables ``forwards_to`` (an entry's
+    ``info["forwards_to"]``), whose keyword names count too; without any, it takes any name: None.
+    Lets a package check parameters before building."""
+    skipped = set(skip)
+    names: list[str] = []
+    for fn in (builder, *forwards_to):
+        params = inspect.signature(fn).parameters.values()
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in skipped and p.name not in names]
+        if fn is builder and not forwards_to and any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+    return tuple(names)
+
+
+def check_keywords(what: str, params: Mapping[str, Any], valid: Iterable[str] | None) -> None:
+    """ValueError naming ``what`` (e.g. ``"model 'resnet20'"``), each parameter of ``params`` that is
+    not in ``valid`` with its value, and the valid names. ``valid=None`` accepts any name."""
+    if valid is None:
+        return
+    valid = tuple(valid)
+    unknown = [f"{k}={v!r}" for k, v in params.items() if k not in valid]
+    if unknown:
+        expected = f"expected some of: {', '.join(valid)}" if valid else "it takes no parameters"
+        raise ValueError(f"{what}: unknown parameter {', '.join(unknown)}; {expected}")

@@ -7,17 +7,24 @@ augmentation on the training device.
     for xb, yb in iterate_batches(x, y, 128, shuffle=True, generator=g):
         xb = random_crop_flip(xb, generator=g) if default_augment(ds) else xb
         logits = model(ds.normalize(xb))
+
+Datasets are registered in :data:`DATASETS` (``available()``: name -> description); adding one is one
+function decorated with ``@register_dataset(name, description)`` in ``datasets.py`` (plus its reader in
+``readers.py`` if the format is new). Every image dataset is also an OOD set (``ood_available()``).
 """
 from gence.data.augment import crop_flip, default_augment, iterate_batches, random_crop_flip
-from gence.data.datasets import ArrayDataset, available, load_dataset, to_float
-from gence.data.ood import convert_images, load_ood, ood_names
+from gence.data.datasets import (DATASETS, ArrayDataset, available, image_datasets, load_dataset,
+                                 register_dataset, to_float)
+from gence.data.ood import OOD_SETS, convert_images, load_ood, ood_available, ood_names, register_ood
 from gence.data.regimes import (Balanced, Full, LongTailed, Regime, balanced, full, long_tailed,
                                 parse_regime, split_indices)
+from gence.data.synthetic import GaussianTask, as_rng, exponential_priors
 
 __all__ = [
-    "ArrayDataset", "load_dataset", "available", "to_float",
+    "ArrayDataset", "load_dataset", "available", "image_datasets", "DATASETS", "register_dataset", "to_float",
     "Regime", "Balanced", "LongTailed", "Full", "balanced", "long_tailed", "full", "parse_regime",
     "split_indices",
-    "load_ood", "convert_images", "ood_names",
+    "load_ood", "convert_images", "ood_names", "ood_available", "OOD_SETS", "register_ood",
+    "GaussianTask", "exponential_priors", "as_rng",
     "random_crop_flip", "crop_flip", "iterate_batches", "default_augment",
 ]

@@ -14,18 +14,23 @@ Conventions:
 """
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from gence.data import readers
 from gence.data.cache import cached_arrays
+from gence.data.synthetic import GaussianTask
+from gence.registry import Registry, check_keywords, keyword_names
 
-__all__ = ["ArrayDataset", "load_dataset", "available", "to_float", "resolve_data_dir",
+__all__ = ["ArrayDataset", "load_dataset", "available", "image_datasets", "DATASETS", "register_dataset",
+           "LOADER_ARGUMENTS", "to_float", "resolve_data_dir",
            "CIFAR10_CLASSES", "FASHION_MNIST_CLASSES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -165,11 +170,19 @@ def _not_found(name: str, searched: Sequence[str], expected: str) -> FileNotFoun
 
 
 # ---------------------------------------------------------------------------------------------------
-# One loader per dataset: (data_dir, cache, params) -> dict of numpy arrays + classes
+# The registry: one loader per dataset, (data_dir, cache, **params) -> dict of numpy arrays
+# train_x, train_y, test_x, test_y, classes (and optionally "extras", dataset-specific objects).
+# Its keyword parameters are what load_dataset accepts for it. Info: ``images`` (default True; False
+# for feature data, which is also no OOD set) and ``aliases`` (other spellings of the name).
+
+DATASETS = Registry("dataset")
+register_dataset = DATASETS.register
+
+LOADER_ARGUMENTS = ("data_dir", "cache")
 
 
-def _load_digits(data_dir, cache, params):
-    _no_params("digits", params)
+@register_dataset("digits", "8x8 handwritten digits (UCI optdigits test set), 1,200 train / 597 test, embedded")
+def digits(data_dir, cache):
     with np.load(Path(__file__).with_name("digits.npz")) as f:
         images, labels = f["images"], f["labels"]
     # 0..16 -> 0..255, one-to-one (see module docstring).
@@ -190,89 +203,90 @@ _IDX_FILES = [
 ]
 
 
-def _idx_loader(name: str, subdirs: Sequence[str], class_names: Sequence[str]):
-    def load(data_dir, cache, params):
-        _no_params(name, params)
-        root = resolve_data_dir(data_dir, name)
-        expected = [[a + s for a in alts for s in ("", ".gz")] for alts in _IDX_FILES]
-        folder, found = _find_with(root, subdirs, expected)
-        if folder is None:
-            raise _not_found(name, found, "the IDX files " + ", ".join(f"{a[0]}[.gz]" for a in _IDX_FILES))
+def _load_idx(name: str, subdirs: Sequence[str], class_names: Sequence[str], data_dir, cache) -> dict:
+    """A dataset of four IDX files (MNIST's format), gzipped or not."""
+    root = resolve_data_dir(data_dir, name)
+    expected = [[a + s for a in alts for s in ("", ".gz")] for alts in _IDX_FILES]
+    folder, found = _find_with(root, subdirs, expected)
+    if folder is None:
+        raise _not_found(name, found, "the IDX files " + ", ".join(f"{a[0]}[.gz]" for a in _IDX_FILES))
 
-        def decode():
-            tx, ty, sx, sy = (readers.read_idx(p) for p in found)
-            for what, xs, ys in (("train", tx, ty), ("test", sx, sy)):
-                if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
-                    raise ValueError(f"{folder}: {what} images {xs.shape} and labels {ys.shape} do not match")
-            return {"train_x": tx.astype(np.uint8)[:, None], "train_y": ty.astype(np.int64),
-                    "test_x": sx.astype(np.uint8)[:, None], "test_y": sy.astype(np.int64),
-                    "classes": np.asarray(class_names)}
+    def decode():
+        tx, ty, sx, sy = (readers.read_idx(p) for p in found)
+        for what, xs, ys in (("train", tx, ty), ("test", sx, sy)):
+            if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+                raise ValueError(f"{folder}: {what} images {xs.shape} and labels {ys.shape} do not match")
+        return {"train_x": tx.astype(np.uint8)[:, None], "train_y": ty.astype(np.int64),
+                "test_x": sx.astype(np.uint8)[:, None], "test_y": sy.astype(np.int64),
+                "classes": np.asarray(class_names)}
 
-        return cached_arrays(f"{name}-idx-{_CACHE_VERSION}", found, decode, cache)
-
-    return load
+    return cached_arrays(f"{name}-idx-{_CACHE_VERSION}", found, decode, cache)
 
 
-def _cifar_loader(variant: str):
+@register_dataset("mnist", "MNIST handwritten digits, 28x28 gray, 60,000 train / 10,000 test (IDX files)")
+def mnist(data_dir, cache):
+    return _load_idx("mnist", ["mnist", "MNIST"], DIGIT_CLASSES, data_dir, cache)
+
+
+@register_dataset("fashion_mnist", "Fashion-MNIST clothing, 28x28 gray, 60,000 train / 10,000 test (IDX files)",
+                  aliases=("fashionmnist",))
+def fashion_mnist(data_dir, cache):
+    return _load_idx("fashion_mnist", ["fashion_mnist", "fashion-mnist", "FashionMNIST", "fashion"],
+                     FASHION_MNIST_CLASSES, data_dir, cache)
+
+
+def _load_cifar(variant: str, data_dir, cache, label_type: str = "fine") -> dict:
+    """CIFAR-10/100 from the python pickles, their archive, an image tree or a tar of one."""
     folder_name = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[variant]
     tar_name = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}[variant]
     pickle_files = {"cifar10": [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"],
                     "cifar100": ["train", "test", "meta"]}[variant]
     tree_dirs = [variant, f"{variant}-jpeg", f"{variant}-png", f"{variant}_jpeg", f"{variant}_png"]
     tar_names = [f"{b}{ext}" for b in tree_dirs for ext in (".tar.gz", ".tgz", ".tar")]
+    root = resolve_data_dir(data_dir, variant)
+    kind = f"{variant}-{label_type}"
+    class_names = CIFAR10_CLASSES if variant == "cifar10" else None
+    searched = []
 
-    def load(data_dir, cache, params):
-        label_type = params.pop("label_type", "fine") if variant == "cifar100" else "fine"
-        _no_params(variant, params)
-        root = resolve_data_dir(data_dir, variant)
-        kind = f"{variant}-{label_type}"
-        class_names = CIFAR10_CLASSES if variant == "cifar10" else None
-        searched = []
-
-        # 1. The pickle batches (exact pixels): a folder, or the archive torchvision downloads.
-        if root.is_dir():
-            for d in (root / folder_name, root / variant / folder_name, root):
-                files = [d / f for f in pickle_files]
-                searched.append(str(d))
-                if all(f.is_file() for f in files):
-                    def decode(d=d):
-                        return readers.read_cifar_pickles(lambda m: open(d / m, "rb"), variant, label_type)
-                    return cached_arrays(f"{kind}-pickle-{_CACHE_VERSION}", files, decode, cache)
-            for t in (root / tar_name, root / variant / tar_name):
-                searched.append(str(t))
-                if t.is_file():
-                    return cached_arrays(f"{kind}-pickletar-{_CACHE_VERSION}", [t],
-                                         lambda t=t: _read_pickle_tar(t, folder_name, variant, label_type), cache)
-        # 2. An image folder tree {train,test}/<class>/*, 3. or such a tree in a tar archive.
-        if variant == "cifar100" and label_type != "fine":
-            raise ValueError(f"label_type={label_type!r} needs the cifar-100 pickles; image trees only have fine labels")
-        tree_candidates = [root / d for d in tree_dirs] + [root] if root.is_dir() else []
-        for d in tree_candidates:
+    # 1. The pickle batches (exact pixels): a folder, or the archive torchvision downloads.
+    if root.is_dir():
+        for d in (root / folder_name, root / variant / folder_name, root):
+            files = [d / f for f in pickle_files]
             searched.append(str(d))
-            if (d / "train").is_dir() and (d / "test").is_dir():
-                # every image file in the key: an image edited in place changes no folder's mtime
-                files = [path for _, _, path in readers.list_image_tree(d)]
-                return cached_arrays(f"{kind}-tree-{_CACHE_VERSION}", [d / "train", d / "test", *files],
-                                     lambda d=d: readers.read_image_tree(d, class_names), cache)
-        tars = [root] if root.is_file() else [root / t for t in tar_names]
-        for t in tars:
+            if all(f.is_file() for f in files):
+                def decode(d=d):
+                    return readers.read_cifar_pickles(lambda m: open(d / m, "rb"), variant, label_type)
+                return cached_arrays(f"{kind}-pickle-{_CACHE_VERSION}", files, decode, cache)
+        for t in (root / tar_name, root / variant / tar_name):
             searched.append(str(t))
             if t.is_file():
-                return cached_arrays(f"{kind}-tar-{_CACHE_VERSION}", [t],
-                                     lambda t=t: readers.read_image_tar(t, class_names), cache)
-        raise _not_found(
-            variant, searched,
-            f"the python pickles {folder_name}/{{{','.join(pickle_files)}}} (or {tar_name}), an image tree "
-            f"train/<class>/*, test/<class>/* in one of {tree_dirs}, or such a tree packed as one of {tar_names}",
-        )
-
-    return load
+                return cached_arrays(f"{kind}-pickletar-{_CACHE_VERSION}", [t],
+                                     lambda t=t: _read_pickle_tar(t, folder_name, variant, label_type), cache)
+    # 2. An image folder tree {train,test}/<class>/*, 3. or such a tree in a tar archive.
+    if variant == "cifar100" and label_type != "fine":
+        raise ValueError(f"label_type={label_type!r} needs the cifar-100 pickles; image trees only have fine labels")
+    tree_candidates = [root / d for d in tree_dirs] + [root] if root.is_dir() else []
+    for d in tree_candidates:
+        searched.append(str(d))
+        if (d / "train").is_dir() and (d / "test").is_dir():
+            # every image file in the key: an image edited in place changes no folder's mtime
+            files = [path for _, _, path in readers.list_image_tree(d)]
+            return cached_arrays(f"{kind}-tree-{_CACHE_VERSION}", [d / "train", d / "test", *files],
+                                 lambda d=d: readers.read_image_tree(d, class_names), cache)
+    tars = [root] if root.is_file() else [root / t for t in tar_names]
+    for t in tars:
+        searched.append(str(t))
+        if t.is_file():
+            return cached_arrays(f"{kind}-tar-{_CACHE_VERSION}", [t],
+                                 lambda t=t: readers.read_image_tar(t, class_names), cache)
+    raise _not_found(
+        variant, searched,
+        f"the python pickles {folder_name}/{{{','.join(pickle_files)}}} (or {tar_name}), an image tree "
+        f"train/<class>/*, test/<class>/* in one of {tree_dirs}, or such a tree packed as one of {tar_names}",
+    )
 
 
 def _read_pickle_tar(path: Path, folder_name: str, variant: str, label_type: str):
-    import io
-    import tarfile
-
     with tarfile.open(path, "r:*") as tar:
         members = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers()
                    if m.isfile() and f"{folder_name}/" in m.name}
@@ -280,8 +294,19 @@ def _read_pickle_tar(path: Path, folder_name: str, variant: str, label_type: str
                                           variant, label_type)
 
 
-def _load_svhn(data_dir, cache, params):
-    _no_params("svhn", params)
+@register_dataset("cifar10", "CIFAR-10, 32x32 RGB, 10 classes, 50,000 train / 10,000 test", aliases=("cifar_10",))
+def cifar10(data_dir, cache):
+    return _load_cifar("cifar10", data_dir, cache)
+
+
+@register_dataset("cifar100", "CIFAR-100, 32x32 RGB, label_type='fine' (100 classes) or 'coarse' (20 superclasses)",
+                  aliases=("cifar_100",))
+def cifar100(data_dir, cache, label_type: str = "fine"):
+    return _load_cifar("cifar100", data_dir, cache, label_type)
+
+
+@register_dataset("svhn", "SVHN cropped house-number digits, 32x32 RGB (train_32x32.mat, test_32x32.mat)")
+def svhn(data_dir, cache):
     root = resolve_data_dir(data_dir, "svhn")
     folder, found = _find_with(root, ["svhn", "SVHN"], [["train_32x32.mat"], ["test_32x32.mat"]])
     if folder is None:
@@ -294,32 +319,37 @@ def _load_svhn(data_dir, cache, params):
     return cached_arrays(f"svhn-mat-{_CACHE_VERSION}", found, decode, cache)
 
 
-_LOADERS: dict[str, Callable] = {
-    "digits": _load_digits,
-    "mnist": _idx_loader("mnist", ["mnist", "MNIST"], DIGIT_CLASSES),
-    "fashion_mnist": _idx_loader("fashion_mnist", ["fashion_mnist", "fashion-mnist", "FashionMNIST", "fashion"],
-                                 FASHION_MNIST_CLASSES),
-    "cifar10": _cifar_loader("cifar10"),
-    "cifar100": _cifar_loader("cifar100"),
-    "svhn": _load_svhn,
-}
+@register_dataset("gaussians", "synthetic Gaussian classes with the exact posterior p(y|x) (GaussianTask)",
+                  images=False, forwards_to=(GaussianTask,))
+def gaussians(data_dir, cache, n_train: int = 1000, n_test: int = 10000, sample_seed=None, **task_params):
+    """``task_params`` make the :class:`GaussianTask` (``num_classes``, ``dim``, ``seed`` fixing its means
+    and covariances, ``priors``, ...); ``sample_seed`` (default the task's ``seed``) fixes the samples."""
+    task = GaussianTask(**task_params)
+    # One generator for both splits: train and test are independent draws, fixed by sample_seed.
+    rng = np.random.default_rng(task.seed if sample_seed is None else sample_seed)
+    train_x, train_y = task.sample(int(n_train), generator=rng)
+    test_x, test_y = task.sample(int(n_test), generator=rng)
+    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
+            "classes": np.asarray([str(k) for k in range(task.num_classes)]), "extras": {"task": task}}
 
 
-def available() -> list[str]:
-    """Names ``load_dataset`` accepts."""
-    return sorted([*_LOADERS, "gaussians"])
+def available() -> dict[str, str]:
+    """Names ``load_dataset`` accepts, each with a one-line description."""
+    return DATASETS.available()
 
 
-def _no_params(name: str, params: dict) -> None:
-    if params:
-        raise TypeError(f"dataset {name!r} takes no parameters {sorted(params)}")
+def image_datasets() -> list[str]:
+    """Registered datasets of images (not feature vectors), sorted."""
+    return [n for n in DATASETS.names() if DATASETS.get(n).info.get("images", True)]
 
 
 def _canonical(name: str) -> str:
+    """The registered name ``name`` spells (case, ``-`` for ``_`` and aliases aside); ValueError if none."""
     key = str(name).strip().lower().replace("-", "_")
-    key = {"fashionmnist": "fashion_mnist", "cifar_10": "cifar10", "cifar_100": "cifar100"}.get(key, key)
-    if key not in available():
-        raise ValueError(f"unknown dataset {name!r}; available: {available()}")
+    if key not in DATASETS:
+        key = next((n for n in DATASETS.names() if key in DATASETS.get(n).info.get("aliases", ())), key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset name={name!r}; expected one of: {', '.join(DATASETS.names())}")
     return key
 
 
@@ -368,14 +398,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, classes: 
             ``separation``, ``covariance``, ``imbalance_ratio``, ...).
     """
     key = _canonical(name)
+    entry = DATASETS.get(key)
+    check_keywords(f"dataset {key!r}", params,
+                   keyword_names(entry.builder, LOADER_ARGUMENTS, entry.info.get("forwards_to", ())))
     given_params = dict(params)
-    if key == "gaussians":
-        arrays, extras = _load_gaussians(params)
-        image_shape = None
-    else:
-        arrays = _LOADERS[key](data_dir, cache, params)
-        extras = {}
-        image_shape = tuple(int(s) for s in arrays["train_x"].shape[1:])
+    arrays = dict(entry.builder(data_dir, cache, **params))
+    extras = arrays.pop("extras", {})
+    image_shape = tuple(int(s) for s in arrays["train_x"].shape[1:]) if entry.info.get("images", True) else None
     train_x = torch.from_numpy(np.ascontiguousarray(arrays["train_x"]))
     test_x = torch.from_numpy(np.ascontiguousarray(arrays["test_x"]))
     train_y = torch.from_numpy(np.asarray(arrays["train_y"], dtype=np.int64))
@@ -396,21 +425,3 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, classes: 
     )
 
 
-def _load_gaussians(params: dict):
-    from gence.data.synthetic import GaussianTask
-
-    p = dict(params)
-    n_train = int(p.pop("n_train", 1000))
-    n_test = int(p.pop("n_test", 10000))
-    seed = p.pop("seed", 0)
-    sample_seed = p.pop("sample_seed", seed)
-    p.setdefault("num_classes", 3)
-    p.setdefault("dim", 2)
-    task = GaussianTask(seed=seed, **p)
-    # One generator for both splits: train and test are independent draws, fixed by sample_seed.
-    rng = np.random.default_rng(sample_seed)
-    train_x, train_y = task.sample(n_train, generator=rng)
-    test_x, test_y = task.sample(n_test, generator=rng)
-    arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
-              "classes": np.asarray([str(k) for k in range(task.num_classes)])}
-    return arrays, {"task": task}

@@ -19,16 +19,27 @@ import os
 import torch
 import torch.nn.functional as F
 
-from gence.data.datasets import ArrayDataset, _canonical, available, load_dataset
+from gence.data.datasets import ArrayDataset, image_datasets, load_dataset
+from gence.registry import Registry
 
-__all__ = ["load_ood", "convert_images", "ood_names"]
+__all__ = ["load_ood", "convert_images", "ood_names", "ood_available", "OOD_SETS", "register_ood"]
 
-_NOISE = ("gaussian_noise", "uniform_noise")
+# OOD sets made from the in-distribution dataset itself: builder(like, data_dir, n, generator) -> uint8
+# (n', C, H, W). Every registered image dataset is an OOD set too (its test split), without an entry here.
+OOD_SETS = Registry("OOD set")
+register_ood = OOD_SETS.register
+
+
+def ood_available() -> dict[str, str]:
+    """Names ``load_ood`` accepts, each with a one-line description: the sets of :data:`OOD_SETS`, then
+    every image dataset."""
+    return {**OOD_SETS.available(),
+            **{n: f"a random subset of {n}'s test split in the in-distribution's shape" for n in image_datasets()}}
 
 
 def ood_names() -> list[str]:
-    """Names ``load_ood`` accepts."""
-    return ["heldout", *_NOISE, *[n for n in available() if n != "gaussians"]]
+    """The names of :func:`ood_available`, in its order."""
+    return list(ood_available())
 
 
 def convert_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -55,8 +66,33 @@ def _subset(x: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     return x[idx]
 
 
+@register_ood("heldout", "test images of the classes left out when the dataset was loaded with classes=[...]")
+def heldout(like: ArrayDataset, data_dir, n: int, generator: torch.Generator) -> torch.Tensor:
+    if like.kept_classes is None or len(like.kept_classes) == len(like.source_classes):
+        raise ValueError("load_ood('heldout'): the dataset keeps all its classes; load it with "
+                         "classes=[...] to hold some out")
+    source = load_dataset(like.source, like.data_dir if data_dir is None else data_dir, **like.params)
+    keep = torch.as_tensor(like.kept_classes)
+    x = source.test_x[~torch.isin(source.test_y, keep)]
+    return convert_images(_subset(x, n, generator), like.image_shape)
+
+
+@register_ood("gaussian_noise", "i.i.d. pixels N(mean_c, std_c) with the dataset's channel statistics")
+def gaussian_noise(like: ArrayDataset, data_dir, n: int, generator: torch.Generator) -> torch.Tensor:
+    C, H, W = like.image_shape
+    mean = like.mean.view(1, C, 1, 1)
+    std = like.std.view(1, C, 1, 1)
+    z = torch.randn((n, C, H, W), generator=generator)
+    return ((mean + std * z) * like.max_value).round_().clamp_(0, 255).to(torch.uint8)
+
+
+@register_ood("uniform_noise", "i.i.d. pixels uniform on 0..255")
+def uniform_noise(like: ArrayDataset, data_dir, n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *like.image_shape), generator=generator, dtype=torch.uint8)
+
+
 def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: int = 0) -> torch.Tensor:
-    """An OOD image set for ``like`` (see the module docstring for each name).
+    """An OOD image set for ``like`` (see the module docstring for each name, :func:`ood_available`).
 
     ``data_dir`` (for another dataset) defaults to ``like.data_dir``, then ``$GENCE_DATA``.
     """
@@ -65,26 +101,11 @@ def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: 
     if int(n) != n or n < 1:
         raise ValueError(f"load_ood: n must be an integer >= 1, got {n!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    C, H, W = like.image_shape
     key = str(name).strip().lower().replace("-", "_")
-    if key == "gaussian_noise":
-        mean = like.mean.view(1, C, 1, 1)
-        std = like.std.view(1, C, 1, 1)
-        z = torch.randn((n, C, H, W), generator=gen)
-        return ((mean + std * z) * like.max_value).round_().clamp_(0, 255).to(torch.uint8)
-    if key == "uniform_noise":
-        return torch.randint(0, 256, (n, C, H, W), generator=gen, dtype=torch.uint8)
-    if key == "heldout":
-        if like.kept_classes is None or len(like.kept_classes) == len(like.source_classes):
-            raise ValueError("load_ood('heldout'): the dataset keeps all its classes; load it with "
-                             "classes=[...] to hold some out")
-        source = load_dataset(like.source, like.data_dir if data_dir is None else data_dir, **like.params)
-        keep = torch.as_tensor(like.kept_classes)
-        x = source.test_x[~torch.isin(source.test_y, keep)]
-        return convert_images(_subset(x, n, gen), like.image_shape)
-    if key not in ood_names():
+    if key in OOD_SETS:
+        return OOD_SETS.get(key).builder(like, data_dir, n, gen)
+    if key not in image_datasets():
         raise ValueError(f"load_ood: unknown OOD set {name!r}; available: {ood_names()}")
-    key = _canonical(key)
     if key == like.source:
         raise ValueError(f"load_ood: {name!r} is the in-distribution dataset itself; use 'heldout' with classes=[...]")
     if data_dir is None and like.data_dir is not None:

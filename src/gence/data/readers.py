@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
+from scipy.io import loadmat
 
 __all__ = [
     "read_idx",
@@ -118,7 +119,10 @@ def read_cifar_pickles(
 
 
 def _decode_one(data: bytes, mode: str) -> np.ndarray:
-    from PIL import Image  # optional dependency: pip install gence[bench] (pillow)
+    try:
+        from PIL import Image  # optional dependency, imported only when image files are decoded
+    except ImportError as exc:
+        raise ImportError("decoding image files (JPEG, PNG) needs pillow: pip install gence[bench]") from exc
 
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im if im.mode == mode else im.convert(mode))
@@ -232,8 +236,6 @@ def read_image_tar(path: str | os.PathLike, class_names: Sequence[str] | None = 
 
 def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read an SVHN cropped-digits ``*_32x32.mat``: X (32, 32, 3, N) -> (N, 3, 32, 32); label 10 -> 0."""
-    from scipy.io import loadmat
-
     m = loadmat(str(path))
     if "X" not in m or "y" not in m:
         raise ValueError(f"{path}: expected variables 'X' and 'y' in an SVHN .mat file, found {sorted(k for k in m if not k.startswith('__'))}")

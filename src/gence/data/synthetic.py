@@ -19,8 +19,9 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
-__all__ = ["GaussianTask", "exponential_priors"]
+__all__ = ["GaussianTask", "exponential_priors", "as_rng"]
 
 _COVARIANCES = ("identity", "random")
 
@@ -34,7 +35,8 @@ def exponential_priors(num_classes: int, imbalance_ratio: float) -> np.ndarray:
     return w / w.sum()
 
 
-def _as_rng(seed) -> np.random.Generator:
+def as_rng(seed) -> np.random.Generator:
+    """``seed`` (an int, None or a ``numpy.random.Generator``) as a Generator; a Generator is returned as is."""
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
@@ -127,7 +129,7 @@ class GaussianTask:
         """
         if int(n) != n or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        rng = generator if generator is not None else _as_rng(seed)
+        rng = generator if generator is not None else as_rng(seed)
         y = rng.choice(self.num_classes, size=int(n), p=self.priors).astype(np.int64)
         z = rng.normal(size=(int(n), self.dim))
         x = self.means[y] + np.einsum("nij,nj->ni", self._chol[y], z)
@@ -171,6 +173,4 @@ class GaussianTask:
 
 
 def _solve_lower(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from scipy.linalg import solve_triangular
-
     return solve_triangular(chol, b, lower=True)

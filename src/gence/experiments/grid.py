@@ -179,17 +179,15 @@ class Registry:
         losses.build(name, num_classes=10, class_counts=[100 - 9 * i for i in range(10)], **params)
 
     def check_model(self, name: str, params: dict) -> None:
-        """Only unknown keyword arguments are errors here: shape checks depend on the dataset."""
+        """Only unknown parameters and heads are errors here: shape checks depend on the dataset."""
         from gence import models
 
         if params.get("head", "linear") not in models.HEADS:
             raise TypeError(f"head={params['head']!r}; expected one of {models.HEADS}")
         try:
-            models.build(name, in_channels=1, num_classes=10, image_size=28, **params)
-        except TypeError:
-            raise
-        except Exception:
-            pass
+            models.check_params(name, **params)
+        except ValueError as exc:
+            raise TypeError(str(exc)) from None
 
     def train_fields(self) -> dict[str, Any] | None:
         """TrainConfig field names with their defaults, or None when the training package is absent."""

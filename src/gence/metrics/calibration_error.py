@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gence.metrics._validation import check_labels, check_n_bins, check_probs, float_dtype_of
+from gence.metrics.checks import check_labels, check_n_bins, check_probs, float_dtype_of
 
 __all__ = [
     "expected_calibration_error",

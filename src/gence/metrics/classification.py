@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gence.metrics._validation import check_labels, check_matrix, check_n_bins, check_probs, to_numpy
+from gence.metrics.checks import check_labels, check_matrix, check_n_bins, check_probs, to_numpy
 from gence.metrics.calibration_error import (
     adaptive_calibration_error,
     classwise_calibration_error,

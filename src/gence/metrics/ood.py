@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from gence.metrics._validation import check_matrix, check_vector
+from gence.metrics.checks import check_matrix, check_vector
 
 __all__ = ["OOD_SCORES", "ood_scores", "ood_metrics"]
 

@@ -2,15 +2,21 @@
 
     from gence import models
     net = models.build("resnet20", in_channels=3, num_classes=10, image_size=32)
+    models.available()        # {"mlp": "...", "resnet": "...", ...}: name -> one-line description
 
 Every convolutional network ends in global average pooling, so the classifier does not depend on the
 input size; strides are chosen so that 8x8 inputs still run (see each module's docstring). Every network
 takes ``head="linear"`` (default) or ``head="cosine"``: a classifier whose logits are cosines between the
 features and the class weights (:class:`CosineLinear`, the layer LDAM's authors pair with ``s = 30``).
+
+Adding a network: a class (or function) taking ``in_channels``, ``num_classes``, ``image_size`` and its
+own parameters by keyword, registered with one line,
+``register("name", "one-line description", fixed={"depth": 20})(Network)``, where ``fixed`` (optional)
+pins constructor arguments for that name. Its keyword parameters are what :func:`build` accepts.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -19,53 +25,54 @@ from gence.models.preact_resnet import PreActResNet
 from gence.models.resnet import ResNet
 from gence.models.small import MLP, SmallCNN
 from gence.models.wide_resnet import WideResNet
+from gence.registry import Registry, check_keywords, keyword_names
 
-__all__ = ["build", "available", "ResNet", "WideResNet", "PreActResNet", "SmallCNN", "MLP", "CosineLinear", "HEADS"]
+__all__ = ["build", "available", "check_params", "register", "REGISTRY", "INPUT_ARGUMENTS",
+           "ResNet", "WideResNet", "PreActResNet", "SmallCNN", "MLP", "CosineLinear", "HEADS"]
 
+REGISTRY = Registry("model")
+register = REGISTRY.register
 
-def _resnet(depth: int | None = None):
-    def make(in_channels, num_classes, image_size, **params):
-        if depth is not None:
-            params["depth"] = depth
-        return ResNet(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **params)
-    return make
+# What build passes to every builder; the rest of a builder's keywords are the model's parameters.
+INPUT_ARGUMENTS = ("in_channels", "num_classes", "image_size")
 
-
-def _wrn(depth: int | None = None, width: int | None = None):
-    def make(in_channels, num_classes, image_size, **params):
-        if depth is not None:
-            params["depth"] = depth
-        if width is not None:
-            params["width"] = width
-        return WideResNet(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **params)
-    return make
-
-
-def _plain(cls):
-    def make(in_channels, num_classes, image_size, **params):
-        return cls(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **params)
-    return make
+register("resnet", "CIFAR ResNet (He et al. 2016): depth=6n+2 (20), shortcut='A' zero-pad | 'B' projection, "
+         "width (16)")(ResNet)
+for _depth, _size in ((8, "0.075M"), (20, "0.27M"), (32, "0.46M"), (56, "0.85M")):
+    register(f"resnet{_depth}", f"CIFAR ResNet-{_depth}, {_size} parameters on CIFAR-10", fixed={"depth": _depth})(ResNet)
+register("wrn", "Wide ResNet WRN-d-k (Zagoruyko & Komodakis 2016): depth=6n+4 (28), width=k (10), "
+         "dropout (0)")(WideResNet)
+for _depth, _width, _size in ((16, 2, "0.69M"), (16, 4, "2.7M"), (28, 10, "36.5M")):
+    register(f"wrn{_depth}_{_width}", f"WRN-{_depth}-{_width}, {_size} parameters on CIFAR-10",
+             fixed={"depth": _depth, "width": _width})(WideResNet)
+register("preact_resnet18", "PreAct ResNet-18 (He et al. 2016, identity mappings), 11.2M parameters")(PreActResNet)
+register("small_cnn", "three conv-BN-ReLU layers and a linear head, ~24k parameters, for fast runs")(SmallCNN)
+register("mlp", "MLP on flattened inputs or feature vectors: hidden=(256, 256); () is logistic regression")(MLP)
 
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "resnet": _resnet(),            # depth=6n+2 (default 20), shortcut="A"|"B"
-    "resnet8": _resnet(8),
-    "resnet20": _resnet(20),
-    "resnet32": _resnet(32),
-    "resnet56": _resnet(56),
-    "wrn": _wrn(),                  # depth=6n+4, width=k, dropout
-    "wrn16_2": _wrn(16, 2),
-    "wrn16_4": _wrn(16, 4),
-    "wrn28_10": _wrn(28, 10),
-    "preact_resnet18": _plain(PreActResNet),
-    "small_cnn": _plain(SmallCNN),
-    "mlp": _plain(MLP),             # hidden=(256, 256)
-}
+def available() -> dict[str, str]:
+    """Names accepted by :func:`build`, each with a one-line description."""
+    return REGISTRY.available()
 
 
-def available() -> list[str]:
-    """Names accepted by :func:`build`."""
-    return sorted(_REGISTRY)
+def _fixed(name: str) -> Mapping[str, Any]:
+    return REGISTRY.get(name).info.get("fixed", {})
+
+
+def check_params(name: str, head: str = "linear", **params) -> None:
+    """Check a model's name, head and parameter names without building it; ValueError naming the model,
+    the parameter and what is valid. Values are checked by the network's constructor in :func:`build`
+    (some, such as the image size, only make sense with the dataset's shape)."""
+    entry = REGISTRY.get(name)
+    if head not in HEADS:
+        raise ValueError(f"model {name!r}: head={head!r}; expected one of {HEADS}")
+    fixed = _fixed(name)
+    pinned = [f"{k}={v!r}" for k, v in params.items() if k in fixed]
+    if pinned:
+        raise ValueError(f"model {name!r}: {', '.join(pinned)} cannot be set, the name fixes "
+                         f"{', '.join(f'{k}={v!r}' for k, v in fixed.items())}")
+    valid = keyword_names(entry.builder, skip=(*INPUT_ARGUMENTS, *fixed))
+    check_keywords(f"model {name!r}", params, valid)
 
 
 def build(name: str, in_channels: int, num_classes: int, image_size=32, head: str = "linear", **params) -> nn.Module:
@@ -74,9 +81,17 @@ def build(name: str, in_channels: int, num_classes: int, image_size=32, head: st
     ``image_size`` is an int (square), an (H, W) pair, or None / () for feature vectors (``mlp`` only).
     ``head``: ``"linear"`` (an ``nn.Linear`` classifier) or ``"cosine"`` (:class:`CosineLinear`).
     ``params`` go to the network's constructor (e.g. ``depth``, ``width``, ``shortcut``, ``hidden``).
+    Raises ValueError naming the model for an unknown name, head or parameter (checked before anything
+    is built, see :func:`check_params`) and for a value the constructor rejects.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model name={name!r}; expected one of {available()}")
-    if head not in HEADS:
-        raise ValueError(f"model {name!r}: head={head!r}; expected one of {HEADS}")
-    return set_head(_REGISTRY[name](in_channels, num_classes, image_size, **params), head)
+    check_params(name, head, **params)
+    builder = REGISTRY.get(name).builder
+    try:
+        model = builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                        **_fixed(name), **params)
+    except ValueError as exc:
+        raise ValueError(f"model {name!r}: {exc}") from exc
+    except TypeError as exc:  # a value of the wrong type, e.g. depth="20"
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        raise ValueError(f"model {name!r} ({given}): {exc}") from exc
+    return set_head(model, head)

@@ -17,10 +17,11 @@ def as_hw(image_size) -> tuple[int, ...]:
     return tuple(int(s) for s in image_size)
 
 
-def require_image(name: str, image_size) -> tuple[int, int]:
+def require_image(network: str, image_size) -> tuple[int, int]:
+    """``image_size`` as (H, W); ValueError naming the ``network`` class when it is not 2-D."""
     hw = as_hw(image_size)
     if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"model {name!r} needs 2-D images: image_size={image_size!r}, expected an int or (H, W); "
+        raise ValueError(f"{network} needs 2-D images: image_size={image_size!r}, expected an int or (H, W); "
                          f"use 'mlp' for feature vectors")
     return hw
 

@@ -37,7 +37,7 @@ class PreActResNet(nn.Module):
     def __init__(self, blocks=(2, 2, 2, 2), in_channels: int = 3, num_classes: int = 10, image_size=32,
                  width: int = 64):
         super().__init__()
-        require_image("preact_resnet", image_size)
+        require_image("PreActResNet", image_size)
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         layers, in_planes = [], width

@@ -60,7 +60,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet depth={depth!r}: expected 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110)")
         if shortcut not in ("A", "B"):
             raise ValueError(f"ResNet shortcut={shortcut!r}: expected 'A' (zero-padding) or 'B' (projection)")
-        require_image(f"resnet{depth}", image_size)
+        require_image("ResNet", image_size)
         n = (depth - 2) // 6
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)

@@ -21,9 +21,9 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 class SmallCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size=8, widths=(16, 32, 64)):
         super().__init__()
-        hw = require_image("small_cnn", image_size)
+        hw = require_image("SmallCNN", image_size)
         if len(widths) != 3:
-            raise ValueError(f"small_cnn widths={widths!r}: expected three channel counts")
+            raise ValueError(f"SmallCNN widths={widths!r}: expected three channel counts")
         self.num_classes = num_classes
         c1, c2, c3 = widths
         pool = nn.MaxPool2d(2) if min(hw) >= 8 else nn.Identity()

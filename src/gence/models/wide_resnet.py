@@ -46,7 +46,7 @@ class WideResNet(nn.Module):
             raise ValueError(f"WideResNet depth={depth!r}: expected 6n+4 with n >= 1 (10, 16, 22, 28, 40)")
         if width < 1:
             raise ValueError(f"WideResNet width={width!r}: expected a positive integer")
-        require_image(f"wrn{depth}_{width}", image_size)
+        require_image("WideResNet", image_size)
         n = (depth - 4) // 6
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)

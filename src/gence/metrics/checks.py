@@ -1,4 +1,4 @@
-"""Input conversion and checks shared by every metric.
+"""Input conversion and checks shared by every metric (and by :mod:`gence.calibration`).
 
 Metrics run at evaluation time on the CPU in float64: tensors are detached and copied to the host,
 arrays are converted. Checks raise ``ValueError`` naming the argument, what was received and what was
@@ -10,6 +10,9 @@ import numbers
 
 import numpy as np
 import torch
+
+__all__ = ["SUM_TOLERANCE", "SUM_TOLERANCE_16BIT", "to_numpy", "float_dtype_of", "check_n_bins", "check_matrix",
+           "check_probs", "check_labels", "check_vector"]
 
 # Rows of ``probs`` must sum to 1 within this tolerance. It exists to catch logits passed as
 # probabilities, not to normalise; 16-bit softmax outputs carry errors of a few 1e-3.
@@ -55,6 +58,7 @@ def float_dtype_of(x) -> torch.dtype:
 
 
 def check_n_bins(n_bins) -> int:
+    """``n_bins`` as an int >= 1."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     return int(n_bins)
