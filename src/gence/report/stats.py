@@ -16,6 +16,7 @@ import math
 from typing import Mapping, Sequence, Union
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 
 Values = Union[Mapping, Sequence[float], np.ndarray]
@@ -39,7 +40,7 @@ def t_interval(mean: float, se: float, df: float, level: float = LEVEL) -> tuple
     """``mean`` ± t quantile × ``se`` (NaN bounds when df < 1 or se is NaN)."""
     if not df >= 1 or math.isnan(se):
         return math.nan, math.nan
-    half = float(sps.t.ppf(0.5 + level / 2, df)) * se
+    half = float(special.stdtrit(df, 0.5 + level / 2)) * se   # the t quantile (scipy's ufunc: fast)
     return mean - half, mean + half
 
 
@@ -49,7 +50,35 @@ def t_p(mean: float, se: float, df: float) -> float:
         return math.nan
     if se == 0:
         return 1.0 if mean == 0 else 0.0
-    return float(2 * sps.t.sf(abs(mean / se), df))
+    return float(2 * special.stdtr(df, -abs(mean / se)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TSummary:
+    """Arrays over the leading axes: mean, sample sd, Student-t interval and two-sided p of H0 mean 0."""
+
+    n: int
+    mean: np.ndarray
+    sd: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p: np.ndarray
+
+
+def t_summary(diffs: np.ndarray, level: float = LEVEL) -> TSummary:
+    """The one-sample t analysis of ``diffs`` along its last axis (n >= 2 values each, no NaN), vectorised so
+    that a simulation of thousands of data sets runs the same code as one setting of the report."""
+    d = np.asarray(diffs, dtype=np.float64)
+    n = d.shape[-1]
+    if n < 2:
+        raise ValueError(f"t_summary: {n} value(s) along the last axis; expected at least 2")
+    mean = d.mean(axis=-1)
+    sd = d.std(axis=-1, ddof=1)
+    se = sd / math.sqrt(n)
+    half = special.stdtrit(n - 1, 0.5 + level / 2) * se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, np.abs(mean) / np.where(se > 0, se, 1.0), np.where(mean == 0, 0.0, np.inf))
+    return TSummary(n, mean, sd, mean - half, mean + half, 2 * special.stdtr(n - 1, -t))
 
 
 def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -154,16 +183,14 @@ def paired_difference(a: Values, b: Values, level: float = LEVEL) -> PairedDiffe
     hl = hodges_lehmann(d)
     if n < 2:
         return PairedDifference(n, mean, nan, nan, nan, nan, hl, nan, level, "n<2: no test or interval")
-    sd = float(d.std(ddof=1))
-    se = sd / math.sqrt(n)
-    low, high = t_interval(mean, se, n - 1, level)
+    t = t_summary(d, level)
     p_w = wilcoxon_exact_p(d)
     note = ""
     if np.all(d == 0):
         note = "all differences zero"
     elif np.any(d == 0):
         note = f"{int(np.sum(d == 0))} zero difference(s) dropped by the Wilcoxon test"
-    return PairedDifference(n, mean, low, high, t_p(mean, se, n - 1), p_w, hl, sd, level, note)
+    return PairedDifference(n, mean, float(t.low), float(t.high), float(t.p), p_w, hl, float(t.sd), level, note)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -191,8 +218,8 @@ def equivalence_p(mean: float, se: float, df: float, margin: float) -> float:
         return math.nan
     if se == 0:
         return 0.0 if abs(mean) < margin else 1.0
-    p_low = float(sps.t.sf((mean + margin) / se, df))      # H0: mean <= -margin
-    p_high = float(sps.t.cdf((mean - margin) / se, df))    # H0: mean >= +margin
+    p_low = float(special.stdtr(df, -(mean + margin) / se))     # H0: mean <= -margin
+    p_high = float(special.stdtr(df, (mean - margin) / se))     # H0: mean >= +margin
     return max(p_low, p_high)
 
 
