@@ -9,7 +9,6 @@ import json
 import math
 import sqlite3
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from gence.experiments import parse_grid, run_grid
 from gence.experiments.db import run_key
 from gence.report import load_results, write_report
 from gence.report.sections import DEFAULT_SECTIONS, text
-from gence.report.stats import mean_std
 
 GRID = """
 [train]

@@ -7,9 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shlex
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -102,15 +105,6 @@ def fake_run(config):
     m["test/never_predicted"] = 2.0 if collapsed else 0.0
     m["test/worst_class_accuracy"] = 0.0 if collapsed else 0.5
     return m, {"history": {"loss": [1.0]}}
-
-
-def rows(db) -> list[dict]:
-    """Done rows read straight from SQLite, independently of the library."""
-    con = sqlite3.connect(db)
-    out = [{"grid": g, "label": lab, "config": json.loads(c), "metrics": json.loads(m)}
-           for g, lab, c, m in con.execute("SELECT grid, label, config, metrics FROM runs WHERE status = 'done'")]
-    con.close()
-    return out
 
 
 def rows(db) -> list[dict]:
@@ -330,3 +324,22 @@ def test_report_verdict_without_a_table_is_a_clear_error(full, tmp_path, capsys)
     (tmp_path / "plain.toml").write_text("[train]\nepochs = 1\n")
     assert main(["report", str(full[0]), "-o", str(tmp_path / "o"), "--verdict", str(tmp_path / "plain.toml")]) == 2
     assert "has no [verdict] table" in capsys.readouterr().err
+
+
+def test_bench_writes_the_verdict_of_a_grid_with_a_verdict_table(tmp_path, monkeypatch):
+    """`gence bench` (composed in gence.bench, above the runner and the report) reports with the verdict."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    grid = tmp_path / "study.toml"
+    grid.write_text(textwrap.dedent(GRID))
+    out = tmp_path / "out"
+    assert main(["bench", str(grid), "--db", str(tmp_path / "s.sqlite"), "-o", str(out), "--run-fn",
+                 "test_verdict:fake_run", "--quiet", "--workers", "1"]) == 0
+    md = (out / "README.md").read_text()
+    assert "## Verdict" in md and "| Accuracy with few labels | **holds** |" in md
+
+
+def test_the_runner_cli_does_not_import_the_report():
+    code = "import sys, gence.experiments.cli; print(sorted(m for m in sys.modules if m.startswith('gence.report')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert out.stdout.strip() == "[]"

@@ -9,7 +9,9 @@ Groups are also split by grid block (the ``grid`` column of the database): seeds
 setting and a loss are never pooled; a setting's table then has a ``block`` column. Runs of tuning blocks
 (blocks named in some block's ``tune.from``, read from the grid files stored in the database) are not in
 the main tables: :func:`tuning_tables` summarises them per candidate value. Rows that are not benchmark
-runs (the properness study's, or any without a ``dataset``) are skipped.
+runs (the properness study's, or any without a ``dataset``) are skipped. Labels whose runs gave exactly the
+same metrics as another label's on every run both have (the same loss under two names) are shown once
+(:func:`same_loss_labels`, ``Results.display``).
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ import math
 import tomllib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from gence.experiments.db import KEY_EXCLUDED_FIELDS, ResultsDB, canonical_json
 from gence.experiments.grid import TuneSpec, tuning_ident, value_order
 from gence.report.columns import (LONG_TAILED_COLUMNS, MAIN_COLUMNS, METRIC, PAIRED_COLUMNS, TIMING_METRICS,
                                   Column, ood_key, ood_sets)
-from gence.report.stats import PairedDifference, fmt_p, holm, mean_std, p_text, paired_difference
+from gence.report.stats import PairedDifference, holm, mean_std, p_text, paired_difference
 from gence.selection import best_candidate
 
 DEFAULT_SELECT_BY = METRIC["val_error"]
