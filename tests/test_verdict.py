@@ -22,6 +22,7 @@ from scipy import stats
 
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
+from gence.experiments.grid import GridError
 from gence.experiments.db import run_key
 from gence.report import load_results
 from gence.report.verdict import (HOLDS, NO_DATA, NOT_HOLDS, VerdictError, VerdictSpec, build_verdict,
@@ -257,6 +258,11 @@ def test_verdict_table_errors_name_the_key():
         VerdictSpec.from_table({"few_labels": 3})
     with pytest.raises(VerdictError, match=r"margins = .*expected a table of positive numbers"):
         VerdictSpec.from_table({"margins": {"error": -1}})
+    # a grid file keeps its [verdict] table, raw, for the report
+    assert parse_grid(textwrap.dedent(GRID), name="g").verdict["lr_robustness"] == ["lr_sweep"]
+    assert parse_grid(textwrap.dedent(GRID[len(VERDICT):]), name="g").verdict is None
+    with pytest.raises(GridError, match=r"verdict = 3: expected a \[verdict\] table"):
+        parse_grid("verdict = 3\n" + textwrap.dedent(GRID[len(VERDICT):]), name="g")
     spec = VerdictSpec.from_table({"few_labels": "b", "margins": {"error": 0.01}})
     assert spec.few_labels == ("b",) and spec.blocks_for("ood") == ("b",) and spec.calibration is None
 
