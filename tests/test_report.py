@@ -9,7 +9,6 @@ import json
 import math
 import sqlite3
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,8 @@ from scipy import stats
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.experiments.db import run_key
-from gence.report import paired_comparison, write_report
-from gence.report.stats import mean_std
+from gence.report import load_results, write_report
+from gence.report.sections import DEFAULT_SECTIONS, text
 
 GRID = """
 [train]
@@ -77,7 +76,9 @@ def report(tmp_path_factory):
     summary = run_grid(grid.runs, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
     assert summary.failed == 1
     out = tmp / "out"
-    rep = write_report(db, out, title="Test report", extra_sections=lambda res: [("Verdict", f"{len(res.runs)} runs.")])
+    rep = write_report(db, out, title="Test report",
+                       sections=[*DEFAULT_SECTIONS[:3], lambda ctx: f"## Verdict\n\n{len(ctx.results.runs)} runs.",
+                                 *DEFAULT_SECTIONS[3:]])
     return db, out, rep, grid
 
 
@@ -188,52 +189,76 @@ def test_paired_comparison_against_scipy_and_numpy(report):
     db, out, _, _ = report
     runs = stored(db)
     rows = read_csv(out / "tables" / "paired_vs_ce.csv")
-    row = next(r for r in rows if r["regime"] == "balanced:20" and r["loss"] == "gence" and r["metric"] == "nll")
-    ce = {r["config"]["seed"]: r["metrics"]["test/nll"] for r in runs
-          if r["label"] == "ce" and r["config"]["regime"] == "balanced:20"}
-    ge = {r["config"]["seed"]: r["metrics"]["test/nll"] for r in runs
-          if r["label"] == "gence" and r["config"]["regime"] == "balanced:20"}
-    seeds = sorted(set(ce) & set(ge))
+
+    def diffs(regime, metric, block_runs):
+        ce = {r["config"]["seed"]: r["metrics"][metric] for r in block_runs if r["label"] == "ce" and r["config"]["regime"] == regime}
+        ge = {r["config"]["seed"]: r["metrics"][metric] for r in block_runs if r["label"] == "gence" and r["config"]["regime"] == regime}
+        seeds = sorted(set(ce) & set(ge))
+        return seeds, np.array([ge[s] - ce[s] for s in seeds])
+
+    main = [r for r in runs if r["config"]["lr"] == 0.05]
+    seeds, d = diffs("balanced:20", "test/nll", main)
     assert seeds == [0, 1, 2, 3, 4]  # seed 5 of gence failed: only matching seeds are paired
-    d = np.array([ge[s] - ce[s] for s in seeds])
+    row = next(r for r in rows if r["regime"] == "balanced:20" and r["loss"] == "gence" and r["metric"] == "nll")
+    t = stats.ttest_1samp(d, 0.0)
     assert int(row["n_pairs"]) == 5
     assert float(row["mean_diff_vs_ce"]) == pytest.approx(d.mean(), rel=1e-12)
-    assert float(row["wilcoxon_p"]) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
-    rng = np.random.default_rng(0)
-    boot = d[rng.integers(0, 5, size=(10_000, 5))].mean(axis=1)
-    assert float(row["ci95_low"]) == pytest.approx(np.quantile(boot, 0.025), rel=1e-12)
-    assert float(row["ci95_high"]) == pytest.approx(np.quantile(boot, 0.975), rel=1e-12)
-    assert d.min() <= float(row["ci95_low"]) <= d.mean() <= float(row["ci95_high"]) <= d.max()
+    assert float(row["ci95_low"]) == pytest.approx(t.confidence_interval().low, rel=1e-10)
+    assert float(row["ci95_high"]) == pytest.approx(t.confidence_interval().high, rel=1e-10)
+    assert float(row["t_p"]) == pytest.approx(t.pvalue, rel=1e-10)
+    assert float(row["wilcoxon_exact_p"]) == pytest.approx(stats.wilcoxon(d, method="exact").pvalue, rel=1e-12)
+    walsh = [(d[i] + d[j]) / 2 for i in range(5) for j in range(i, 5)]
+    assert float(row["hodges_lehmann"]) == pytest.approx(np.median(walsh), rel=1e-12)
+    # Holm over the settings of (gence, nll) in block main: the 3 regimes, adjusted by hand
+    fam = [r for r in rows if r["block"] == "main" and r["loss"] == "gence" and r["metric"] == "nll"]
+    ps = [stats.ttest_1samp(diffs(r["regime"], "test/nll", main)[1], 0.0).pvalue for r in fam]
+    order = np.argsort(ps)
+    want = np.minimum(1, np.maximum.accumulate([(len(ps) - i) * ps[k] for i, k in enumerate(order)]))
+    got = [float(fam[k]["t_p_holm"]) for k in order]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
-def test_paired_comparison_edge_cases():
-    r = paired_comparison({0: 1.0}, {0: 0.5})
-    assert r.n == 1 and r.mean_diff == 0.5 and math.isnan(r.p_value) and math.isnan(r.ci_low) and "n<2" in r.note
-    r = paired_comparison({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})
-    assert r.n == 3 and r.mean_diff == 0 and math.isnan(r.p_value) and "all differences zero" in r.note
-    assert r.ci_low == r.ci_high == 0
-    r = paired_comparison({0: 1.0, 1: 2.0}, {5: 1.0})
-    assert r.n == 0 and math.isnan(r.mean_diff) and "no matching seeds" in r.note
-    a = {0: 0.3, 1: 0.5, 2: float("nan"), 3: 0.2, 4: 0.9, 5: 0.4, 6: 0.1}
-    b = {0: 0.2, 1: 0.1, 2: 0.5, 3: 0.25, 4: 0.3, 5: 0.4, 6: 0.0}
-    r = paired_comparison(a, b)
-    d = np.array([a[s] - b[s] for s in (0, 1, 3, 4, 5, 6)])
-    assert r.n == 6 and r.mean_diff == pytest.approx(d.mean())
-    assert r.p_value == pytest.approx(stats.wilcoxon(d).pvalue)
-    assert "zero difference" in r.note
-    assert mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(np.std([1, 3], ddof=1)), 2)
+def test_same_loss_under_two_names_is_shown_once(tmp_path):
+    grid = parse_grid(textwrap.dedent('''
+        [train]
+        epochs = 1
+        [[grid]]
+        name = "main"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1, 2]
+        losses = ["ce", "gence", "logit_adjusted", "balanced_softmax"]
+        '''), name="twins")
+
+    def run(config):
+        m, extras = fake_run(config)
+        if config["loss"] in ("logit_adjusted", "balanced_softmax"):   # the same numbers, as tau=1 gives
+            m = {k: v + 0.003 for k, v in fake_run({**config, "loss": "ce"})[0].items()}
+        m["train/seconds"] = hash(config["loss"]) % 100                 # timing differs and does not count
+        return m, extras
+
+    db = tmp_path / "twins.sqlite"
+    run_grid(grid.runs, db, run_fn=run, progress=False, grid_text=(grid.name, None, grid.text))
+    results = load_results(db)
+    assert results.same_as == {"logit_adjusted": "balanced_softmax"}
+    assert {g.label for g in results.groups} == {"ce", "gence", "balanced_softmax"}
+    rep = write_report(db, tmp_path / "out", with_plots=False)
+    assert "| balanced_softmax = logit_adjusted |" in rep.summary
+    assert "`logit_adjusted` gave exactly the same metrics as `balanced_softmax`" in rep.markdown
 
 
 def test_reusable_writer_and_report_cli(report, tmp_path, capsys):
     db, _, _, _ = report
-    rep = write_report(db, tmp_path, title="Results", filename="RESULTS.md", preamble="Regenerate: `make`",
-                       extra_sections=[("Verdict", "GenCE: mixed.")], plots_dir="results/plots",
-                       tables_dir="results/tables", command="gence report runs.sqlite -o .", with_plots=False)
-    text = (tmp_path / "RESULTS.md").read_text()
-    assert text.index("Regenerate: `make`") < text.index("## Setup") < text.index("## Verdict")
-    assert "`gence report runs.sqlite -o .`" in text and "](results/tables/" in text
-    assert not (tmp_path / "results" / "plots").exists() or not any((tmp_path / "results" / "plots").iterdir())
-    assert rep.summary in text
+    rep = write_report(db, tmp_path, title="Results", markdown_path=tmp_path / "RESULTS.md",
+                       sections=[DEFAULT_SECTIONS[0], text("Regenerate: `make`"), *DEFAULT_SECTIONS[1:3],
+                                 text("## Verdict\n\nGenCE: mixed."), *DEFAULT_SECTIONS[3:]],
+                       command="gence report runs.sqlite -o .", with_plots=False)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert md.index("Regenerate: `make`") < md.index("## Setup") < md.index("## Verdict")
+    assert "`gence report runs.sqlite -o .`" in md and "](tables/" in md
+    assert not (tmp_path / "plots").exists()
+    assert rep.summary in md
     assert main(["report", str(db), "-o", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert "Test error %" in printed and "| digits | small_cnn | balanced:5 |" in printed

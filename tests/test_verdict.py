@@ -1,15 +1,18 @@
 """The generated verdict: numbers in its sentences and tables against numpy/scipy on the stored rows, the
-holds / does-not-hold decisions against the stated rules, a partial database (grid progress, seeds short
-of the grid, claims without runs), and the `gence report --verdict --markdown` command. Runs come from a
-fake run function in which the test decides which loss is better; no training."""
+decisions against the stated rules (pooled t interval over settings, Holm over settings), a partial database
+(grid progress, seeds short of the grid, claims without runs), the [verdict] table, and the `gence report
+--verdict` command. Runs come from a fake run function in which the test decides which loss is better."""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import re
 import shlex
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -19,12 +22,21 @@ from scipy import stats
 
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
+from gence.experiments.grid import GridError
 from gence.experiments.db import run_key
-from gence.report import load_results, write_report
-from gence.report.verdict import (HOLDS, MIXED, NO_DATA, NOT_HOLDS, VerdictConfig, build_verdict, decide,
-                                  grid_progress)
+from gence.report import load_results
+from gence.report.verdict import (HOLDS, NO_DATA, NOT_HOLDS, VerdictError, VerdictSpec, build_verdict,
+                                  grid_progress, progress_markdown, verdict_markdown)
 
-GRID = """
+VERDICT = """
+[verdict]
+mixed = "gence_0.5"
+few_labels = ["balanced"]
+imbalance = ["long_tailed"]
+imbalance_baselines = ["logit_adjusted", "balanced_softmax"]
+lr_robustness = ["lr_sweep"]
+"""
+GRID = VERDICT + """
 [train]
 epochs = 1
 ood = ["gaussian_noise", "uniform_noise"]
@@ -56,7 +68,8 @@ seeds = [200, 201, 202]
 sweep = { lr = [0.01, 0.2] }
 losses = ["ce", "gence"]
 """
-CFG = VerdictConfig(lr_blocks=("lr_sweep",))
+CFG = VerdictSpec(mixed="gence_0.5", few_labels=("balanced",), imbalance=("long_tailed",),
+                  imbalance_baselines=("logit_adjusted", "balanced_softmax"), lr_robustness=("lr_sweep",))
 
 
 def noise(config) -> float:
@@ -105,19 +118,15 @@ def rows(db) -> list[dict]:
 
 
 def expected(stored, block, setting, label, other, metric):
-    """numpy/scipy: paired differences, their mean, percentile bootstrap CI (10,000 resamples, seed 0) and
-    the two-sided Wilcoxon p, over the seeds both have."""
+    """scipy: paired differences over the seeds both have, their mean, t 95% interval and paired-t p."""
     def values(lab):
         return {r["config"]["seed"]: r["metrics"][metric] for r in stored if r["grid"] == block and r["label"] == lab
                 and (r["config"]["dataset"], r["config"]["regime"], r["config"]["model"]) == setting}
     a, b = values(label), values(other)
-    seeds = sorted(set(a) & set(b))
-    d = np.array([a[s] - b[s] for s in seeds])
-    rng = np.random.default_rng(0)
-    boot = d[rng.integers(0, len(d), size=(10_000, len(d)))].mean(axis=1)
-    low, high = np.quantile(boot, [0.025, 0.975])
-    p = stats.wilcoxon(d).pvalue if len(d) > 1 else math.nan
-    return len(d), d.mean(), low, high, p
+    d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
+    t = stats.ttest_1samp(d, 0.0)
+    ci = t.confidence_interval()
+    return len(d), d.mean(), ci.low, ci.high, t.pvalue
 
 
 def signed(x: float) -> str:
@@ -134,85 +143,93 @@ def full(tmp_path_factory):
     return db, grid, results, build_verdict(results, CFG)
 
 
-def section(verdict, start: str) -> str:
-    return next(body for heading, body in verdict.sections if heading.startswith(start))
-
-
 def claim(verdict, start: str):
     return next(c for c in verdict.claims if c.name.startswith(start))
 
 
-def test_few_label_table_numbers_match_numpy_and_scipy(full):
+BALANCED = [("digits", r, m) for r in ("balanced:5", "balanced:20") for m in ("small_cnn", "mlp")]
+LONG = [("digits", "long_tailed:10:40", "small_cnn")]
+
+
+def test_few_label_table_numbers_match_scipy(full):
     db, _, _, verdict = full
     stored = rows(db)
-    body = section(verdict, "Claim: accuracy with few")
-    for dataset, regime, model in [("digits", r, m) for r in ("balanced:5", "balanced:20") for m in ("small_cnn", "mlp")]:
+    body = claim(verdict, "Accuracy with few").body
+    for dataset, regime, model in BALANCED:
         n, mean, low, high, p = expected(stored, "balanced", (dataset, regime, model), "gence", "ce", "test/error")
         line = next(line for line in body.splitlines() if line.startswith(f"| {dataset} | {model} | {regime} | 5/5"))
         assert f"{signed(100 * mean)} [{signed(100 * low)}, {signed(100 * high)}]" in line
-        assert f"| {p:.3g} |" in line and "GenCE better" in line   # GenCE is 5 points better by construction
-    assert "clearly better in 4, clearly worse in 0 and unclear in 0" in body
+        assert (f"| {p:.3g} |" if p >= 0.001 else "| <0.001 |") in line and "GenCE better" in line
+    assert "significantly better in 4, worse in 0, neither in 0" in body
     # GenCE ranks first among the 4 losses in every setting
-    assert "GenCE ranks 1 of 4 losses on average over 4 setting(s) (mean rank 1.00; best in 4)" in body
+    assert "gence ranks 1 of 4 losses on average over 4 setting(s) (mean rank 1.00; best in 4)" in body
+
+
+def rule(stored, block_settings, metric, higher=False, margin=0.005):
+    """The stated rule, by hand: Holm over the settings' paired-t p, t interval over the settings' means."""
+    per = [expected(stored, b, s, "gence", "ce", metric) for b, ss in block_settings for s in ss]
+    ps = np.array([x[4] for x in per])
+    m = len(ps)
+    order = np.argsort(ps)
+    adj = np.empty(m)
+    adj[order] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * ps[order]))
+    good = [(x[1] > 0) == higher for x in per]
+    better = sum(a < 0.05 and g for a, g in zip(adj, good))
+    worse = sum(a < 0.05 and not g for a, g in zip(adj, good))
+    means = np.array([x[1] for x in per])
+    if m > 1:
+        ci = stats.ttest_1samp(means, 0.0).confidence_interval()
+        low, high = ci.low, ci.high
+    else:
+        low, high = per[0][2], per[0][3]
+    favours, against = (low > 0, high < 0) if higher else (high < 0, low > 0)
+    if favours:
+        return (HOLDS if worse == 0 else "mixed"), better, worse
+    if against:
+        return NOT_HOLDS, better, worse
+    se = means.std(ddof=1) / math.sqrt(m) if m > 1 else (per[0][3] - per[0][1]) / stats.t.ppf(0.975, per[0][0] - 1)
+    df = m - 1 if m > 1 else per[0][0] - 1
+    p_eq = max(stats.t.sf((means.mean() + margin) / se, df), stats.t.cdf((means.mean() - margin) / se, df))
+    if p_eq < 0.05:
+        return "does not hold (no better)", better, worse
+    return ("mixed" if better and worse else "inconclusive"), better, worse
 
 
 def test_decisions_follow_the_stated_rules(full):
     db, _, _, verdict = full
     stored = rows(db)
-    settings = [("digits", r, m) for r in ("balanced:5", "balanced:20") for m in ("small_cnn", "mlp")]
-
-    def rule(block, settings, metric, higher=False, label="gence"):
-        outcomes = []
-        for s in settings:
-            n, mean, low, high, p = expected(stored, block, s, label, "ce", metric)
-            better = low > 0 if higher else high < 0
-            worse = high < 0 if higher else low > 0
-            outcomes.append("b" if better else "w" if worse else "u")
-        b, w = outcomes.count("b"), outcomes.count("w")
-        if b > len(outcomes) / 2 and w == 0:
-            return HOLDS, b, w
-        if b == 0 or w >= b:
-            return NOT_HOLDS, b, w
-        return MIXED, b, w
-
-    status, b, w = rule("balanced", settings, "test/error")
+    want = rule(stored, [("balanced", BALANCED)], "test/error")
     c = claim(verdict, "Accuracy with few")
-    assert (c.decision.status, c.decision.better, c.decision.worse) == (status, b, w) == (HOLDS, 4, 0)
-    lt = [("digits", "long_tailed:10:40", "small_cnn")]
-    status, b, w = rule("long_tailed", lt, "test/error")
+    assert (c.decision.status, c.decision.better, c.decision.worse) == want == (HOLDS, 4, 0)
+    want = rule(stored, [("long_tailed", LONG)], "test/error")
     c = claim(verdict, "Accuracy under class imbalance")
-    assert (c.decision.status, c.decision.worse) == (status, w) == (NOT_HOLDS, 1)
-    assert "GenCE loses clearly in: digits / small_cnn / long_tailed:10:40" in section(verdict, "Claim: accuracy under")
-    status, b, w = rule("balanced", settings, "test/ece")
-    status_lt, b_lt, w_lt = rule("long_tailed", lt, "test/ece")
+    assert (c.decision.status, c.decision.better, c.decision.worse) == want == (NOT_HOLDS, 0, 1)
+    assert "gence is significantly worse in: digits / small_cnn / long_tailed:10:40" in c.body
+    both = [("balanced", BALANCED), ("long_tailed", LONG)]
+    want = rule(stored, both, "test/ece")
     c = claim(verdict, "Calibration before")
-    assert (c.decision.better, c.decision.worse) == (b + b_lt, w + w_lt) == (5, 0) and c.decision.status == HOLDS
-    # a complete grid is not provisional
-    assert not c.decision.provisional and "provisional" not in c.decision.text
-    # OOD: equal up to noise; whatever the CIs say, the status is the rule applied to them
-    aurocs = []
-    for block, ss in (("balanced", settings), ("long_tailed", lt)):
-        for s in ss:
-            for r in stored:
-                if r["grid"] == block and (r["config"]["dataset"], r["config"]["regime"], r["config"]["model"]) == s:
-                    r["metrics"]["ood_mean"] = np.mean([r["metrics"][f"ood/{o}/msp/auroc"]
-                                                        for o in ("gaussian_noise", "uniform_noise")])
-            aurocs.append(rule(block, [s], "ood_mean", higher=True))
-    b, w = sum(x[1] for x in aurocs), sum(x[2] for x in aurocs)
-    want = HOLDS if b > 2.5 and w == 0 else NOT_HOLDS if b == 0 or w >= b else MIXED
-    assert claim(verdict, "OOD").decision.status == want
+    assert (c.decision.status, c.decision.better, c.decision.worse) == want and want[0] == HOLDS
+    assert not c.decision.provisional and "provisional" not in c.decision.text   # a complete grid
+    # pooled estimate in the evidence: mean of the 5 settings' mean ECE differences
+    means = [expected(stored, b, s, "gence", "ce", "test/ece")[1] for b, ss in both for s in ss]
+    assert f"pooled Δ {signed(100 * np.mean(means))} [" in c.evidence
+    for r in stored:
+        r["metrics"]["ood_mean"] = np.mean([r["metrics"][f"ood/{o}/msp/auroc"] for o in ("gaussian_noise", "uniform_noise")])
+    want = rule(stored, both, "ood_mean", higher=True)
+    c = claim(verdict, "OOD")
+    assert (c.decision.status, c.decision.better, c.decision.worse) == want
 
 
 def test_imbalance_section_has_few_shot_group_and_imbalance_baselines(full):
     db, _, _, verdict = full
     stored = rows(db)
-    body = section(verdict, "Claim: accuracy under")
-    s = ("digits", "long_tailed:10:40", "small_cnn")
+    body = claim(verdict, "Accuracy under").body
+    s = LONG[0]
     n, mean, low, high, p = expected(stored, "long_tailed", s, "gence", "ce", "test/acc_few")
     assert "accuracy on the few-shot class group" in body and f"{signed(100 * mean)} [{signed(100 * low)}" in body
     for base in ("logit_adjusted", "balanced_softmax"):
         n, mean, low, high, p = expected(stored, "long_tailed", s, "gence", base, "test/error")
-        assert n == 3 and f"GenCE − {base}, test error" in body
+        assert n == 3 and f"gence − {base}, test error" in body
         assert f"{signed(100 * mean)} [{signed(100 * low)}, {signed(100 * high)}]" in body
 
 
@@ -222,32 +239,32 @@ def test_learning_rate_claim_counts_collapse_and_worst_lr(full):
     c = claim(verdict, "Learning-rate")
     coll = {lab: sum(r["metrics"]["test/never_predicted"] > 0 for r in stored if r["label"] == lab) for lab in ("ce", "gence")}
     assert coll == {"ce": 0, "gence": 3}
-    assert c.decision.status == NOT_HOLDS   # more collapsed runs than CE
-    assert "collapsed runs: GenCE 3/6, CE 0/6" in c.evidence
-    body = section(verdict, "Claim: learning-rate")
-    assert "it reappears, for GenCE only: digits at lr 0.2" in body
-    # worst lr: CE's is 0.01 or 0.2 by the noise; GenCE's is 0.2 (collapsed); paired over the 3 seeds
+    p_fisher = stats.fisher_exact([[3, 3], [0, 6]])[1]
+    assert f"collapsed runs: gence 3/6, ce 0/6 (Fisher p={p_fisher:.3g})" in c.evidence
+    assert c.decision.status == NOT_HOLDS   # the worst-lr error is significantly higher (one setting)
+    assert "gence, 0.2, digits, balanced:5" in c.body
     def err(lab, lr):
         return {r["config"]["seed"]: r["metrics"]["test/error"] for r in stored if r["label"] == lab and r["config"]["lr"] == lr}
     ce_worst = max((0.01, 0.2), key=lambda lr: (np.mean(list(err("ce", lr).values())), lr))
     d = np.array([err("gence", 0.2)[s] - err("ce", ce_worst)[s] for s in (200, 201, 202)])
-    line = next(line for line in body.splitlines() if f"(lr {ce_worst:g}) |" in line and "(lr 0.2)" in line)
+    line = next(line for line in c.body.splitlines() if f"(lr {ce_worst:g}) |" in line and "(lr 0.2)" in line)
     assert signed(100 * d.mean()) in line and "GenCE worse" in line
 
 
-def test_decide_rule_edges():
-    class C:  # the minimum a comparison needs for decide()
-        def __init__(self, outcome, partial=False):
-            self.outcome, self.partial = outcome, partial
-    assert decide([], 4).status == NO_DATA
-    assert decide([C("better")], 8).status == NO_DATA          # 1 < 25% of 8
-    assert decide([C("better"), C("better"), C("unclear")], 4).status == HOLDS
-    assert decide([C("better"), C("unclear")], 2).status == MIXED            # not more than half
-    assert decide([C("better")] * 3 + [C("worse")], 4).status == MIXED
-    assert decide([C("better"), C("worse")], 2).status == NOT_HOLDS         # worse >= better
-    assert decide([C("unclear")] * 4, 4).status == NOT_HOLDS
-    d = decide([C("better")] * 3, 4)
-    assert d.status == HOLDS and d.provisional and d.text == "holds (provisional)"
+def test_verdict_table_errors_name_the_key():
+    with pytest.raises(VerdictError, match=r"unknown key 'blocks'"):
+        VerdictSpec.from_table({"blocks": ["a"]})
+    with pytest.raises(VerdictError, match=r"few_labels = 3: expected a list"):
+        VerdictSpec.from_table({"few_labels": 3})
+    with pytest.raises(VerdictError, match=r"margins = .*expected a table of positive numbers"):
+        VerdictSpec.from_table({"margins": {"error": -1}})
+    # a grid file keeps its [verdict] table, raw, for the report
+    assert parse_grid(textwrap.dedent(GRID), name="g").verdict["lr_robustness"] == ["lr_sweep"]
+    assert parse_grid(textwrap.dedent(GRID[len(VERDICT):]), name="g").verdict is None
+    with pytest.raises(GridError, match=r"verdict = 3: expected a \[verdict\] table"):
+        parse_grid("verdict = 3\n" + textwrap.dedent(GRID[len(VERDICT):]), name="g")
+    spec = VerdictSpec.from_table({"few_labels": "b", "margins": {"error": 0.01}})
+    assert spec.few_labels == ("b",) and spec.blocks_for("ood") == ("b",) and spec.calibration is None
 
 
 def test_partial_database_is_counted_marked_and_says_no_runs_yet(tmp_path):
@@ -273,25 +290,30 @@ def test_partial_database_is_counted_marked_and_says_no_runs_yet(tmp_path):
         "lr_sweep": (n_block["lr_sweep"], 0, 0)}
     verdict = build_verdict(results, CFG)
     total = len(grid.runs)
-    assert f"{len(ran) - 1} of the grid's {total} runs are stored done" in verdict.preamble
-    assert f"| **all** | **{total}** | **{len(ran) - 1}** | **1** | **{total - len(ran)}** |" in verdict.preamble
-    body = section(verdict, "Claim: accuracy with few")
+    text = progress_markdown(verdict.progress)
+    assert f"{len(ran) - 1} of the grid's {total} runs are stored done" in text
+    assert f"| **all** | **{total}** | **{len(ran) - 1}** | **1** | **{total - len(ran)}** |" in text
+    body = claim(verdict, "Accuracy with few").body
     assert "| digits | mlp | balanced:5 | 3/5 † |" in body and "| digits | mlp | balanced:20 | 4/5 † |" in body
     few = claim(verdict, "Accuracy with few")
     assert few.decision.status == HOLDS and few.decision.provisional
-    assert "holds (provisional)" in verdict.preamble
+    table = verdict_markdown(verdict)
+    assert "holds (provisional)" in table
     lt = claim(verdict, "Accuracy under class imbalance")
-    assert lt.decision.status == NO_DATA and lt.evidence == "no runs yet"
-    assert section(verdict, "Claim: accuracy under").startswith("No runs yet")
+    assert lt.decision.status == NO_DATA and lt.evidence == "no runs yet" and lt.body.startswith("No runs yet")
     assert claim(verdict, "Learning-rate").decision.status == NO_DATA
-    assert "| Accuracy under class imbalance | **not enough data yet** | no runs yet |" in verdict.preamble
+    assert "| Accuracy under class imbalance | **not enough data yet** | no runs yet |" in table
 
 
-def test_report_command_writes_markdown_at_root_with_working_links_and_its_own_command(full, tmp_path, monkeypatch):
+@pytest.mark.parametrize("from_file", [False, True])
+def test_report_command_writes_markdown_at_root_with_working_links_and_its_own_command(full, tmp_path, monkeypatch,
+                                                                                        from_file):
     db = full[0]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "study.sqlite").write_bytes(Path(db).read_bytes())
-    argv = ["report", "study.sqlite", "-o", "results", "--markdown", "RESULTS.md", "--verdict"]
+    (tmp_path / "grid.toml").write_text(VERDICT)
+    argv = ["report", "study.sqlite", "-o", "results", "--markdown", "RESULTS.md", "--verdict"] + (
+        ["grid.toml"] if from_file else [])
     assert main(argv) == 0
     md = (tmp_path / "RESULTS.md").read_text()
     assert f"regenerate with `gence {shlex.join(argv)}`" in md.splitlines()[2]
@@ -302,3 +324,28 @@ def test_report_command_writes_markdown_at_root_with_working_links_and_its_own_c
     assert "results/plots/lr_robustness.png" in links and "results/tables/runs.csv" in links
     for link in links:
         assert (tmp_path / link).is_file(), link
+
+
+def test_report_verdict_without_a_table_is_a_clear_error(full, tmp_path, capsys):
+    (tmp_path / "plain.toml").write_text("[train]\nepochs = 1\n")
+    assert main(["report", str(full[0]), "-o", str(tmp_path / "o"), "--verdict", str(tmp_path / "plain.toml")]) == 2
+    assert "has no [verdict] table" in capsys.readouterr().err
+
+
+def test_bench_writes_the_verdict_of_a_grid_with_a_verdict_table(tmp_path, monkeypatch):
+    """`gence bench` (composed in gence.bench, above the runner and the report) reports with the verdict."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    grid = tmp_path / "study.toml"
+    grid.write_text(textwrap.dedent(GRID))
+    out = tmp_path / "out"
+    assert main(["bench", str(grid), "--db", str(tmp_path / "s.sqlite"), "-o", str(out), "--run-fn",
+                 "test_verdict:fake_run", "--quiet", "--workers", "1"]) == 0
+    md = (out / "README.md").read_text()
+    assert "## Verdict" in md and "| Accuracy with few labels | **holds** |" in md
+
+
+def test_the_runner_cli_does_not_import_the_report():
+    code = "import sys, gence.experiments.cli; print(sorted(m for m in sys.modules if m.startswith('gence.report')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert out.stdout.strip() == "[]"

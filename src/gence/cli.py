@@ -12,7 +12,8 @@ import sys
 # subcommand module -> the package that owns it; each module defines register(subparsers).
 _COMMAND_MODULES = (
     "gence.train.cli",        # gence train
-    "gence.experiments.cli",  # gence bench, gence merge
+    "gence.bench",            # gence bench (runs, then the report: composed above both packages)
+    "gence.experiments.cli",  # gence merge
     "gence.report.cli",       # gence report
     "gence.properness.cli",   # gence properness
 )

@@ -1,24 +1,24 @@
-"""``gence bench`` (run a grid into a results database, then report) and ``gence merge``."""
+"""``gence merge``, and the running half of ``gence bench`` (:func:`add_bench_arguments`, :func:`run_bench`).
+
+The command ``gence bench`` itself (run, then write the report) is composed above this package and the
+report, in :mod:`gence.bench`: the runner does not know the report.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+from gence.experiments.grid import Grid
+
 DEFAULT_DB = "runs/gence.sqlite"
-DEFAULT_REPORT_DIR = "report"
 
 
-def register(subparsers) -> None:
-    bench = subparsers.add_parser(
-        "bench", help="run an experiment grid (default: the built-in digits demo) and write its report",
-        description="Expand a TOML grid, run every run not yet in the database (resumable; safe to kill "
-                    "and restart), print the summary table and write the report. Without CONFIG it runs "
-                    "the built-in demo grid (the same as configs/demo.toml).")
+def add_bench_arguments(bench: argparse.ArgumentParser) -> None:
+    """The runner's arguments of ``gence bench``."""
     bench.add_argument("config", nargs="?", help="grid TOML file (default: built-in demo grid)")
     bench.add_argument("--db", default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
-    bench.add_argument("-o", "--out", default=DEFAULT_REPORT_DIR,
-                       help=f"report directory (default: {DEFAULT_REPORT_DIR})")
     bench.add_argument("--workers", default="auto",
                        help="parallel worker processes, or 'auto': one per CPU core (at most 8) when the runs "
                             "use the CPU, 1 when they may use a GPU (default: auto)")
@@ -30,18 +30,15 @@ def register(subparsers) -> None:
     bench.add_argument("--retry-failed", action="store_true", help="run again the runs stored as failed")
     bench.add_argument("--data-dir", help="dataset directory for every run (does not change run keys)")
     bench.add_argument("--device", help="device for every run, e.g. cpu or cuda (does not change run keys)")
-    bench.add_argument("--no-report", action="store_true", help="only run; do not write the report")
     bench.add_argument("--list", action="store_true", help="validate the grid, list its runs and their "
                                                            "status, and exit")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.add_argument("--run-fn", metavar="MODULE:FUNCTION",
                        help="run function instead of gence.train.fit: called as f(config: dict) and "
                             "returns (metrics: dict, extras); for your own training code")
-    bench.add_argument("--select-by", default=None,
-                       help="validation metric that picks each loss's best setting when a grid sweeps "
-                            "hyperparameters (default: the report's, val/error)")
-    bench.set_defaults(func=bench_main)
 
+
+def register(subparsers) -> None:
     merge = subparsers.add_parser(
         "merge", help="combine results databases (e.g. from shards) without duplicates",
         description="Copy every finished or failed run of the INPUT databases into OUTPUT (created if "
@@ -58,7 +55,18 @@ def _load(args):
     return load_demo_grid() if args.config is None else load_grid(args.config)
 
 
-def bench_main(args: argparse.Namespace) -> int:
+@dataclasses.dataclass
+class BenchOutcome:
+    """What :func:`run_bench` did: the exit code, the grid it ran (None when it could not load it), and
+    whether every run of the whole grid was attempted here (not a listing, not a shard): then a report is due."""
+
+    code: int
+    grid: Grid | None = None
+    complete: bool = False
+
+
+def run_bench(args: argparse.Namespace) -> BenchOutcome:
+    """Run (or, with ``--list``, list) the grid of ``args`` (the arguments of :func:`add_bench_arguments`)."""
     from gence.experiments.db import ResultsDB
     from gence.experiments.grid import GridError, parse_shard, shard, tune_state
     from gence.experiments.runner import auto_workers, describe, run_grid
@@ -68,7 +76,7 @@ def bench_main(args: argparse.Namespace) -> int:
         shard_spec = parse_shard(args.shard) if args.shard else None
     except (GridError, ValueError) as exc:
         print(f"gence bench: {exc}", file=sys.stderr)
-        return 2
+        return BenchOutcome(2)
     runs = shard(grid.runs, *shard_spec) if shard_spec else grid.runs
     # Tuned runs are sharded among themselves; a shard runs its tuned runs once its own database holds
     # every tuning run finished (merge the shards' databases into each shard's, then run it again).
@@ -83,10 +91,10 @@ def bench_main(args: argparse.Namespace) -> int:
                 raise ValueError
         except ValueError:
             print(f"gence bench: --workers {args.workers!r}: expected an integer >= 1 or 'auto'", file=sys.stderr)
-            return 2
+            return BenchOutcome(2, grid)
     if args.threads is not None and args.threads < 1:
         print(f"gence bench: --threads {args.threads}: expected an integer >= 1", file=sys.stderr)
-        return 2
+        return BenchOutcome(2, grid)
     if args.list:
         status, rows = {}, {}
         if Path(args.db).exists():
@@ -117,7 +125,7 @@ def bench_main(args: argparse.Namespace) -> int:
             extra.append(f"{counts['failed']} failed to tune")
         print(f"{len(runs) + len(tuned)} run(s)" + (f" ({', '.join(extra)})" if extra else "")
               + (f" (shard {args.shard} of {total})" if shard_spec else ""))
-        return 0
+        return BenchOutcome(0, grid)
     where = grid.path or "built-in demo grid"
     print(f"gence bench: {len(runs) + len(tuned)} run(s)"
           + (f" ({len(tuned)} with a tuned {', '.join(sorted({t.tune.field for t in tuned}))})" if tuned else "")
@@ -130,27 +138,18 @@ def bench_main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)
-        return 130
+        return BenchOutcome(130, grid)
     print(f"gence bench: {summary.line()}", file=sys.stderr)
     for what, message in summary.untunable:
         print(f"gence bench: not run (failed to tune): {what}: {message}", file=sys.stderr)
     failed = bool(summary.failed or summary.untunable)
-    if shard_spec or args.no_report:
-        if shard_spec:
-            print("gence bench: shard done; `gence merge` the shard databases, then `gence report`",
-                  file=sys.stderr)
-            if summary.waiting:
-                print(f"gence bench: {summary.waiting} tuned run(s) of this shard wait for tuning runs of other "
-                      f"shards: `gence merge` every shard database into this one ({args.db}) and run this "
-                      f"shard again", file=sys.stderr)
-        return 1 if failed else 0
-    from gence.report import write_report
-
-    kwargs = {"select_by": args.select_by} if args.select_by else {}
-    report = write_report(args.db, args.out, **kwargs)
-    print(report.summary)
-    print(f"gence bench: report written to {report.markdown_path}", file=sys.stderr)
-    return 1 if failed else 0
+    if shard_spec:
+        print("gence bench: shard done; `gence merge` the shard databases, then `gence report`", file=sys.stderr)
+        if summary.waiting:
+            print(f"gence bench: {summary.waiting} tuned run(s) of this shard wait for tuning runs of other "
+                  f"shards: `gence merge` every shard database into this one ({args.db}) and run this "
+                  f"shard again", file=sys.stderr)
+    return BenchOutcome(1 if failed else 0, grid, complete=not shard_spec)
 
 
 def merge_main(args: argparse.Namespace) -> int:

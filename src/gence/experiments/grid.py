@@ -72,7 +72,8 @@ class GridError(ValueError):
 AXIS_FIELDS = ("dataset", "dataset_params", "regime", "model", "model_params", "loss", "loss_params", "seed")
 
 TOP_KEYS = {"train": "shared TrainConfig settings", "grid": "one block or an array of blocks",
-            "override": "array of conditional settings", "description": "free text"}
+            "override": "array of conditional settings", "description": "free text",
+            "verdict": "table read by the report's verdict (kept as is, not validated here)"}
 BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train", "tune")
 TUNE_KEYS = ("from", "field", "metric")
 DEFAULT_TUNE_METRIC = "val/error"
@@ -134,6 +135,7 @@ class Grid:
     text: str
     runs: list[RunSpec]                       # ordinary runs (their keys never depend on other runs)
     tuned: list[TunedSpec] = dataclasses.field(default_factory=list)  # runs of blocks with ``tune``
+    verdict: dict | None = None               # the file's [verdict] table, raw (gence.report.verdict reads it)
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -630,7 +632,11 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
             t = TunedSpec(config=candidates[0][1].config, label=label, grid=p["name"], tune=tune,
                           tuning=tuple(tuning), candidates=tuple(candidates))
             tuned.setdefault(tuple(s.key for _, s in candidates), t)
-    return Grid(name=grid_name, path=path, text=text, runs=list(runs.values()), tuned=list(tuned.values()))
+    verdict = doc.get("verdict")
+    if verdict is not None and not isinstance(verdict, dict):
+        raise GridError(f"{where}: verdict = {verdict!r}: expected a [verdict] table")
+    return Grid(name=grid_name, path=path, text=text, runs=list(runs.values()), tuned=list(tuned.values()),
+                verdict=verdict)
 
 
 # ------------------------------------------------------------------------------------------- tuning

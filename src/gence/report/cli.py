@@ -1,12 +1,22 @@
-"""``gence report DB -o DIR``: the report of a results database; ``--verdict`` adds the study's verdict."""
+"""``gence report DB -o DIR``: the report of a results database; ``--verdict`` adds the verdict, configured
+by a grid file's ``[verdict]`` table (the file given, or the grid files stored in the database)."""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from gence.report.sections import with_verdict
+from gence.report.tables import DEFAULT_SELECT_BY, load_results
+from gence.report.verdict import VerdictError, VerdictSpec, spec_from_grids, verdict_sections
+from gence.report.writer import Report, write_report
 
 DEFAULT_TITLE = "gence benchmark report"
 VERDICT_TITLE = "Does GenCE deliver what its paper claims? Results of the study"
+FROM_DB = ""   # --verdict without a file: the [verdict] table of the grid files stored in the database
 
 
 def register(subparsers) -> None:
@@ -22,11 +32,12 @@ def register(subparsers) -> None:
     p.add_argument("--markdown", default=None, metavar="PATH",
                    help="write the Markdown to PATH instead of OUT/FILENAME; its links are relative to PATH's folder "
                         "(e.g. --markdown RESULTS.md -o results)")
-    p.add_argument("--verdict", action="store_true",
+    p.add_argument("--verdict", nargs="?", const=FROM_DB, default=None, metavar="GRID",
                    help="add the study's progress (runs done per grid block) and one generated section per claim "
-                        "with a verdict decided by stated rules (gence.report.verdict)")
-    p.add_argument("--select-by", default="val/error",
-                   help="validation metric that picks each loss's best swept setting (default: val/error)")
+                        "with a verdict decided by stated rules, configured by the [verdict] table of GRID (a grid "
+                        "TOML file) or, without GRID, of the grid files stored in the database")
+    p.add_argument("--select-by", default=DEFAULT_SELECT_BY,
+                   help=f"validation metric that picks each loss's best swept setting (default: {DEFAULT_SELECT_BY})")
     p.set_defaults(func=report_main)
 
 
@@ -37,41 +48,57 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--markdown", args.markdown]
     elif args.filename != "README.md":
         parts += ["--filename", args.filename]
-    if args.verdict:
-        parts.append("--verdict")
+    if args.verdict is not None:
+        parts += ["--verdict"] + ([args.verdict] if args.verdict else [])
     if args.title is not None:
         parts += ["--title", args.title]
-    if args.select_by != "val/error":
+    if args.select_by != DEFAULT_SELECT_BY:
         parts += ["--select-by", args.select_by]
     return shlex.join(parts)
 
 
+def verdict_table_of(path: str | Path) -> Mapping[str, Any]:
+    """The ``[verdict]`` table of a grid TOML file."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise VerdictError(f"--verdict {path}: cannot read a grid TOML file: {exc}") from None
+    if "verdict" not in doc:
+        raise VerdictError(f"--verdict {path}: the file has no [verdict] table")
+    return doc["verdict"]
+
+
+def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, Any] | None = None,
+              verdict_spec: VerdictSpec | None = None, title: str | None = None, markdown_path: str | Path | None = None,
+              select_by: str | None = None, command: str | None = None) -> Report:
+    """The report of ``db``, with the verdict when a ``[verdict]`` table or spec is given (what ``gence report``
+    and ``gence bench`` write)."""
+    spec = verdict_spec or (VerdictSpec.from_table(verdict_table) if verdict_table is not None else None)
+    sections = with_verdict(verdict_sections(spec)) if spec is not None else None
+    return write_report(db, out, title=title or (VERDICT_TITLE if spec is not None else DEFAULT_TITLE),
+                        sections=sections, markdown_path=markdown_path, command=command,
+                        select_by=select_by or DEFAULT_SELECT_BY)
+
+
 def report_main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gence.report import write_report
-
     if not Path(args.db).exists():
         print(f"gence report: results database {args.db} does not exist", file=sys.stderr)
         return 2
-    title = args.title or (VERDICT_TITLE if args.verdict else DEFAULT_TITLE)
-    preamble = sections = None
-    if args.verdict:
-        from gence.report.verdict import build_verdict
-
-        cache: dict = {}
-
-        def verdict(results):
-            if "v" not in cache:
-                md = Path(args.markdown) if args.markdown else Path(args.out) / args.filename
-                cache["v"] = build_verdict(results, plots_dir=Path(args.out) / "plots", link_dir=md.parent)
-            return cache["v"]
-
-        preamble = lambda results: verdict(results).preamble  # noqa: E731
-        sections = lambda results: verdict(results).sections  # noqa: E731
-    report = write_report(args.db, args.out, title=title, filename=args.filename, select_by=args.select_by,
-                          markdown_path=args.markdown, preamble=preamble, extra_sections=sections,
-                          command=command_line(args))
+    spec = None
+    try:
+        if args.verdict == FROM_DB:
+            spec = spec_from_grids(load_results(args.db).grids)
+            if spec is None:
+                raise VerdictError(f"--verdict: no grid file stored in {args.db} has a [verdict] table; pass the "
+                                   "grid file: --verdict GRID.toml")
+        elif args.verdict is not None:
+            spec = VerdictSpec.from_table(verdict_table_of(args.verdict), f"{args.verdict}: [verdict]")
+    except VerdictError as exc:
+        print(f"gence report: {exc}", file=sys.stderr)
+        return 2
+    markdown = Path(args.markdown) if args.markdown else Path(args.out) / args.filename
+    report = write_for(args.db, args.out, verdict_spec=spec, title=args.title, markdown_path=markdown,
+                       select_by=args.select_by, command=command_line(args))
     print(report.summary)
     print(f"gence report: {len(report.files)} files written; open {report.markdown_path}", file=sys.stderr)
     return 0

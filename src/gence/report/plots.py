@@ -4,20 +4,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from gence.calibration import plot_reliability_bins
+from gence.report.columns import METRIC, RELIABILITY_SPLITS
 from gence.report.stats import mean_interval, mean_std
-from gence.report.tables import BASELINE, Results, regime_order
+from gence.report.tables import BASELINE, Results, regime_order, slug
 
 
 def _figure(**kwargs):
-    try:
+    try:  # optional dependency: imported where used
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover
         raise ImportError("the report's plots need matplotlib: pip install 'gence[plot]'") from exc
     return Figure(**kwargs)
-
-
-def _slug(*parts: str) -> str:
-    return "_".join(str(p).replace(":", "-").replace("/", "-").replace(" ", "") for p in parts)
 
 
 def _labels_per_class(regime: str) -> float | None:
@@ -50,7 +48,7 @@ def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
                 g = results.group(s, label)
                 if g is None:
                     continue
-                m, a, b = mean_interval([r.metrics.get("test/error", math.nan) * 100 for r in g.runs])
+                m, a, b = mean_interval([r.metrics.get(METRIC["error"], math.nan) * 100 for r in g.runs])
                 if math.isnan(m):
                     continue
                 xs.append(_labels_per_class(s[1]) * dodge)
@@ -58,7 +56,7 @@ def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
                 lo.append(m - a if not math.isnan(a) else 0.0)
                 hi.append(b - m if not math.isnan(b) else 0.0)
             if xs:
-                ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=label,
+                ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=results.display(label),
                             linewidth=2.2 if label in (BASELINE, "gence") else 1.2)
         ax.set_xscale("log")
         ticks = sorted({_labels_per_class(s[1]) for s in settings})
@@ -69,7 +67,7 @@ def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
         ax.set_title(f"{dataset}, {model}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
-        path = out_dir / f"error_vs_labels_{_slug(dataset, model)}.png"
+        path = out_dir / f"error_vs_labels_{slug(dataset, model)}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths
@@ -106,8 +104,6 @@ def _gence_label(results: Results, setting) -> str | None:
 def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
     """CE and GenCE side by side, before and after temperature scaling (left, right), test split bins
     pooled over the seeds of each; one PNG per setting that has both losses with stored bins."""
-    from gence.calibration import plot_reliability_bins
-
     paths = []
     for setting in results.settings():
         base = results.baseline(setting)
@@ -117,7 +113,7 @@ def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
         groups = [base, results.group(setting, glabel)]
         panels = {}
         for g in groups:
-            for split in ("test", "test_ts"):
+            for split in RELIABILITY_SPLITS:
                 bins = [r.extras["reliability"][split] for r in g.runs
                         if isinstance(r.extras, dict) and split in (r.extras.get("reliability") or {})]
                 if bins:
@@ -130,7 +126,7 @@ def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
         fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1, top=0.8, wspace=0.25)
         axes = fig.subplots(1, 4)
         for col, g in enumerate(groups):
-            for row, split in enumerate(("test", "test_ts")):
+            for row, split in enumerate(RELIABILITY_SPLITS):
                 ax = axes[2 * row + col]  # CE and GenCE next to each other, before TS then after
                 if (g.label, split) not in panels:
                     ax.set_axis_off()
@@ -139,7 +135,7 @@ def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
                 when = "before TS" if split == "test" else "after TS"
                 plot_reliability_bins(bins, ax=ax, title=f"{g.label}, {when} ({n} seeds pooled)")
         fig.suptitle(f"Reliability, {setting[0]} {setting[1]} {setting[2]}")
-        path = out_dir / f"reliability_{_slug(*setting)}.png"
+        path = out_dir / f"reliability_{slug(*setting)}.png"
         fig.savefig(path, dpi=100)
         paths.append(path)
     return paths
@@ -159,10 +155,10 @@ def ece_before_after(results: Results, out_dir: Path) -> list[Path]:
             xs, before, after, bsd, asd, names = [], [], [], [], [], []
             for i, label in enumerate(lab for lab in labels if results.group(setting, lab) is not None):
                 g = results.group(setting, label)
-                b = mean_std([r.metrics.get("test/ece", math.nan) * 100 for r in g.runs])
-                a = mean_std([r.metrics.get("test_ts/ece", math.nan) * 100 for r in g.runs])
+                b = mean_std([r.metrics.get(METRIC["ece"], math.nan) * 100 for r in g.runs])
+                a = mean_std([r.metrics.get(METRIC["ece_ts"], math.nan) * 100 for r in g.runs])
                 xs.append(i)
-                names.append(label)
+                names.append(results.display(label))
                 before.append(b[0])
                 after.append(a[0])
                 bsd.append(0.0 if math.isnan(b[1]) else b[1])
@@ -176,7 +172,7 @@ def ece_before_after(results: Results, out_dir: Path) -> list[Path]:
         axes[0].set_ylabel("test ECE % (mean ± std)")
         axes[0].legend(fontsize="small")
         fig.suptitle(f"ECE before and after temperature scaling, {dataset}, {model}")
-        path = out_dir / f"ece_ts_{_slug(dataset, model)}.png"
+        path = out_dir / f"ece_ts_{slug(dataset, model)}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths
@@ -232,6 +228,6 @@ def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float
 
 
 def _log_formatter():
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter  # optional dependency, as in _figure
 
     return FuncFormatter(lambda v, _: f"{v:g}")

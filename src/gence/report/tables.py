@@ -9,65 +9,32 @@ Groups are also split by grid block (the ``grid`` column of the database): seeds
 setting and a loss are never pooled; a setting's table then has a ``block`` column. Runs of tuning blocks
 (blocks named in some block's ``tune.from``, read from the grid files stored in the database) are not in
 the main tables: :func:`tuning_tables` summarises them per candidate value. Rows that are not benchmark
-runs (the properness study's, or any without a ``dataset``) are skipped.
+runs (the properness study's, or any without a ``dataset``) are skipped. Labels whose runs gave exactly the
+same metrics as another label's on every run both have (the same loss under two names) are shown once
+(:func:`same_loss_labels`, ``Results.display``).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import io
+import json
 import math
+import tomllib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from gence.experiments.db import KEY_EXCLUDED_FIELDS, ResultsDB, canonical_json
-from gence.experiments.grid import TuneSpec, choose_value, tuning_ident, value_order
-from gence.report.stats import PairedResult, mean_std, paired_comparison
+from gence.experiments.grid import TuneSpec, tuning_ident, value_order
+from gence.report.columns import (LONG_TAILED_COLUMNS, MAIN_COLUMNS, METRIC, PAIRED_COLUMNS, TIMING_METRICS,
+                                  Column, ood_key, ood_sets)
+from gence.report.stats import PairedDifference, holm, mean_std, p_text, paired_difference
+from gence.selection import best_candidate
 
-DEFAULT_SELECT_BY = "val/error"
-TIE_BREAK = "val/nll"
+DEFAULT_SELECT_BY = METRIC["val_error"]
+TIE_BREAK = METRIC["val_nll"]
 BASELINE = "ce"
-
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    name: str                                  # header in Markdown
-    key: str                                   # short name in CSV
-    value: Callable[[dict], float]             # metric of one run (metrics dict -> float)
-    scale: float = 1.0                         # 100 for percentages in Markdown
-    higher_is_better: bool = False
-    digits: int = 2
-
-
-def _metric(name: str) -> Callable[[dict], float]:
-    return lambda m: float(m.get(name, math.nan))
-
-
-def _ood_mean(score: str, stat: str) -> Callable[[dict], float]:
-    def value(m: dict) -> float:
-        vals = [v for k, v in m.items() if k.startswith("ood/") and k.endswith(f"/{score}/{stat}")]
-        return float(sum(vals) / len(vals)) if vals else math.nan
-    return value
-
-
-MAIN_COLUMNS = (
-    Column("error %", "error", _metric("test/error"), 100),
-    Column("NLL", "nll", _metric("test/nll"), 1, digits=3),
-    Column("ECE %", "ece", _metric("test/ece"), 100),
-    Column("AdaECE %", "adaece", _metric("test/adaece"), 100),
-    Column("cw-ECE %", "classwise_ece", _metric("test/classwise_ece"), 100),
-    Column("ECE after TS %", "ece_ts", _metric("test_ts/ece"), 100),
-    Column("OOD AUROC %", "ood_auroc", _ood_mean("msp", "auroc"), 100, higher_is_better=True),
-    Column("OOD FPR95 %", "ood_fpr95", _ood_mean("msp", "fpr95"), 100),
-)
-LONG_TAILED_COLUMNS = (
-    Column("many acc %", "acc_many", _metric("test/acc_many"), 100, higher_is_better=True),
-    Column("medium acc %", "acc_medium", _metric("test/acc_medium"), 100, higher_is_better=True),
-    Column("few acc %", "acc_few", _metric("test/acc_few"), 100, higher_is_better=True),
-)
-# Metrics compared with CE seed by seed.
-PAIRED_COLUMNS = (MAIN_COLUMNS[0], MAIN_COLUMNS[1], MAIN_COLUMNS[2], MAIN_COLUMNS[5], MAIN_COLUMNS[6])
 
 
 @dataclasses.dataclass
@@ -145,9 +112,19 @@ class Results:
     blocks: list[str] = dataclasses.field(default_factory=list)           # main-table blocks, in file order
     tuning: list[TuningTable] = dataclasses.field(default_factory=list)
     tuning_runs: list[Run] = dataclasses.field(default_factory=list)      # runs of tuning blocks
+    same_as: dict[str, str] = dataclasses.field(default_factory=dict)     # label -> the label it duplicates
+
+    def canonical(self, label: str) -> str:
+        """The label a duplicate label is shown as (itself when it is no duplicate)."""
+        return self.same_as.get(label, label)
+
+    def display(self, label: str) -> str:
+        """``a = b = ...`` for a label that stands for several identical ones, else the label."""
+        twins = [lab for lab, first in self.same_as.items() if first == label]
+        return " = ".join([label, *twins])
 
     def settings(self) -> list[tuple[str, str, str]]:
-        return sorted({g.setting for g in self.groups}, key=_setting_order)
+        return sorted({g.setting for g in self.groups}, key=setting_order)
 
     def block_order(self, block: str) -> tuple:
         return (self.blocks.index(block), block) if block in self.blocks else (len(self.blocks), block)
@@ -198,7 +175,7 @@ def regime_order(regime: str) -> tuple:
     return (parts[0], nums)
 
 
-def _setting_order(s: tuple[str, str, str]) -> tuple:
+def setting_order(s: tuple[str, str, str]) -> tuple:
     return (s[0], regime_order(s[1]), s[2])
 
 
@@ -210,8 +187,6 @@ def is_benchmark_row(row: dict) -> bool:
 
 def grid_tunes(grids: Sequence[dict]) -> tuple[dict[str, TuneSpec], list[str]]:
     """Blocks with ``tune`` and every block name, in file order, read from the stored grid files."""
-    import tomllib
-
     tunes: dict[str, TuneSpec] = {}
     names: list[str] = []
     for g in grids:
@@ -255,19 +230,18 @@ def load_results(db_path: str | Path, *, select_by: str = DEFAULT_SELECT_BY) -> 
     by_group: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         by_group[(run.setting, run.block, run.label)].append(run)
+    same = same_loss_labels(all_runs)
     groups = []
     for (setting, block, label), members in by_group.items():
+        if label in same:
+            continue
         variants = split_variants(members)
         selection = {}
         if len(variants) > 1:
             for name, vruns in variants.items():
                 selection[name] = mean_std([r.metrics.get(select_by, math.nan) for r in vruns])[0]
-
-            def score(name):
-                primary = selection[name]
-                tie = mean_std([r.metrics.get(TIE_BREAK, math.nan) for r in variants[name]])[0]
-                return (math.isnan(primary), primary, math.isnan(tie), tie, name)
-            selected = min(variants, key=score)
+            selected = best_candidate({name: [r.metrics for r in vruns] for name, vruns in variants.items()},
+                                      select_by, TIE_BREAK) or next(iter(variants))
         else:
             selected = next(iter(variants))
         groups.append(Group(setting, label, variants, selected, selection, block=block))
@@ -275,9 +249,34 @@ def load_results(db_path: str | Path, *, select_by: str = DEFAULT_SELECT_BY) -> 
     blocks += sorted({g.block for g in groups} - set(blocks))
     tuning_runs = [r for r in all_runs if r.block in tuning_blocks]
     failed_tuning = [r for r in failed if r["grid"] in tuning_blocks]
-    tables = tuning_tables(tunes, tuning_runs, failed_tuning)
+    tables = tuning_tables(tunes, [r for r in tuning_runs if r.label not in same],
+                           [f for f in failed_tuning if f["label"] not in same])
     return Results(runs=runs, failed=failed, groups=groups, grids=grids, select_by=select_by, blocks=blocks,
-                   tuning=tables, tuning_runs=tuning_runs)
+                   tuning=tables, tuning_runs=tuning_runs, same_as=same)
+
+
+def same_loss_labels(runs: Sequence[Run]) -> dict[str, str]:
+    """Labels that are the same loss under another name: ``{label: first label}`` for every label whose runs
+    have exactly the same metrics as an earlier label's (label order) on every run both have (same block and
+    config apart from the loss), with at least one such run. Such labels are shown once, as the first."""
+    by_label: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in runs:
+        ident = {k: v for k, v in r.config.items() if k not in ("loss", "loss_params") and k not in KEY_EXCLUDED_FIELDS}
+        by_label[r.label][canonical_json([r.block, ident])] = canonical_json(
+            {k: v for k, v in r.metrics.items() if k not in TIMING_METRICS})   # NaN == NaN in JSON text
+    loss_of = {r.label: r.config.get("loss", "") for r in runs}
+    labels = sorted(by_label, key=lambda lab: label_order(lab, loss_of[lab]))
+    same: dict[str, str] = {}
+    for i, a in enumerate(labels):
+        if a in same:
+            continue
+        for b in labels[i + 1:]:
+            if b in same:
+                continue
+            shared = set(by_label[a]) & set(by_label[b])
+            if shared and all(by_label[a][k] != "{}" and by_label[a][k] == by_label[b][k] for k in shared):
+                same[b] = a
+    return same
 
 
 def tuning_tables(tunes: dict[str, TuneSpec], runs: Sequence[Run], failed: Sequence[dict]) -> list[TuningTable]:
@@ -301,7 +300,10 @@ def tuning_tables(tunes: dict[str, TuneSpec], runs: Sequence[Run], failed: Seque
             by_ident.setdefault(ident, [])
         rows = []
         for ident, members in by_ident.items():
-            choice = choose_value([(r.config.get(field), r.metrics) for r in members], metric)
+            by_value: dict[str, list[dict]] = defaultdict(list)
+            for r in members:
+                by_value[canonical_json(r.config.get(field))].append(r.metrics)
+            chosen_key = best_candidate(by_value, metric, TIE_BREAK, order=lambda k: value_order(json.loads(k)))
             values = {canonical_json(r.config.get(field)): r.config.get(field) for r in members}
             failed_values = {canonical_json(f["config"].get(field)): f["config"].get(field) for f in bad
                              if tuning_ident(f["config"], f["label"]) == ident}
@@ -315,11 +317,11 @@ def tuning_tables(tunes: dict[str, TuneSpec], runs: Sequence[Run], failed: Seque
             for vkey, value in sorted(values.items(), key=lambda kv: value_order(kv[1])):
                 vr = [r for r in members if canonical_json(r.config.get(field)) == vkey]
                 m, sd, _ = mean_std([r.metrics.get(metric, math.nan) for r in vr])
-                e, esd, _ = mean_std([r.metrics.get("test/error", math.nan) for r in vr])
+                e, esd, _ = mean_std([r.metrics.get(METRIC["error"], math.nan) for r in vr])
                 rows.append(TuningRow(
                     dataset=ref["dataset"], model=ref["model"], label=label, regimes=", ".join(regimes),
                     value=value, n=len(vr), failed=failed_by[(ident, vkey)], metric=(m, sd), test_error=(e, esd),
-                    chosen=choice is not None and canonical_json(choice.value) == vkey,
+                    chosen=chosen_key == vkey,
                     seeds=len({r.seed for r in vr})))
         rows.sort(key=lambda r: (r.dataset, r.model, label_order(r.label), value_order(r.value)))
         out.append(TuningTable(sources=sources, field=field, metric=metric, tuned_blocks=tuple(tuned_blocks),
@@ -409,12 +411,6 @@ def fmt_num(value: float, digits: int = 2, scale: float = 1.0) -> str:
     return "–" if value is None or math.isnan(value) else f"{value * scale:.{digits}f}"
 
 
-def fmt_p(p: float) -> str:
-    if p is None or math.isnan(p):
-        return "–"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-
-
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: Sequence[str] | None = None) -> str:
     align = align or ["l"] + ["r"] * (len(header) - 1)
     sep = ["---:" if a == "r" else ":---" for a in align]
@@ -432,6 +428,11 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
             w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 
 
+def slug(*parts: str) -> str:
+    """A file-name part from setting names (``cifar10_balanced-10_wrn``)."""
+    return "_".join(str(p).replace(":", "-").replace("/", "-").replace(" ", "") for p in parts)
+
+
 def is_long_tailed(regime: str) -> bool:
     return regime.startswith(("long_tailed", "lt"))
 
@@ -443,7 +444,7 @@ def setting_rows(results: Results, setting) -> list[dict]:
     rows = []
     for g in results.groups_of(setting):
         row = {"dataset": setting[0], "regime": setting[1], "model": setting[2], "block": g.block,
-               "loss": g.label, "variant": g.selected, "n": len(g.runs)}
+               "loss": results.display(g.label), "variant": g.selected, "n": len(g.runs)}
         for c in cols:
             m, s, _ = mean_std([c.value(r.metrics) for r in g.runs])
             row[c.key] = (m, s)
@@ -509,7 +510,8 @@ def summary_table(results: Results, column: Column = MAIN_COLUMNS[0]) -> str:
                     cells[first + i] = f"**{cells[first + i]}**"
         rows.append(cells)
     head = ["dataset", "model", "regime"] + (["block"] if multi else [])
-    return markdown_table(head + labels, rows, ["l"] * len(head) + ["r"] * len(labels))
+    return markdown_table(head + [results.display(lab) for lab in labels], rows,
+                          ["l"] * len(head) + ["r"] * len(labels))
 
 
 @dataclasses.dataclass
@@ -517,12 +519,14 @@ class PairedRow:
     setting: tuple[str, str, str]
     label: str
     column: Column
-    result: PairedResult
+    result: PairedDifference
     block: str = ""
+    p_holm: float = math.nan     # paired-t p after Holm over the settings of this loss and metric
 
 
 def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) -> list[PairedRow]:
-    """Every non-CE group against CE of its setting and block, over matching seeds (selected variants)."""
+    """Every non-CE group against CE of its setting and block, over matching seeds (selected variants); Holm
+    adjusts each (loss, metric)'s paired-t p-values over its settings."""
     out = []
     for setting, block in [(s, b) for s in results.settings() for b in results.blocks_of(s)]:
         base = results.baseline(setting, block)
@@ -536,12 +540,19 @@ def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) ->
                 b = {r.seed: c.value(r.metrics) for r in base.runs}
                 if all(math.isnan(v) for v in a.values()) and all(math.isnan(v) for v in b.values()):
                     continue
-                out.append(PairedRow(setting, g.label, c, paired_comparison(a, b), block))
+                out.append(PairedRow(setting, g.label, c, paired_difference(a, b), block))
+    families: dict[tuple, list[PairedRow]] = defaultdict(list)
+    for r in out:
+        families[(r.label, r.column.key)].append(r)
+    for fam in families.values():
+        for r, p in zip(fam, holm([r.result.p for r in fam])):
+            r.p_holm = float(p)
     return out
 
 
-def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str]) -> str:
-    """One table for (dataset, model): rows (regime, loss), a cell per metric: Δ [95% CI] (p)."""
+def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str], display=lambda lab: lab) -> str:
+    """One table for (dataset, model): rows (regime, loss), a cell per metric: Δ [95% t interval], paired-t p,
+    and * when that p stays below 0.05 after Holm over the loss's settings."""
     mine = [r for r in rows if (r.setting[0], r.setting[2]) == setting_prefix]
     columns = []
     for r in mine:
@@ -555,7 +566,7 @@ def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str]) -> s
     show_block = len({r.block for r in mine}) > 1
     table = []
     for regime, block, label in keys:
-        cells = [regime] + ([block] if show_block else []) + [label]
+        cells = [regime] + ([block] if show_block else []) + [display(label)]
         n = ""
         for c in columns:
             hit = next((r for r in mine if r.setting[1] == regime and r.block == block and r.label == label
@@ -565,9 +576,9 @@ def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str]) -> s
                 continue
             res = hit.result
             n = str(res.n)
-            text = f"{fmt_num(res.mean_diff, c.digits, c.scale)} [{fmt_num(res.ci_low, c.digits, c.scale)}, " \
-                   f"{fmt_num(res.ci_high, c.digits, c.scale)}] p={fmt_p(res.p_value)}"
-            if res.note and math.isnan(res.p_value):
+            text = f"{fmt_num(res.mean, c.digits, c.scale)} [{fmt_num(res.low, c.digits, c.scale)}, " \
+                   f"{fmt_num(res.high, c.digits, c.scale)}] {p_text(res.p)}" + ("*" if hit.p_holm < 0.05 else "")
+            if res.note and math.isnan(res.p):
                 text += f" ({res.note})"
             cells.append(text)
         cells.insert(3 if show_block else 2, n)
@@ -579,26 +590,26 @@ def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str]) -> s
 
 def paired_csv_rows(rows: list[PairedRow]) -> tuple[list[str], list[list]]:
     header = ["dataset", "regime", "model", "block", "loss", "metric", "n_pairs", "mean_diff_vs_ce", "ci95_low",
-              "ci95_high", "wilcoxon_p", "note"]
+              "ci95_high", "t_p", "t_p_holm", "wilcoxon_exact_p", "hodges_lehmann", "note"]
     return header, [[r.setting[0], r.setting[1], r.setting[2], r.block, r.label, r.column.key, r.result.n,
-                     r.result.mean_diff, r.result.ci_low, r.result.ci_high, r.result.p_value, r.result.note]
-                    for r in rows]
+                     r.result.mean, r.result.low, r.result.high, r.result.p, r.p_holm, r.result.p_wilcoxon,
+                     r.result.hodges_lehmann, r.result.note] for r in rows]
 
 
 def ood_table(results: Results, setting) -> str | None:
     """Per OOD set, MSP AUROC and FPR95 (mean ± std over seeds, %)."""
     groups = results.groups_of(setting)
-    sets = sorted({k.split("/")[1] for g in groups for r in g.runs for k in r.metrics if k.startswith("ood/")})
+    sets = sorted({s for g in groups for r in g.runs for s in ood_sets(r.metrics)})
     if not sets:
         return None
     show_block = len({g.block for g in groups}) > 1
     header = (["block"] if show_block else []) + ["loss"] + [f"{s} {stat}" for s in sets for stat in ("AUROC %", "FPR95 %")]
     rows = []
     for g in groups:
-        cells = ([g.block] if show_block else []) + [g.label]
+        cells = ([g.block] if show_block else []) + [results.display(g.label)]
         for s in sets:
             for stat in ("auroc", "fpr95"):
-                m, sd, _ = mean_std([r.metrics.get(f"ood/{s}/msp/{stat}", math.nan) for r in g.runs])
+                m, sd, _ = mean_std([r.metrics.get(ood_key(s, stat), math.nan) for r in g.runs])
                 cells.append(fmt_mean_std(m, sd, 100, 1))
         rows.append(cells)
     return markdown_table(header, rows)
@@ -613,7 +624,7 @@ def selection_table(results: Results) -> str | None:
                 continue
             for name, vruns in g.variants.items():
                 val = g.selection[name]
-                err, err_sd, _ = mean_std([r.metrics.get("test/error", math.nan) for r in vruns])
+                err, err_sd, _ = mean_std([r.metrics.get(METRIC["error"], math.nan) for r in vruns])
                 rows.append([setting[0], setting[1], setting[2], g.block, g.label, name, str(len(vruns)),
                              fmt_num(val, 4), fmt_mean_std(err, err_sd, 100), "yes" if name == g.selected else ""])
     if not rows:
@@ -633,7 +644,7 @@ def runs_csv(results: Results, path: Path) -> None:
     rows = [[r.key, r.config["dataset"], r.config["regime"], r.config["model"], r.block, r.config["loss"], r.label,
              r.seed, int(r.key in selected), r.wall_seconds, r.hardware, canonical_json(r.config)]
             + [r.metrics.get(k, math.nan) for k in metric_keys]
-            for r in sorted(every, key=lambda r: (_setting_order(r.setting), r.block, r.label, r.seed))]
+            for r in sorted(every, key=lambda r: (setting_order(r.setting), r.block, r.label, r.seed))]
     write_csv(path, header, rows)
 
 

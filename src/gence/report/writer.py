@@ -1,21 +1,18 @@
-"""The report: Markdown, CSV and PNG written from a results database by code, nothing typed by hand."""
+"""The report: Markdown, CSV and PNG written from a results database by code, nothing typed by hand.
+
+:func:`write_report` loads the results once and joins a list of sections (:mod:`gence.report.sections`,
+default :data:`~gence.report.sections.DEFAULT_SECTIONS`); each section is a function of a
+:class:`~gence.report.sections.Context` returning Markdown, and writes its CSV and PNG files through it.
+"""
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import shlex
-from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Sequence
 
-from gence.report import plots
+from gence.report import sections as S
 from gence.report import tables as T
-from gence.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-
-Section = tuple[str, str]
-ExtraSections = Union[Sequence[Section], Callable[["T.Results"], Sequence[Section]], None]
 
 
 @dataclasses.dataclass
@@ -27,194 +24,29 @@ class Report:
     results: "T.Results"
 
 
-def _hours(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
-def _rel(path: Path, start: Path) -> str:
-    """``path`` relative to the Markdown file's folder ``start`` (so links work wherever the tree is)."""
-    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
-
-
-def _tuning_heading(field: str) -> str:
-    return "Learning-rate tuning" if field == "lr" else f"Tuning of {field}"
-
-
-def summary_text(results: "T.Results") -> str:
-    err, ece = T.MAIN_COLUMNS[0], T.MAIN_COLUMNS[2]
-    bins = "/".join(str(b) for b in sorted({r.config.get("n_bins") for r in results.runs}, key=str))
-    return (f"Test error % (mean ± std over seeds; best in bold)\n\n{T.summary_table(results, err)}\n\n"
-            f"Test ECE % ({bins} equal-width bins; mean ± std over seeds)\n\n{T.summary_table(results, ece)}\n")
-
-
 def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "gence benchmark report",
-                 filename: str = "README.md", preamble: str | Callable[["T.Results"], str] | None = None,
-                 extra_sections: ExtraSections = None, select_by: str = T.DEFAULT_SELECT_BY,
-                 plots_dir: str = "plots", tables_dir: str = "tables", command: str | None = None,
-                 with_plots: bool = True, markdown_path: str | Path | None = None) -> Report:
-    """Write ``out_dir/filename`` (Markdown), CSV tables under ``out_dir/tables_dir`` and PNGs under
-    ``out_dir/plots_dir`` from the done runs of ``db_path``.
+                 sections: Sequence[S.Section] | None = None, markdown_path: str | Path | None = None,
+                 command: str | None = None, select_by: str = T.DEFAULT_SELECT_BY,
+                 with_plots: bool = True) -> Report:
+    """Write the Markdown report (default ``out_dir/README.md``), CSV tables under ``out_dir/tables`` and PNGs
+    under ``out_dir/plots`` from the done runs of ``db_path``.
 
-    ``markdown_path``: write the Markdown there instead of ``out_dir/filename`` (links are relative to its
-    folder, e.g. ``RESULTS.md`` at the repository root with plots and tables under ``results/``).
-
-    ``preamble``: Markdown placed right under the title, or a function of the loaded results returning it. ``extra_sections``: (heading, Markdown) pairs, or a
-    function of the loaded :class:`~gence.report.tables.Results` returning them, placed after the summary
-    (e.g. a generated verdict). ``command``: the command line shown as the way to regenerate the report
-    (default: ``gence report DB -o OUT_DIR``). ``with_plots=False`` skips the PNGs (tables only)."""
+    ``sections``: the sections in order (default :data:`gence.report.sections.DEFAULT_SECTIONS`; a verdict:
+    :func:`gence.report.sections.with_verdict`). ``markdown_path``: write the Markdown there instead (links
+    are relative to its folder, e.g. ``RESULTS.md`` at the repository root with plots and tables under
+    ``results/``). ``command``: the command shown as the way to regenerate the report (default: ``gence
+    report DB -o OUT_DIR``). ``select_by``: validation metric that picks each loss's swept setting.
+    ``with_plots=False`` skips the PNGs."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = T.load_results(db_path, select_by=select_by)
-    pdir, tdir = out_dir / plots_dir, out_dir / tables_dir
-    md_path = Path(markdown_path) if markdown_path is not None else out_dir / filename
+    md_path = Path(markdown_path) if markdown_path is not None else out_dir / "README.md"
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    link_dir = md_path.parent
-    if with_plots:
-        pdir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    md: list[str] = [f"# {title}", ""]
+    results = T.load_results(db_path, select_by=select_by)
     cmd = command or f"gence report {shlex.quote(str(db_path))} -o {shlex.quote(str(out_dir))}"
-    md += [f"Generated by code from `{db_path}` on "
-           f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; regenerate with `{cmd}`. "
-           "Nothing in this file is typed by hand.", ""]
-    if callable(preamble):
-        preamble = preamble(results)
-    if preamble:
-        md += [preamble.strip(), ""]
-
-    # ------------------------------------------------------------------------------------ setup header
-    runs = list(results.runs) + list(results.tuning_runs)
-    total = sum(r.wall_seconds for r in runs) + sum(f.get("wall_seconds") or 0.0 for f in results.failed)
-    md += ["## Setup", ""]
-    md.append(f"- Runs: {len(runs)} done, {len(results.failed)} failed; total compute time "
-              f"{_hours(total)} (sum of run wall times, failed runs included).")
-    for what, key in (("gence", "gence"), ("torch", "torch"), ("Python", "python")):
-        c = Counter(r.versions[key] for r in runs)
-        md.append(f"- {what}: " + ", ".join(f"{v} ({n} runs)" for v, n in sorted(c.items(), key=str)))
-    hw = Counter(r.hardware for r in runs)
-    md.append("- Hardware: " + "; ".join(f"{h} ({n} runs, {_hours(sum(r.wall_seconds for r in runs if r.hardware == h))})"
-                                         for h, n in sorted(hw.items())))
-    n_bins = sorted({r.config.get("n_bins") for r in runs if r.config.get("n_bins") is not None})
-    ood_sets = sorted({k.split("/")[1] for r in runs for k in r.metrics if k.startswith("ood/")})
-    md.append(f"- Metrics: error, NLL, ECE (equal-width, {', '.join(map(str, n_bins)) or '?'} bins), AdaECE "
-              "(equal-mass), classwise ECE on the test split; 'after TS' uses the temperature fitted on the "
-              "validation split. OOD: maximum softmax probability (MSP) as the score, in-distribution test "
-              "images positive; the main tables average AUROC and FPR at 95% TPR over the OOD sets ("
-              + (", ".join(ood_sets) or "none") + "), one table per set follows.")
-    md.append(f"- Mean ± sample standard deviation over seeds. Paired comparisons: loss − CE per seed over "
-              f"matching seeds, Wilcoxon signed-rank p (two-sided), percentile bootstrap 95% interval of the "
-              f"mean difference ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}). With n pairs the "
-              f"smallest possible exact p is 2/2^n (0.0625 for 5 seeds).")
-    if any(len(g.variants) > 1 for g in results.groups):
-        md.append(f"- Swept hyperparameters: each loss's setting in the main tables is the one with the best "
-                  f"mean `{results.select_by}` (ties: `{T.TIE_BREAK}`) on the validation split, chosen per "
-                  f"dataset, regime, model and loss; see 'Hyperparameter selection'.")
-    for t in results.tuning:
-        md.append(f"- Tuned `{t.field}`: block(s) {', '.join(f'`{b}`' for b in t.tuned_blocks)} take, per dataset, "
-                  f"model and loss, the `{t.field}` with the lowest mean `{t.metric}` over the runs of "
-                  f"{', '.join(f'`{b}`' for b in t.sources)} (ties: `val/nll`, then the smaller value), chosen by "
-                  f"the runner; those tuning runs are not in the main tables (see '{_tuning_heading(t.field)}').")
-    if results.multi_block():
-        md.append("- Runs of different grid blocks are never pooled: where a setting has runs of several blocks, "
-                  "the tables have a `block` column and the paired comparisons stay within a block.")
-    md.append("")
-    for g in results.grids:
-        where = f" (`{g['path']}`)" if g.get("path") else ""
-        md += [f"<details><summary>Grid <code>{g['name']}</code>{where}</summary>", "", "```toml",
-               g["text"].rstrip(), "```", "", "</details>", ""]
-
-    # ---------------------------------------------------------------------------------------- summary
-    summary = summary_text(results) if results.runs else (
-        "No finished runs outside tuning blocks yet.\n" if runs else "No finished runs.\n")
-    md += ["## Summary", "", summary]
-    extra = extra_sections(results) if callable(extra_sections) else (extra_sections or [])
-    for heading, body in extra:
-        md += [f"## {heading}", "", body.strip(), ""]
-
-    # ------------------------------------------------------------------------------- per-setting tables
-    md += ["## Results per dataset, regime and model", ""]
-    all_csv_header: list[str] | None = None
-    all_csv_rows: list[list] = []
-    for setting in results.settings():
-        table, header, rows = T.setting_table(results, setting)
-        csv_path = tdir / f"{plots._slug(*setting)}.csv"
-        T.write_csv(csv_path, header, rows)
-        files.append(csv_path)
-        md += [f"### {setting[0]}, {setting[1]}, {setting[2]}", "", table, "",
-               f"CSV: [{_rel(csv_path, link_dir)}]({_rel(csv_path, link_dir)})", ""]
-        ood = T.ood_table(results, setting)
-        if ood:
-            md += ["OOD detection per set (MSP):", "", ood, ""]
-    # --------------------------------------------------------------------------------- paired vs CE
-    paired = T.paired_rows(results)
-    md += ["## Paired comparison with CE", ""]
-    if paired:
-        md += ["Cells: mean of (loss − CE) over matching seeds [bootstrap 95% interval] and the Wilcoxon "
-               "p-value. Negative is better for error, NLL and ECE; positive for AUROC. Units as in the "
-               "tables (percentage points for %).", ""]
-        for dataset, model in sorted({(r.setting[0], r.setting[2]) for r in paired}):
-            md += [f"### {dataset}, {model}", "", T.paired_markdown(paired, (dataset, model)), ""]
-        header, rows = T.paired_csv_rows(paired)
-        path = tdir / "paired_vs_ce.csv"
-        T.write_csv(path, header, rows)
-        files.append(path)
-        md += [f"CSV: [{_rel(path, link_dir)}]({_rel(path, link_dir)})", ""]
-    else:
-        md += ["No setting has CE and another loss; nothing to compare.", ""]
-    for t in results.tuning:
-        choice, robust = T.tuning_markdown(t)
-        heading = _tuning_heading(t.field)
-        if len(results.tuning) > 1:  # one heading per table, so each can be linked
-            heading += f" for {', '.join(f'`{b}`' for b in t.tuned_blocks)}"
-        md += [f"## {heading}", "",
-               f"Tuning runs of {', '.join(f'`{b}`' for b in t.sources)} for {', '.join(f'`{b}`' for b in t.tuned_blocks)}: "
-               f"mean ± std of `{t.metric}` per `{t.field}` value over the done runs (pooled over regimes and "
-               f"seeds; n = done runs, failed runs are ignored); ✓ and bold mark the value the tuned runs use.",
-               "", choice, ""]
-        if robust:
-            md += [f"Test error % per `{t.field}` (mean ± std over seeds; losses with at least 2 seeds at every "
-                   f"value; bold: the chosen value): how much the result depends on `{t.field}`.", "", robust, ""]
-        header, rows = T.tuning_csv_rows(t)
-        path = tdir / f"tuning_{plots._slug(t.field, *t.sources)}.csv"
-        T.write_csv(path, header, rows)
-        files.append(path)
-        md += [f"CSV: [{_rel(path, link_dir)}]({_rel(path, link_dir)})", ""]
-    selection = T.selection_table(results)
-    if selection:
-        md += ["## Hyperparameter selection", "",
-               f"Every variant of a loss in a setting, its mean `{results.select_by}` on the validation split "
-               "and its test error; the selected one feeds the tables above.", "", selection, ""]
-
-    # ------------------------------------------------------------------------------------------ plots
-    if results.runs and with_plots:
-        figures = [("Error against labels per class", plots.error_vs_labels(results, pdir)),
-                   ("Reliability diagrams, CE and GenCE", plots.reliability_diagrams(results, pdir)),
-                   ("ECE before and after temperature scaling", plots.ece_before_after(results, pdir))]
-        md += ["## Plots", ""]
-        for heading, paths in figures:
-            files.extend(paths)
-            if paths:
-                md += [f"### {heading}", ""] + [f"![{p.stem}]({_rel(p, link_dir)})" for p in paths] + [""]
-    all_runs = tdir / "runs.csv"
-    T.runs_csv(results, all_runs)
-    files.append(all_runs)
-    md += ["## Data", "", f"Every finished run with its config and all metrics: "
-                          f"[{_rel(all_runs, link_dir)}]({_rel(all_runs, link_dir)}).", ""]
-    if results.failed:
-        md += ["## Failed runs", "", "Stored with their error; `gence bench ... --retry-failed` runs them again.", ""]
-        rows = []
-        for f in results.failed:
-            c = f["config"]
-            last = (f.get("error") or "").strip().splitlines()[-1:] or [""]
-            rows.append([c.get("dataset"), c.get("regime"), c.get("model"), f["label"], str(c.get("seed")),
-                         last[0][:200]])
-        md += [T.markdown_table(["dataset", "regime", "model", "loss", "seed", "error"], rows,
-                                ["l"] * 6), ""]
-    text = "\n".join(md).rstrip() + "\n"
+    ctx = S.Context(results=results, db_path=str(db_path), title=title, command=cmd, plots_dir=out_dir / "plots",
+                    tables_dir=out_dir / "tables", link_dir=md_path.parent, with_plots=with_plots)
+    parts = [section(ctx) for section in (S.DEFAULT_SECTIONS if sections is None else sections)]
+    text = "\n\n".join(p.strip() for p in parts if p and p.strip()) + "\n"
     md_path.write_text(text)
-    files.insert(0, md_path)
-    return Report(markdown_path=md_path, markdown=text, summary=summary, files=files, results=results)
+    return Report(markdown_path=md_path, markdown=text, summary=S.summary_text(results), files=[md_path, *ctx.files],
+                  results=results)
