@@ -5,6 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from gence.experiments.db import ResultsDB
+from gence.experiments.grid import GridError, load_demo_grid, load_grid, parse_shard, shard, tune_state
+from gence.experiments.runner import auto_workers, describe, run_grid
+
 DEFAULT_DB = "runs/gence.sqlite"
 DEFAULT_REPORT_DIR = "report"
 
@@ -53,16 +57,10 @@ def register(subparsers) -> None:
 
 
 def _load(args):
-    from gence.experiments.grid import load_demo_grid, load_grid
-
     return load_demo_grid() if args.config is None else load_grid(args.config)
 
 
 def bench_main(args: argparse.Namespace) -> int:
-    from gence.experiments.db import ResultsDB
-    from gence.experiments.grid import GridError, parse_shard, shard, tune_state
-    from gence.experiments.runner import auto_workers, describe, run_grid
-
     try:
         grid = _load(args)
         shard_spec = parse_shard(args.shard) if args.shard else None
@@ -154,8 +152,6 @@ def bench_main(args: argparse.Namespace) -> int:
 
 
 def merge_main(args: argparse.Namespace) -> int:
-    from gence.experiments.db import ResultsDB
-
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
         print(f"gence merge: input database(s) not found: {', '.join(missing)}", file=sys.stderr)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gence.data.synthetic import GaussianTask, _as_rng
+from gence.data.synthetic import GaussianTask
 
 __all__ = ["NoiseClassTask", "alternative_scales", "class_scales", "null_space"]
 
@@ -62,7 +62,7 @@ class NoiseClassTask:
 
     def sample(self, n: int, seed=None, generator: np.random.Generator | None = None):
         """(x float32 (n, dim), y int64 (n,)): base samples, each relabelled as noise w.p. pi_noise."""
-        rng = generator if generator is not None else _as_rng(seed)
+        rng = generator if generator is not None else np.random.default_rng(seed)  # a Generator passes unchanged
         x, y = self.base.sample(n, generator=rng)
         y[rng.random(len(y)) < self.noise_prior] = self.num_classes - 1
         return x, y
