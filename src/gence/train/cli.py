@@ -135,6 +135,11 @@ def _json_safe(value):
 
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"gence train: {exc}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     result = fit(config, progress=not args.no_progress, checkpoint=args.checkpoint)
