@@ -10,7 +10,9 @@ from scipy.stats import multivariate_normal
 
 from gence.losses import build as build_loss
 from gence.properness.completeness import NoiseClassTask, null_space
-from gence.properness.study import LOSSES, RunConfig, posterior_metrics, quick_sweep, run_one
+from gence.data.synthetic import GaussianTask
+from gence.properness.report import write_report
+from gence.properness.study import LOSSES, posterior_metrics, quick_sweep, run, run_study, study_config
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +73,9 @@ KL_BOUND = 0.02
 
 def fast_run(loss_label, seed=0):
     name, params = LOSSES[loss_label]
-    return run_one(RunConfig(task=FAST_TASK, loss=name, loss_params=params, n_train=2000, batch_size=200,
-                             lr=1e-2, seed=seed, steps=200, hidden=(32, 32), n_eval=5000))
+    config = study_config(task=FAST_TASK, loss=name, loss_params=params, n_train=2000, batch_size=200,
+                          lr=1e-2, seed=seed, steps=200, hidden=(32, 32), n_eval=5000)
+    return run(config.to_dict())[0]
 
 
 def test_proper_losses_recover_the_posterior_and_focal_does_not():
@@ -121,8 +124,6 @@ def test_completeness_fails_for_the_noise_task_and_holds_for_the_control():
     _, null = null_space(P)
     assert len(null) == 1
     # control: a third class with its own Gaussian; only c = 1 solves P c = 1
-    from gence.data.synthetic import GaussianTask
-
     control = GaussianTask(3, 2, priors=[0.2, 0.2, 0.6], separation=4.0, seed=0)
     xc, _ = control.sample(3000, seed=2)
     sc = np.linalg.svd(control.posterior(xc), compute_uv=False)
@@ -157,9 +158,6 @@ def tiny_sweep():
 
 
 def test_sweep_stores_runs_resumes_and_writes_the_report(tmp_path):
-    from gence.properness.report import write_report
-    from gence.properness.study import run_study
-
     sweep, db = tiny_sweep(), tmp_path / "r.sqlite"
     first = run_study(sweep, db_path=db, progress=False)
     assert first["ran"] == first["total"] == len(sweep.runs()) and first["failed"] == 0

@@ -10,7 +10,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from gence.experiments.grid import Grid
+from gence.experiments.db import ResultsDB
+from gence.experiments.grid import Grid, GridError, load_demo_grid, load_grid, parse_shard, shard, tune_state
+from gence.experiments.runner import auto_workers, describe, run_grid
 
 DEFAULT_DB = "runs/gence.sqlite"
 
@@ -50,8 +52,6 @@ def register(subparsers) -> None:
 
 
 def _load(args):
-    from gence.experiments.grid import load_demo_grid, load_grid
-
     return load_demo_grid() if args.config is None else load_grid(args.config)
 
 
@@ -67,10 +67,6 @@ class BenchOutcome:
 
 def run_bench(args: argparse.Namespace) -> BenchOutcome:
     """Run (or, with ``--list``, list) the grid of ``args`` (the arguments of :func:`add_bench_arguments`)."""
-    from gence.experiments.db import ResultsDB
-    from gence.experiments.grid import GridError, parse_shard, shard, tune_state
-    from gence.experiments.runner import auto_workers, describe, run_grid
-
     try:
         grid = _load(args)
         shard_spec = parse_shard(args.shard) if args.shard else None
@@ -153,8 +149,6 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
 
 
 def merge_main(args: argparse.Namespace) -> int:
-    from gence.experiments.db import ResultsDB
-
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
         print(f"gence merge: input database(s) not found: {', '.join(missing)}", file=sys.stderr)

@@ -16,6 +16,7 @@ next time, and a finished run is never stored twice: the key is the primary key.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ import os
 import platform
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -31,15 +33,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+import torch
 
-# Fields of a run config that say where or on what a run executes, not what it computes; they are kept in
-# the stored config but left out of the key, so shards on machines with other paths or devices merge.
-KEY_EXCLUDED_FIELDS = ("data_dir", "device")
+import gence
+from gence.contract import KEY_EXCLUDED_FIELDS, canonical_json, run_key
+
+__all__ = ["ResultsDB", "SCHEMA_VERSION", "canonical_json", "run_key", "KEY_EXCLUDED_FIELDS", "hardware_string",
+           "software_versions", "code_revision", "utcnow"]
+
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
-    key            TEXT PRIMARY KEY,            -- sha256 of canonical JSON of config minus KEY_EXCLUDED_FIELDS
+    key            TEXT PRIMARY KEY,            -- gence.contract.run_key(config)
     status         TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
     config         TEXT NOT NULL,               -- canonical JSON of the resolved TrainConfig
     label          TEXT NOT NULL,               -- display name of the loss entry (e.g. 'gence', 'focal(gamma=3)')
@@ -76,28 +82,13 @@ _RUN_COLUMNS = ("key", "status", "config", "label", "grid", "dataset", "regime",
                 "finished_at")
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal configs give equal strings on every machine."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
-
-
-def run_key(config: dict) -> str:
-    """sha256 hex digest of the canonical JSON of ``config`` without KEY_EXCLUDED_FIELDS."""
-    keyed = {k: v for k, v in config.items() if k not in KEY_EXCLUDED_FIELDS}
-    return hashlib.sha256(canonical_json(keyed).encode()).hexdigest()
-
-
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def hardware_string(device: str | None = None) -> str:
     """GPU name when the run uses CUDA, else the CPU model with its core count and torch's thread count."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and device not in (None, "cpu") and torch.cuda.is_available() \
+    if device not in (None, "cpu") and torch.cuda.is_available() \
             and str(device).startswith(("cuda", "auto")):
         index = torch.cuda.current_device()
         return f"{torch.cuda.get_device_name(index)} (CUDA {torch.version.cuda})"
@@ -111,20 +102,34 @@ def hardware_string(device: str | None = None) -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = f", torch threads {torch.get_num_threads()}" if torch is not None else ""
-    return f"{model} ({cores} cores{threads})"
+    return f"{model} ({cores} cores, torch threads {torch.get_num_threads()})"
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> str:
+    """The git commit of the checkout gence runs from, as a version suffix: ``"+g62c5bb4"``, with
+    ``".dirty"`` appended when ``src/`` (the package's folder and its parent) has uncommitted changes;
+    ``""`` when gence is not imported from a git checkout (an installed wheel) or git is absent.
+    Computed once per process."""
+    package = Path(gence.__file__).resolve().parent
+    git = ["git", "-C", str(package)]
+    try:
+        inside = subprocess.run(git + ["ls-files", "--error-unmatch", "__init__.py"], capture_output=True,
+                                text=True, timeout=30)
+        if inside.returncode != 0:  # not a git work tree, or the package is not tracked in it
+            return ""
+        commit = subprocess.run(git + ["rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                                timeout=30, check=True).stdout.strip()
+        changes = subprocess.run(git + ["status", "--porcelain", "--", str(package.parent)], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"+g{commit}" + (".dirty" if changes else "")
 
 
 def software_versions() -> dict[str, str]:
-    import gence
-
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover
-        torch_version = "none"
-    return {"gence_version": gence.__version__, "torch_version": torch_version,
+    """gence (with :func:`code_revision`), torch and Python versions, stored with every run."""
+    return {"gence_version": gence.__version__ + code_revision(), "torch_version": torch.__version__,
             "python_version": platform.python_version()}
 
 

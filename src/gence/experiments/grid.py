@@ -56,7 +56,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from gence.experiments.db import canonical_json, run_key
+from gence import data, losses, models
+from gence.contract import TrainConfig, canonical_json, field_problem, run_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,10 +84,10 @@ DATASET_KEYS = ("name", "params", "ood", "data_dir", "classes")
 MODEL_KEYS = ("name", "params")
 MATCH_KEYS = ("dataset", "regime", "model", "loss", "label", "seed", "grid")
 
-# Value checks that hold whatever the training loop accepts (the loop's own checks run too, see Registry).
-_POSITIVE = {"lr", "epochs", "batch_size", "eval_batch_size", "n_bins"}
-_NON_NEGATIVE = {"weight_decay", "warmup_epochs", "n_val_per_class", "seed"}
-_INTEGER = {"epochs", "batch_size", "eval_batch_size", "n_bins", "n_val_per_class", "seed"}
+# Input shapes a model entry is built for when the grid is checked, in this order: (in_channels, image_size).
+# A (name, params) is accepted when it builds for one of them (its runs' real shapes are checked when
+# they run); when it builds for none, the error of the first is reported as it is.
+PROBE_SHAPES = ((3, 32), (1, 28), (1, 8), (2, None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,15 @@ class RunSpec:
     config: dict
     label: str
     grid: str
+
+    @classmethod
+    def of(cls, config: TrainConfig | dict, label: str, grid: str) -> "RunSpec":
+        """The run of ``config`` (a TrainConfig, validated, or an already resolved dict), keyed by its run key:
+        how callers other than a grid file (e.g. the properness study) hand configs to the runner."""
+        if isinstance(config, TrainConfig):
+            config.validate()
+            config = config.to_dict()
+        return cls(key=run_key(config), config=config, label=label, grid=grid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,78 +152,58 @@ def _choices(names: Iterable[str]) -> str:
     return ", ".join(sorted(names))
 
 
-class Registry:
-    """What a grid is validated against: the names the library knows and the training config.
+def _names(available) -> list[str]:
+    """Names from an ``available()`` that returns a dict (name -> description) or a list."""
+    return list(available)
 
-    The default looks at ``gence.losses``, ``gence.models``, ``gence.data`` and ``gence.train``; tests
-    or users with their own run function can pass another one to :func:`load_grid`."""
+
+class GridChecks:
+    """What a grid is checked against: the names ``gence.losses``, ``gence.models`` and ``gence.data``
+    know, whether a loss or model accepts its parameters, and the run contract (``TrainConfig``).
+
+    Not a registry (that is :class:`gence.registry.Registry`): this only asks the packages. Tests or
+    users with their own run function can pass a subclass to :func:`load_grid`."""
 
     def datasets(self) -> list[str]:
-        from gence import data
-
-        return list(data.available())
+        return _names(data.available())
 
     def models(self) -> list[str]:
-        from gence import models
-
-        return list(models.available())
+        return _names(models.available())
 
     def losses(self) -> list[str]:
-        from gence import losses
+        return _names(losses.available())
 
-        return list(losses.available())
-
-    def ood_sets(self) -> list[str] | None:
-        """Names accepted in ``ood``, or None when the data package does not list them."""
-        from gence import data
-
-        fn = getattr(data, "ood_names", None)
-        return list(fn()) if callable(fn) else None
+    def ood_sets(self) -> list[str]:
+        return list(data.ood_names())
 
     def check_regime(self, regime: str) -> None:
-        from gence import data
-
         data.parse_regime(regime)
 
     def check_loss(self, name: str, params: dict) -> None:
-        from gence import losses
-
+        """Build the loss for 10 classes with long-tailed counts (what the class-count losses need)."""
         losses.build(name, num_classes=10, class_counts=[100 - 9 * i for i in range(10)], **params)
 
     def check_model(self, name: str, params: dict) -> None:
-        """Only unknown parameters and heads are errors here: shape checks depend on the dataset."""
-        from gence import models
+        """Build the model for the shapes of :data:`PROBE_SHAPES`; raise the first shape's error when it
+        builds for none of them (an unknown parameter, a bad value: the model's own message)."""
+        models.check_params(name, **params)  # unknown names, heads, pinned arguments: no build needed
+        first = None
+        for in_channels, image_size in PROBE_SHAPES:
+            try:
+                models.build(name, in_channels=in_channels, num_classes=10, image_size=image_size, **params)
+                return
+            except (TypeError, ValueError) as exc:
+                first = first or exc
+        raise first
 
-        if params.get("head", "linear") not in models.HEADS:
-            raise TypeError(f"head={params['head']!r}; expected one of {models.HEADS}")
-        try:
-            models.check_params(name, **params)
-        except ValueError as exc:
-            raise TypeError(str(exc)) from None
-
-    def train_fields(self) -> dict[str, Any] | None:
-        """TrainConfig field names with their defaults, or None when the training package is absent."""
-        try:
-            from gence.train import TrainConfig
-        except ImportError:
-            return None
-        out = {}
-        for f in dataclasses.fields(TrainConfig):
-            if f.default is not dataclasses.MISSING:
-                out[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                out[f.name] = f.default_factory()  # type: ignore[misc]
-            else:
-                out[f.name] = dataclasses.MISSING
-        return out
+    def train_fields(self) -> dict[str, Any]:
+        """TrainConfig field names with their defaults."""
+        return TrainConfig.defaults()
 
     def resolve(self, config: dict) -> dict:
-        """The fully resolved config (defaults filled in, the loop's own validation run)."""
-        from gence.train import TrainConfig
-
+        """The fully resolved config (defaults filled in, ``TrainConfig.validate`` run)."""
         resolved = TrainConfig.from_dict(config)
-        if hasattr(resolved, "validate"):
-            resolved.validate()
+        resolved.validate()
         return resolved.to_dict()
 
 
@@ -255,10 +245,10 @@ def default_label(name: str, params: dict) -> str:
 
 
 class _Loader:
-    def __init__(self, registry: Registry, base_dir: Path | None):
-        self.registry = registry
+    def __init__(self, checks: GridChecks, base_dir: Path | None):
+        self.checks = checks
         self.base_dir = base_dir
-        self.fields = registry.train_fields()
+        self.fields = checks.train_fields()
         self._checked_losses: set[str] = set()
         self._checked_models: set[str] = set()
         self._regimes: set[str] = set()
@@ -269,7 +259,7 @@ class _Loader:
             raise GridError(f"{where} = {table!r}: expected a table of TrainConfig fields")
         out = {}
         for key, value in table.items():
-            if self.fields is not None and key not in self.fields:
+            if key not in self.fields:
                 raise GridError(f"{where}: unknown key {key!r}; valid TrainConfig fields: {_choices(self.fields)}")
             if key in AXIS_FIELDS and not allow_axis:
                 raise GridError(f"{where}: {key!r} is set by the grid's axes (datasets, regimes, models, "
@@ -278,41 +268,33 @@ class _Loader:
         return out
 
     def check_value(self, key: str, value: Any, where: str) -> Any:
-        default = self.fields.get(key, dataclasses.MISSING) if self.fields else dataclasses.MISSING
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise GridError(f"{where} = {value!r}: expected true or false")
-        if isinstance(default, float) and not isinstance(default, bool) and isinstance(value, int) \
-                and not isinstance(value, bool):
+        """One TrainConfig field's value, normalised (``lr = 1`` is ``1.0``, one key; ``data_dir`` relative to
+        the grid file; ``ood`` a list) and checked by the contract's rules (:func:`gence.contract.field_problem`)
+        and, for ``ood``, against the OOD sets the data package knows."""
+        default = self.fields.get(key, dataclasses.MISSING)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # lr = 1 and lr = 1.0 are one run, so one key
-        if key in _INTEGER and (not isinstance(value, int) or isinstance(value, bool)):
-            raise GridError(f"{where} = {value!r}: expected an integer")
-        if key in _POSITIVE or key in _NON_NEGATIVE or key == "momentum":
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-                raise GridError(f"{where} = {value!r}: expected a number")
-            if key in _POSITIVE and not value > 0:
-                raise GridError(f"{where} = {value!r}: must be > 0")
-            if key in _NON_NEGATIVE and value < 0:
-                raise GridError(f"{where} = {value!r}: must be >= 0")
-            if key == "momentum" and not 0 <= value < 1:
-                raise GridError(f"{where} = {value!r}: must be in [0, 1)")
         if key == "ood":
             value = _as_list(value, where) if value != [] else []
-            valid = self.registry.ood_sets()
+            valid = self.checks.ood_sets()
             for i, name in enumerate(value):
                 if not isinstance(name, str):
                     raise GridError(f"{where}[{i}] = {name!r}: expected a string")
-                if valid is not None and name not in valid:
+                if name not in valid:
                     raise GridError(f"{where}[{i}] = {name!r}: unknown OOD set; valid choices: {_choices(valid)}")
         if key == "data_dir" and value is not None:
             path = Path(value).expanduser()
             if not path.is_absolute() and self.base_dir is not None:
                 path = self.base_dir / path  # relative to the grid file, like any config that names files
             value = str(path)
+        problem = field_problem(key, value)
+        if problem is not None:
+            raise GridError(f"{where} = {value!r}: {problem}")
         return value
 
     # ---------------------------------------------------------------------------------------- axes
     def datasets(self, value: Any, where: str) -> list[dict]:
-        valid = self.registry.datasets()
+        valid = self.checks.datasets()
         out = []
         for i, entry in enumerate(_as_list(value, where)):
             w = f"{where}[{i}]"
@@ -348,12 +330,12 @@ class _Loader:
         return entry, name, params
 
     def models(self, value: Any, where: str) -> list[dict]:
-        valid = self.registry.models()
+        valid = self.checks.models()
         out = []
         for i, entry in enumerate(_as_list(value, where)):
             w = f"{where}[{i}]"
-            entry, name, params = self._named_entry(entry, MODEL_KEYS, valid, "model", self.registry.check_model,
-                                                    self._checked_models, (TypeError,), w)
+            entry, name, params = self._named_entry(entry, MODEL_KEYS, valid, "model", self.checks.check_model,
+                                                    self._checked_models, (TypeError, ValueError), w)
             out.append({"model": name, "model_params": params})
         return out
 
@@ -366,7 +348,7 @@ class _Loader:
                                 f"'long_tailed:100:500'")
             if regime not in self._regimes:
                 try:
-                    self.registry.check_regime(regime)
+                    self.checks.check_regime(regime)
                 except Exception as exc:
                     raise GridError(f"{w} = {regime!r}: invalid regime ({exc}); expected e.g. 'balanced:30' "
                                     f"or 'long_tailed:100:500'") from None
@@ -392,7 +374,7 @@ class _Loader:
         axes = []
         for key, values in value.items():
             w = f"{where}.{key}"
-            if self.fields is not None and key not in self.fields:
+            if key not in self.fields:
                 raise GridError(f"{where}: unknown key {key!r}; valid TrainConfig fields: {_choices(self.fields)}")
             if key in AXIS_FIELDS:
                 raise GridError(f"{where}: {key!r} is a grid axis already; list its values in the block")
@@ -402,11 +384,11 @@ class _Loader:
         return [dict(combo) for combo in itertools.product(*axes)]
 
     def losses(self, value: Any, where: str) -> list[dict]:
-        valid = self.registry.losses()
+        valid = self.checks.losses()
         out = []
         for i, entry in enumerate(_as_list(value, where)):
             w = f"{where}[{i}]"
-            entry, name, params = self._named_entry(entry, LOSS_KEYS, valid, "loss", self.registry.check_loss,
+            entry, name, params = self._named_entry(entry, LOSS_KEYS, valid, "loss", self.checks.check_loss,
                                                     self._checked_losses, (TypeError, ValueError), w)
             label = entry.get("label", default_label(name, params))
             if not isinstance(label, str) or not label:
@@ -445,9 +427,8 @@ class _Loader:
         if "field" not in value:
             raise GridError(f"{where}: missing 'field' (the TrainConfig field to tune, e.g. 'lr')")
         field = value["field"]
-        valid = self.fields if self.fields is not None else None
-        if not isinstance(field, str) or (valid is not None and field not in valid) or field in AXIS_FIELDS:
-            choices = [f for f in (valid or []) if f not in AXIS_FIELDS]
+        if not isinstance(field, str) or field not in self.fields or field in AXIS_FIELDS:
+            choices = [f for f in self.fields if f not in AXIS_FIELDS]
             raise GridError(f"{where}.field = {field!r}: not a TrainConfig field that can be tuned; valid "
                             f"fields: {_choices(choices)}")
         for src in sources:
@@ -492,8 +473,8 @@ class _Loader:
         settings = dict(settings)
         if "model_params" in settings:
             merged = {**config["model_params"], **settings.pop("model_params")}
-            _check_once("model", config["model"], merged, self.registry.check_model, self._checked_models,
-                        (TypeError,), f"{where}.model_params")
+            _check_once("model", config["model"], merged, self.checks.check_model, self._checked_models,
+                        (TypeError, ValueError), f"{where}.model_params")
             config["model_params"] = merged
         config.update(settings)
 
@@ -513,7 +494,7 @@ def _matches(match: dict, run: dict) -> bool:
     return all(run.get(k) in values for k, values in match.items())
 
 
-def parse_grid(text: str, *, path: str | None = None, registry: Registry | None = None,
+def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None = None,
                name: str | None = None) -> Grid:
     """Expand and validate grid TOML text; raises :class:`GridError` before anything runs."""
     where = path or "<grid>"
@@ -521,8 +502,8 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise GridError(f"{where}: invalid TOML: {exc}") from None
-    registry = registry or Registry()
-    loader = _Loader(registry, Path(path).resolve().parent if path else None)
+    checks = checks or GridChecks()
+    loader = _Loader(checks, Path(path).resolve().parent if path else None)
     for key in doc:
         if key not in TOP_KEYS:
             raise GridError(f"{where}: unknown top-level key {key!r}; valid keys: {', '.join(TOP_KEYS)}")
@@ -575,10 +556,8 @@ def parse_grid(text: str, *, path: str | None = None, registry: Registry | None 
                        "swept": swept})
 
     def resolve(config: dict, run_where: str) -> dict:
-        if loader.fields is None:
-            return config
         try:
-            return registry.resolve(config)
+            return checks.resolve(config)
         except (TypeError, ValueError, KeyError) as exc:
             raise GridError(f"{run_where}: invalid training config: {exc}") from None
 
@@ -729,21 +708,21 @@ def tune_state(t: TunedSpec, rows: dict[str, tuple[str, dict | None]], unfinishe
     return TuneState("ready", total, total, spec=spec, value=choice.value)
 
 
-def load_grid(path: str | Path, *, registry: Registry | None = None) -> Grid:
+def load_grid(path: str | Path, *, checks: GridChecks | None = None) -> Grid:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise GridError(f"grid file {path}: {exc.strerror}") from None
-    return parse_grid(text, path=str(path), registry=registry)
+    return parse_grid(text, path=str(path), checks=checks)
 
 
 DEMO_GRID = Path(__file__).with_name("demo.toml")
 
 
-def load_demo_grid(*, registry: Registry | None = None) -> Grid:
+def load_demo_grid(*, checks: GridChecks | None = None) -> Grid:
     """The built-in default benchmark (shipped inside the package)."""
-    grid = parse_grid(DEMO_GRID.read_text(), path=None, registry=registry, name="demo")
+    grid = parse_grid(DEMO_GRID.read_text(), path=None, checks=checks, name="demo")
     grid.path = "gence/experiments/demo.toml"
     return grid
 

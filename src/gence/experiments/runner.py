@@ -31,6 +31,7 @@ with ``retry_failed``).
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import importlib
 import inspect
@@ -39,15 +40,20 @@ import os
 import queue as queue_module
 import signal
 import sys
+import threading
 import time
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gence.experiments.db import KEY_EXCLUDED_FIELDS, ResultsDB, hardware_string, software_versions
-from collections import deque
+import torch
+from tqdm.auto import tqdm
 
+from gence.contract import KEY_EXCLUDED_FIELDS, TrainConfig
+from gence.experiments.db import ResultsDB, hardware_string, software_versions
 from gence.experiments.grid import RunSpec, TunedSpec, tune_state
+from gence.train import fit
 
 RunFunction = Callable[[dict], "tuple[dict, Any]"]
 DEFAULT_RUN_FN = "gence.experiments.runner:train_run"
@@ -58,8 +64,6 @@ RUNTIME_FIELDS = KEY_EXCLUDED_FIELDS
 
 def train_run(config: dict, checkpoint: str | os.PathLike | None = None) -> tuple[dict, Any]:
     """The default run function: one training run of :mod:`gence.train`, resumable from ``checkpoint``."""
-    from gence.train import TrainConfig, fit
-
     result = fit(TrainConfig.from_dict(config), progress=False, checkpoint=checkpoint)
     return dict(result.metrics), result.extras
 
@@ -174,8 +178,6 @@ def _worker(db_path: str, tasks, run_fn, runtime: dict, retry_failed: bool, leas
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which sends SIGTERM
     _die_with_parent()
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     fn = resolve_run_fn(run_fn)
     versions = software_versions()
@@ -200,8 +202,6 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -218,8 +218,6 @@ def auto_workers(specs: Sequence[RunSpec], runtime: dict | None = None, *, max_w
     runtime = runtime or {}
     devices = {str(runtime.get("device", s.config.get("device", "auto"))) for s in specs}
     if devices - {"cpu"}:
-        import torch
-
         if not (devices <= {"cpu", "auto"} and not torch.cuda.is_available()):
             return 1
     return max(1, min(usable_cores(), max_workers, len(specs)))
@@ -358,8 +356,6 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
             previous = signal.getsignal(signal.SIGTERM)
             in_main = _in_main_thread()
             if threads:
-                import torch
-
                 torch.set_num_threads(threads)
             if in_main:
                 signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -394,16 +390,12 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
 
 

@@ -9,11 +9,10 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from gence.contract import OOD_SCORES  # the metric schema names them once
 from gence.metrics.checks import check_matrix, check_vector
 
 __all__ = ["OOD_SCORES", "ood_scores", "ood_metrics"]
-
-OOD_SCORES = ("msp", "max_logit", "energy", "entropy")
 
 
 def ood_scores(logits, kind: str) -> np.ndarray:

@@ -1,16 +1,12 @@
 """The known-posterior study (`gence properness`): does each loss recover the true p(y|x)?
 
-``run_study`` trains and stores the sweep, ``write_report`` writes docs/properness.md from the stored
-runs; ``completeness`` holds the task that breaks GenCE's completeness condition.
+``run_study`` trains and stores the sweep (its runs are TrainConfigs, trained by ``gence.train.fit`` and
+run by ``gence.experiments.run_grid``), ``write_report`` writes docs/properness.md from the stored runs;
+``completeness`` holds the task that breaks GenCE's completeness condition.
 """
-from gence.properness.study import (RunConfig, Sweep, default_sweep, posterior_metrics, quick_sweep,
-                                    run_one, run_study)
+from gence.properness.report import write_report
+from gence.properness.study import (Sweep, default_sweep, posterior_metrics, quick_sweep, run, run_study,
+                                    study_config, task_dataset)
 
-__all__ = ["RunConfig", "Sweep", "default_sweep", "quick_sweep", "posterior_metrics", "run_one",
-           "run_study", "write_report"]
-
-
-def write_report(*args, **kwargs):
-    from gence.properness.report import write_report as _write
-
-    return _write(*args, **kwargs)
+__all__ = ["Sweep", "default_sweep", "quick_sweep", "posterior_metrics", "run", "run_study", "study_config",
+           "task_dataset", "write_report"]

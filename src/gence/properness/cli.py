@@ -6,6 +6,9 @@ import shlex
 import sys
 import time
 
+from gence.properness.report import write_report
+from gence.properness.study import default_sweep, quick_sweep, run_study
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -31,9 +34,6 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gence.properness.report import write_report
-    from gence.properness.study import default_sweep, quick_sweep, run_study
-
     if args.workers < 1:
         print(f"gence properness: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2

@@ -14,10 +14,33 @@ from pathlib import Path
 
 import numpy as np
 
+from gence.contract import TrainConfig, run_key
+from gence.experiments.db import ResultsDB
 from gence.properness.completeness import null_space
-from gence.properness.study import Sweep, default_sweep, make_task
+from gence.properness.study import DATASET, GRID, Sweep, default_sweep, make_task
 
-__all__ = ["write_report", "collect"]
+__all__ = ["write_report", "collect", "study_rows", "previous_loop_key"]
+
+# The study's rows from before it ran on gence.train.fit (its own loop: same Adam, cosine decay, ragged
+# batch dropped, but raw torch ops and a one-shot evaluation): their configs were the study's own dicts.
+PREVIOUS_STUDY_VERSION = 1
+
+
+def study_rows(db: ResultsDB) -> list[dict]:
+    """Finished runs of the study: the current ones (``dataset`` = DATASET) and those of its previous loop."""
+    return [r for r in db.runs("done") if r["grid"] == GRID and isinstance(r["config"], dict)
+            and (r["config"].get("dataset") == DATASET or r["config"].get("study") == GRID)]
+
+
+def previous_loop_key(config: TrainConfig) -> str:
+    """The key the same run had when the study trained with its own loop (``study_version`` 1)."""
+    dp = config.dataset_params
+    old = {"study": GRID, "study_version": PREVIOUS_STUDY_VERSION, "task": dp["task"], "loss": config.loss,
+           "loss_params": config.loss_params, "n_train": dp["n_train"], "batch_size": config.batch_size,
+           "lr": config.lr, "seed": config.seed, "steps": config.steps, "optimizer": config.optimizer,
+           "hidden": list(config.model_params["hidden"]), "output_bias": config.init_output_bias,
+           "n_eval": dp["n_eval"], "eval_seed": dp["eval_seed"]}
+    return run_key(old)
 
 _COLORS = {"CE": "C0", "GenCE": "C3", "GenCE (lam=0.5)": "C1", "focal (gamma=3)": "C2",
            "label smoothing (0.1)": "C4", "Brier": "C5"}
@@ -147,14 +170,9 @@ def _completeness_check(sweep, n=5000, seed=1) -> list[str]:
 def write_report(db_path="runs/gence.sqlite", out="docs/properness.md", sweep: Sweep | None = None,
                  command: str = "gence properness") -> Path:
     """Write the Markdown report ``out`` and its PNG plots in ``<out without .md>/``."""
-    from gence.properness.results import open_db, study_rows
-
     sweep = sweep if sweep is not None else default_sweep()
-    db = open_db(db_path)
-    try:
+    with ResultsDB(db_path) as db:
         rows = study_rows(db)
-    finally:
-        db.close()
     out = Path(out)
     img_dir = out.with_suffix("")
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +281,7 @@ def write_report(db_path="runs/gence.sqlite", out="docs/properness.md", sweep: S
     # completeness
     L += _completeness_section(sweep, data["completeness"], img_dir, rel)
     L += _findings(sweep, data)
+    L += _previous_loop(sweep, rows)
     out.write_text("\n".join(L) + "\n")
     return out
 
@@ -333,5 +352,40 @@ def _findings(sweep, data) -> list[str]:
                 f"bias {b:+g}: KL {f(comp, (lab, b), loss):.4f}, KL to c·p "
                 f"{f(comp, (lab, b), loss, 'kl_scaled'):.4f}, c_{last} "
                 f"{f(comp, (lab, b), loss, f'c/{last}'):.3f}" for b in sweep.output_biases) + ".")
+    L.append("")
+    return L
+
+
+def _previous_loop(sweep: Sweep, rows: list[dict]) -> list[str]:
+    """How far each run moved from the same run of the study's previous, own training loop (when the
+    database still holds those rows)."""
+    by_key = {r["key"]: r for r in rows}
+    pairs = []  # (axis, value, loss, old kl, new kl)
+    for axis, entries in sweep.axes().items():
+        for value, loss, cfg in entries:
+            new, old = by_key.get(cfg.key()), by_key.get(previous_loop_key(cfg))
+            if new is not None and old is not None:
+                pairs.append((axis, value, loss, old["metrics"]["kl"], new["metrics"]["kl"]))
+    if not pairs:
+        return []
+    diff = np.array([abs(n - o) for *_, o, n in pairs])
+    rel = np.array([abs(n - o) / o for *_, o, n in pairs if o > 0])
+    L = ["## Change from the study's previous training loop", "",
+         "Until this version the study trained with a loop of its own (the same Adam, cosine decay to 0, "
+         "ragged batch dropped and seeds, written with raw torch ops); it now runs as TrainConfigs through "
+         "`gence.train.fit` and the experiment runner. The database still holds the previous loop's runs "
+         f"(`study_version` {PREVIOUS_STUDY_VERSION}), so each run is compared with its previous self "
+         f"({len(pairs)} run-axis pairs with both):", "",
+         f"- |KL new - KL previous| per run: median {np.median(diff):.2e}, max {diff.max():.2e} nats; "
+         f"relative to the previous KL: median {np.median(rel):.2%}, max {rel.max():.2%};"]
+    base = [(p[2], p[3], p[4]) for p in pairs if p[0] == "size" and p[1] == sweep.n_train]
+    if base:
+        parts = []
+        for loss in sweep.losses:
+            olds = [o for lab, o, _ in base if lab == loss]
+            news = [n for lab, _, n in base if lab == loss]
+            if olds:
+                parts.append(f"{loss} {np.mean(olds):.4f} -> {np.mean(news):.4f}")
+        L.append("- mean KL at the base setting, previous -> now: " + "; ".join(parts) + ".")
     L.append("")
     return L

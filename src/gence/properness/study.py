@@ -4,30 +4,36 @@ far its q(y|x) lands from the true p(y|x).
 A loss is (strictly) proper when its population risk is (uniquely) minimised at the true posterior.
 Here that is tested where it matters in practice: finite training sets, mini-batches (GenCE's class
 marginal is estimated per batch), a real optimiser and learning rate. Every run is one
-:class:`RunConfig`; its metrics come from :func:`posterior_metrics` on fresh samples, and runs are
-stored in the results database under a hash of the resolved config, so a sweep resumes where it
-stopped.
+:class:`gence.contract.TrainConfig` trained by the one loop (:func:`gence.train.fit`: Adam, a fixed step
+budget, the ragged batch dropped, on the study's tensors) and run by the one runner
+(:func:`gence.experiments.run_grid`: resumable, parallel, stored in the results database under its run
+key); :func:`run` is the run function, and its metrics come from :func:`posterior_metrics` on fresh
+samples of the task.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gence.contract import TrainConfig
+from gence.data import ArrayDataset
 from gence.data.synthetic import GaussianTask
+from gence.experiments.grid import RunSpec
+from gence.experiments.runner import run_grid
 from gence.properness.completeness import NoiseClassTask, class_scales
+from gence.train import fit
 
-__all__ = ["RunConfig", "Sweep", "make_task", "train_model", "posterior_metrics", "run_one",
-           "run_study", "default_sweep", "quick_sweep", "LOSSES"]
+__all__ = ["Sweep", "make_task", "task_dataset", "study_config", "posterior_metrics", "run", "run_study",
+           "default_sweep", "quick_sweep", "LOSSES", "GRID", "DATASET", "RUN_FN"]
 
-STUDY = "properness"
-STUDY_VERSION = 1  # bump when a change makes stored runs incomparable
+GRID = "properness"           # the runs' ``grid`` column in the results database
+DATASET = "known_posterior"   # TrainConfig.dataset of the study's runs (data built by task_dataset)
+RUN_FN = "gence.properness.study:run"
 
 # The losses of the study: label -> (registry name, parameters).
 LOSSES: dict[str, tuple[str, dict]] = {
@@ -51,93 +57,50 @@ def make_task(spec: dict):
     raise ValueError(f"unknown task={kind!r}; expected 'gaussians' or 'noise_class'")
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines one run (its hash is the run's key in the database).
+def study_config(task: dict, loss: str, loss_params: dict, n_train: int, batch_size: int, lr: float, seed: int,
+                 steps: int = 1000, hidden: tuple = (64, 64), output_bias: tuple | None = None,
+                 n_eval: int = 20_000, eval_seed: int = 987_654) -> TrainConfig:
+    """One run of the study as a TrainConfig.
 
-    ``steps`` optimizer steps of ``optimizer`` with a cosine decay from ``lr`` to 0, batches drawn
-    without replacement epoch by epoch; ``batch_size`` larger than ``n_train`` means full batch.
-    ``output_bias`` is added to the initial bias of the last layer (to move the starting point of
-    the optimisation, e.g. on the completeness-violating task).
+    ``steps`` steps of Adam (no weight decay) with a cosine decay from ``lr`` to 0 and no warm-up, batches
+    drawn without replacement epoch by epoch and the ragged last batch dropped (GenCE's class marginal is
+    estimated per batch); ``batch_size`` larger than ``n_train`` means full batch. ``output_bias`` is added
+    to the initial bias of the last layer (to move the starting point of the optimisation, e.g. on the
+    completeness-violating task). The data (``dataset_params``, see :func:`task_dataset`): ``n_train``
+    samples of ``task`` drawn with the run's seed, and ``n_eval`` evaluation samples drawn with
+    ``eval_seed``, shared by every run of the task.
     """
-    task: dict
-    loss: str
-    loss_params: dict
-    n_train: int
-    batch_size: int
-    lr: float
-    seed: int
-    steps: int = 1000
-    optimizer: str = "adam"
-    hidden: tuple = (64, 64)
-    output_bias: tuple | None = None
-    n_eval: int = 20_000
-    eval_seed: int = 987_654
-
-    def resolved(self) -> dict:
-        cfg = dataclasses.asdict(self)
-        cfg["task"] = make_task(self.task).config()
-        cfg["hidden"] = list(self.hidden)
-        cfg["output_bias"] = None if self.output_bias is None else list(self.output_bias)
-        cfg["batch_size"] = min(self.batch_size, self.n_train)
-        return {"study": STUDY, "study_version": STUDY_VERSION, **cfg}
-
-    def key(self) -> str:
-        from gence.properness.results import run_key
-
-        return run_key(self.resolved())
+    return TrainConfig(
+        dataset=DATASET, regime="full", n_val_per_class=0, augment=False,
+        dataset_params={"task": make_task(task).config(), "n_train": int(n_train), "sample_seed": int(seed),
+                        "n_eval": int(n_eval), "eval_seed": int(eval_seed)},
+        model="mlp", model_params={"hidden": [int(h) for h in hidden]},
+        init_output_bias=None if output_bias is None else [float(b) for b in output_bias],
+        loss=loss, loss_params=dict(loss_params),
+        optimizer="adam", lr=float(lr), weight_decay=0.0, schedule="cosine", warmup_epochs=0.0,
+        steps=int(steps), epochs=1, drop_last=True, batch_size=int(min(batch_size, n_train)), seed=int(seed),
+        device="cpu", eval_batch_size=int(n_eval))
 
 
-def build_loss(name: str, num_classes: int, params: dict):
-    from gence import losses
-
-    return losses.build(name, num_classes=num_classes, **params)
+_EVAL_CACHE: dict = {}
 
 
-def train_model(cfg: RunConfig, task=None) -> tuple[torch.nn.Module, dict]:
-    """Train the MLP of ``cfg``; returns the model, the mean loss of the last 50 steps and the seconds."""
-    from gence import models
-
-    task = task if task is not None else make_task(cfg.task)
-    K = task.num_classes
-    x, y = task.sample(cfg.n_train, seed=np.random.default_rng([cfg.seed, 1]))
-    x, y = torch.from_numpy(x), torch.from_numpy(y)
-    torch.manual_seed(cfg.seed)
-    model = models.build("mlp", in_channels=task.dim, num_classes=K, image_size=None,
-                         hidden=tuple(cfg.hidden))
-    if cfg.output_bias is not None:
-        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        with torch.no_grad():
-            last.bias += torch.tensor(cfg.output_bias, dtype=torch.float32)
-    criterion = build_loss(cfg.loss, K, cfg.loss_params)
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
-    else:
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / cfg.steps)))
-    bs = min(cfg.batch_size, cfg.n_train)
-    per_epoch = cfg.n_train // bs  # drop the ragged last batch: GenCE's S depends on the batch size
-    gen = torch.Generator().manual_seed(cfg.seed)
-    t0, step, last_losses = time.perf_counter(), 0, []
-    while step < cfg.steps:
-        order = torch.randperm(cfg.n_train, generator=gen)
-        for b in range(per_epoch):
-            idx = order[b * bs:(b + 1) * bs]
-            loss = criterion(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step >= cfg.steps - 50:
-                last_losses.append(loss.item())
-            step += 1
-            if step >= cfg.steps:
-                break
-    model.eval()
-    return model, {"train/loss": float(np.mean(last_losses)), "train/seconds": time.perf_counter() - t0}
+def task_dataset(params: dict) -> ArrayDataset:
+    """The study's data for ``TrainConfig.dataset_params`` of :func:`study_config`: training samples
+    drawn with ``default_rng([sample_seed, 1])``, the shared evaluation samples as the test split; no
+    standardisation (mean 0, std 1: the network sees x as drawn); ``extras["task"]`` is the task."""
+    task = make_task(params["task"])
+    x, y = task.sample(params["n_train"], seed=np.random.default_rng([params["sample_seed"], 1]))
+    key = (json.dumps(task.config(), sort_keys=True), params["n_eval"], params["eval_seed"])
+    if key not in _EVAL_CACHE:
+        _EVAL_CACHE.clear()
+        _EVAL_CACHE[key] = task.sample(params["n_eval"], seed=params["eval_seed"])
+    test_x, test_y = _EVAL_CACHE[key]
+    return ArrayDataset(
+        name=DATASET, train_x=torch.from_numpy(x), train_y=torch.from_numpy(y), test_x=torch.from_numpy(test_x),
+        test_y=torch.from_numpy(test_y), num_classes=task.num_classes,
+        classes=[str(k) for k in range(task.num_classes)], image_shape=None,
+        mean=torch.zeros(task.dim), std=torch.ones(task.dim), params=dict(params), extras={"task": task})
 
 
 def posterior_metrics(p: np.ndarray, log_q: np.ndarray, n_bins: int = 15) -> dict[str, float]:
@@ -180,26 +143,18 @@ def posterior_metrics(p: np.ndarray, log_q: np.ndarray, n_bins: int = 15) -> dic
     return out
 
 
-_EVAL_CACHE: dict = {}
-
-
-def _eval_set(cfg: RunConfig, task):
-    key = (json.dumps(task.config(), sort_keys=True), cfg.n_eval, cfg.eval_seed)
-    if key not in _EVAL_CACHE:
-        x, _ = task.sample(cfg.n_eval, seed=cfg.eval_seed)
-        _EVAL_CACHE.clear()
-        _EVAL_CACHE[key] = (torch.from_numpy(x), task.posterior(x))
-    return _EVAL_CACHE[key]
-
-
-def run_one(cfg: RunConfig) -> dict[str, float]:
-    """Train and evaluate one run; returns its metrics."""
-    task = make_task(cfg.task)
-    model, facts = train_model(cfg, task)
-    x, p = _eval_set(cfg, task)
-    with torch.no_grad():
-        log_q = F.log_softmax(model(x).double(), dim=1).numpy()
-    return {**posterior_metrics(p, log_q), **facts}
+def run(config: dict, checkpoint=None) -> tuple[dict[str, float], dict]:
+    """The study's run function for the runner: train ``config`` (a :func:`study_config` as a dict) with
+    :func:`gence.train.fit` on :func:`task_dataset`, then compare its test-split posteriors with the
+    task's. Metrics: :func:`posterior_metrics`, the loop's ``test/*`` and ``train/*``."""
+    cfg = TrainConfig.from_dict(config)
+    ds = task_dataset(cfg.dataset_params)
+    result = fit(cfg, progress=False, checkpoint=checkpoint, dataset=ds)
+    p = ds.extras["task"].posterior(ds.test_x.numpy())
+    log_q = F.log_softmax(result.test_logits.double(), dim=1).numpy()
+    loop = {k: v for k, v in result.metrics.items() if k.startswith(("test/", "train/"))}
+    return {**loop, **posterior_metrics(p, log_q)}, {"history": result.extras["history"],
+                                                      "hardware": result.extras["hardware"]}
 
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -227,15 +182,15 @@ class Sweep:
     n_eval: int = 20_000
     hidden: tuple = (64, 64)
 
-    def config(self, loss_label: str, seed: int, **over) -> RunConfig:
+    def config(self, loss_label: str, seed: int, **over) -> TrainConfig:
         name, params = self.losses[loss_label]
         kw = dict(task=self.base_task, loss=name, loss_params=params, n_train=self.n_train,
                   batch_size=self.batch_size, lr=self.lr, seed=seed, steps=self.steps,
                   n_eval=self.n_eval, hidden=tuple(self.hidden))
         kw.update(over)
-        return RunConfig(**kw)
+        return study_config(**kw)
 
-    def axes(self) -> dict[str, list[tuple[object, str, RunConfig]]]:
+    def axes(self) -> dict[str, list[tuple[object, str, TrainConfig]]]:
         """axis name -> [(axis value, loss label, config)] for every run of that axis."""
         out: dict[str, list] = {"size": [], "batch": [], "lr": [], "task": [], "completeness": []}
         for loss in self.losses:
@@ -252,14 +207,19 @@ class Sweep:
                             loss, s, task=t, output_bias=bias)))
         return out
 
-    def runs(self) -> list[RunConfig]:
+    def specs(self) -> list[RunSpec]:
+        """Every run once (a run shared by several axes, the base, is trained once), for the runner."""
         seen, out = set(), []
         for entries in self.axes().values():
-            for _, _, cfg in entries:
-                if cfg.key() not in seen:
-                    seen.add(cfg.key())
-                    out.append(cfg)
+            for _, label, cfg in entries:
+                spec = RunSpec.of(cfg, label, GRID)
+                if spec.key not in seen:
+                    seen.add(spec.key)
+                    out.append(spec)
         return out
+
+    def runs(self) -> list[TrainConfig]:
+        return [TrainConfig.from_dict(s.config) for s in self.specs()]
 
 
 def default_sweep() -> Sweep:
@@ -298,72 +258,17 @@ def quick_sweep() -> Sweep:
 
 # --- running ------------------------------------------------------------------------------------
 
-def _worker(cfg: RunConfig):
-    from gence.properness.results import hardware_string
-
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    try:
-        return cfg, run_one(cfg), None, time.perf_counter() - t0, hardware_string()
-    except Exception:  # stored with the run; the sweep goes on
-        import traceback
-
-        return cfg, None, traceback.format_exc(), time.perf_counter() - t0, hardware_string()
-
-
 def run_study(sweep: Sweep | None = None, db_path="runs/gence.sqlite", workers: int = 1,
               progress: bool = True, retry_failed: bool = False) -> dict:
-    """Run every run of ``sweep`` that the database does not hold yet; returns counts and seconds.
+    """Run every run of ``sweep`` that the database does not hold yet, with :func:`run` through the
+    experiment runner (one torch thread per worker); returns counts and seconds.
 
-    Each run is claimed in the database before it starts and stored when it ends, so a sweep that is
-    killed resumes where it stopped, and several invocations on one database never run a config twice.
-    """
-    from gence.properness.results import GRID, open_db
-
+    The runner's guarantees hold: each run is claimed before it starts and stored when it ends, so a
+    sweep that is killed resumes where it stopped (a run in flight resumes from its checkpoint), and
+    several invocations on one database never run a config twice."""
     sweep = sweep if sweep is not None else default_sweep()
-    runs = sweep.runs()
-    labels = {c.key(): lab for entries in sweep.axes().values() for _, lab, c in entries}
-    db = open_db(db_path)
-    t0 = time.perf_counter()
-    todo = [c for c in runs
-            if db.claim(c.key(), c.resolved(), label=labels[c.key()], grid=GRID, retry_failed=retry_failed)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"properness ({len(runs) - len(todo)} of {len(runs)} stored)",
-                   unit="run")
-    pending = {c.key() for c in todo}
-    failed = 0
-    threads = torch.get_num_threads()
-    pool = None
-    try:
-        if workers <= 1:
-            results = map(_worker, todo)
-        else:
-            import multiprocessing as mp
-
-            pool = mp.get_context("spawn").Pool(workers)
-            results = pool.imap_unordered(_worker, todo)
-        for cfg, metrics, error, seconds, hardware in results:
-            hardware += f", {max(workers, 1)} parallel run(s)"
-            if error is None:
-                db.finish(cfg.key(), metrics=metrics, extras={}, wall_seconds=seconds, hardware=hardware)
-            else:
-                failed += 1
-                db.fail(cfg.key(), error=error, wall_seconds=seconds, hardware=hardware)
-            pending.discard(cfg.key())
-            if bar is not None:
-                bar.update(1)
-        if pool is not None:
-            pool.close()
-    finally:
-        for key in pending:  # interrupted: these count as never started
-            db.release(key)
-        if pool is not None:
-            pool.terminate()
-        torch.set_num_threads(threads)
-        if bar is not None:
-            bar.close()
-        db.close()
-    return {"total": len(runs), "ran": len(todo), "failed": failed, "seconds": time.perf_counter() - t0}
+    specs = sweep.specs()
+    summary = run_grid(specs, db_path, workers=workers, threads=1, retry_failed=retry_failed, run_fn=RUN_FN,
+                       progress=progress)
+    return {"total": len(specs), "ran": summary.done + summary.failed, "failed": summary.failed,
+            "seconds": summary.seconds}

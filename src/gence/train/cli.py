@@ -10,11 +10,11 @@ import json
 import math
 import sys
 
-from gence.train.loop import SCHEDULES, TrainConfig
+import torch
 
-_SPLITS = ("val", "test", "val_ts", "test_ts")
-_SPLIT_METRICS = ("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")
-_OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+from gence.contract import (GROUPS, OOD_METRICS, OOD_SCORES, OPTIMIZERS, SCHEDULES, SPLIT_METRICS, SPLITS, TEMPERATURE,
+                            TrainConfig, group_key, ood_key, split_key)
+from gence.train.loop import fit
 
 
 def parse_key_value(text: str) -> tuple[str, object]:
@@ -57,6 +57,8 @@ def register(subparsers) -> None:
     model.add_argument("--loss", default=d.loss, help="loss name (gence.losses.available())")
     model.add_argument("--loss-param", action="append", default=[], type=parse_key_value, metavar="K=V")
     opt = p.add_argument_group("optimisation")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                     help="sgd (momentum, nesterov, weight decay) or adam (weight decay)")
     opt.add_argument("--lr", type=float, default=d.lr)
     opt.add_argument("--momentum", type=float, default=d.momentum)
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -64,6 +66,10 @@ def register(subparsers) -> None:
     opt.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
     opt.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     opt.add_argument("--epochs", type=int, default=d.epochs)
+    opt.add_argument("--steps", type=int, default=d.steps,
+                     help="train exactly this many optimizer steps instead of --epochs epochs")
+    opt.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=d.drop_last,
+                     help="leave out each epoch's last, smaller batch")
     opt.add_argument("--batch-size", type=int, default=d.batch_size)
     opt.add_argument("--seed", type=int, default=d.seed)
     run = p.add_argument_group("execution and output")
@@ -91,26 +97,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, epochs=args.epochs, batch_size=args.batch_size,
         augment=args.augment, seed=args.seed, device=args.device, amp=args.amp, compile=args.compile,
         ood=list(args.ood), n_bins=args.n_bins, eval_batch_size=args.eval_batch_size,
+        optimizer=args.optimizer, steps=args.steps, drop_last=args.drop_last,
     )
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """A plain-text table: splits x metrics, then temperature, groups, OOD and training numbers."""
-    lines = [f"{'':14}" + "".join(f"{s:>10}" for s in _SPLITS)]
-    for m in _SPLIT_METRICS:
-        lines.append(f"{m:14}" + "".join(f"{metrics.get(f'{s}/{m}', math.nan):10.4f}" for s in _SPLITS))
+    lines = [f"{'':14}" + "".join(f"{s:>10}" for s in SPLITS)]
+    for m in SPLIT_METRICS:
+        lines.append(f"{m:14}" + "".join(f"{metrics.get(split_key(s, m), math.nan):10.4f}" for s in SPLITS))
     lines.append("")
-    lines.append(f"{'temperature':14}{metrics['temperature']:10.4f}")
-    lines.append(f"{'test accuracy':14}" + "".join(
-        f"  {g} {metrics[f'test/acc_{g}']:.4f}" for g in ("many", "medium", "few")))
+    lines.append(f"{TEMPERATURE:14}{metrics[TEMPERATURE]:10.4f}")
+    lines.append(f"{'test accuracy':14}" + "".join(f"  {g} {metrics[group_key(g)]:.4f}" for g in GROUPS))
     ood_sets = sorted({k.split("/")[1] for k in metrics if k.startswith("ood/")})
     if ood_sets:
         lines.append("")
-        lines.append(f"{'ood set / score':28}" + "".join(f"{m:>10}" for m in _OOD_METRICS))
+        lines.append(f"{'ood set / score':28}" + "".join(f"{m:>10}" for m in OOD_METRICS))
         for name in ood_sets:
-            scores = [k.split("/")[2] for k in metrics if k.startswith(f"ood/{name}/") and k.endswith("/auroc")]
-            for score in scores:
-                row = "".join(f"{metrics[f'ood/{name}/{score}/{m}']:10.4f}" for m in _OOD_METRICS)
+            for score in [s for s in OOD_SCORES if ood_key(name, s, OOD_METRICS[0]) in metrics]:
+                row = "".join(f"{metrics[ood_key(name, score, m)]:10.4f}" for m in OOD_METRICS)
                 lines.append(f"{name + ' / ' + score:28}{row}")
     lines.append("")
     lines.append(f"train: loss {metrics['train/loss']:.4f}, {metrics['train/seconds']:.1f} s, "
@@ -129,12 +134,13 @@ def _json_safe(value):
 
 
 def main(args: argparse.Namespace) -> int:
-    from gence.train.loop import fit
-
     config = config_from_args(args)
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"gence train: {exc}", file=sys.stderr)
+        return 2
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     result = fit(config, progress=not args.no_progress, checkpoint=args.checkpoint)
     print(f"{config.dataset} {config.regime}, {config.model}, loss {config.loss}, {config.epochs} epochs, "

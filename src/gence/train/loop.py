@@ -1,4 +1,7 @@
-"""The one training loop: data on the device, SGD with warm-up and cosine/step decay, evaluation.
+"""The one training loop: data on the device, SGD (or Adam) with warm-up and cosine/step decay, evaluation.
+
+The run's config (:class:`TrainConfig`), its key and the names of the metrics it produces are the run
+contract, :mod:`gence.contract`; this module trains and evaluates one such config.
 
 Read top to bottom, ``fit`` does this:
 
@@ -6,7 +9,8 @@ Read top to bottom, ``fit`` does this:
    the training subset on the device as one standardised float tensor (airbench style).
 2. Build the model and the loss by name; the loss gets the drawn subset's class counts.
 3. Each epoch: ``loss.on_epoch_start(epoch, epochs)``, one device-side shuffle, batches sliced from it,
-   batched random crop + flip when augmenting, one SGD step per batch with the learning rate set per step.
+   batched random crop + flip when augmenting, one optimizer step per batch with the learning rate set per
+   step (``optimizer``: SGD with momentum, the default, or Adam).
 4. Evaluate: logits on validation, test and OOD sets (eval mode, batched, no grad); fit a temperature on
    validation; compute every metric before and after temperature scaling.
 
@@ -14,6 +18,9 @@ Conventions (where the issue left a choice):
 
 - Batches: ``ceil(n_train / batch_size)`` steps per epoch, the last batch smaller (no drop_last), so every
   training image is seen once per epoch; in small-data regimes dropping it would discard up to a quarter.
+  ``drop_last=True`` drops it (each batch then has ``batch_size`` samples, which GenCE's per-batch class
+  marginal may want); ``steps=N`` trains exactly N steps instead of ``epochs`` epochs (the schedule spans
+  N, the last epoch is cut short). See :func:`step_plan`.
 - Learning rate, per step s of T = epochs * steps_per_epoch, with W = round(warmup_epochs * steps_per_epoch):
   warm-up ``lr * (s + 1) / W`` for s < W, then cosine ``lr * (1 + cos(pi * (s - W) / (T - W))) / 2``, or
   step: ``lr``, times 0.1 from 50% and 0.01 from 75% of T (see :func:`learning_rate`).
@@ -44,87 +51,29 @@ Conventions (where the issue left a choice):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import platform
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-SCHEDULES = ("cosine", "step")
+from gence import data as datasets
+from gence import losses, metrics, models
+from gence.calibration import fit_temperature
+from gence.contract import (GROUPS, KEY_EXCLUDED_FIELDS, OOD_SCORES, SCHEDULES, SPLIT_METRICS, TEMPERATURE,
+                            TRAIN_METRICS, TrainConfig, group_key, ood_key, run_key, split_key)
 
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; JSON-able (``to_dict`` / ``from_dict``)."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    dataset_params: dict = field(default_factory=dict)
-    classes: list | None = None          # keep only these classes (held-out-class OOD uses the rest)
-    regime: str = "balanced:50"          # "balanced:N", "long_tailed:RATIO:N_MAX[:exp|step]", "full"
-    n_val_per_class: int = 50
-    model: str = "small_cnn"
-    model_params: dict = field(default_factory=dict)
-    loss: str = "ce"
-    loss_params: dict = field(default_factory=dict)
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    schedule: str = "cosine"             # "cosine" | "step" (x0.1 at 50% and 75% of training)
-    warmup_epochs: float = 1.0
-    epochs: int = 30
-    batch_size: int = 128
-    augment: bool | None = None          # None: the dataset's default (crop+flip for CIFAR-like data)
-    seed: int = 0
-    device: str = "auto"                 # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
-    amp: bool = False                    # bf16 autocast on CPU, fp16 + GradScaler on CUDA
-    compile: bool = False                # torch.compile the training forward pass
-    ood: list = field(default_factory=list)  # OOD set names, see gence.data.ood_names()
-    n_bins: int = 15
-    eval_batch_size: int = 1024
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first field whose value cannot work."""
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig.{name}={v!r}: expected an integer >= 1")
-        for name in ("epochs", "batch_size", "n_bins", "eval_batch_size"):
-            positive_int(name)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule={self.schedule!r}: expected one of {SCHEDULES}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"TrainConfig.lr={self.lr!r}: expected a finite number > 0")
-        if not (0 <= self.warmup_epochs <= self.epochs):
-            raise ValueError(f"TrainConfig.warmup_epochs={self.warmup_epochs!r}: expected 0 <= warmup_epochs "
-                             f"<= epochs={self.epochs}")
-        if isinstance(self.n_val_per_class, bool) or not isinstance(self.n_val_per_class, int) \
-                or self.n_val_per_class < 0:
-            raise ValueError(f"TrainConfig.n_val_per_class={self.n_val_per_class!r}: expected an integer >= 0")
-        if isinstance(self.ood, str):
-            raise ValueError(f"TrainConfig.ood={self.ood!r}: expected a list of OOD set names")
-
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "SCHEDULES", "fit", "train_epochs", "evaluate_model",
+           "learning_rate", "step_plan", "StepPlan", "make_optimizer", "group_thresholds", "predict"]
 
 @dataclass
 class TrainResult:
@@ -248,21 +197,25 @@ class _Data:
     augment: bool
 
 
-def _load_data(config: TrainConfig, device: torch.device) -> _Data:
-    from gence import data
-
+def _load_data(config: TrainConfig, device: torch.device, dataset: datasets.ArrayDataset | None = None) -> _Data:
     # OOD names are checked before training, not after it.
     for name in config.ood:
-        if name not in data.ood_names():
-            raise ValueError(f"TrainConfig.ood: unknown OOD set {name!r}; expected some of {data.ood_names()}")
+        if name not in datasets.ood_names():
+            raise ValueError(f"TrainConfig.ood: unknown OOD set {name!r}; expected some of {datasets.ood_names()}")
         if name == "heldout" and not config.classes:
             raise ValueError("TrainConfig.ood: 'heldout' needs TrainConfig.classes (the kept classes; the rest are OOD)")
-    ds = data.load_dataset(config.dataset, config.data_dir, classes=config.classes, **config.dataset_params)
-    train_idx, val_idx = data.split_indices(ds.train_y, config.regime, config.n_val_per_class, seed=config.seed,
+    if dataset is None:
+        ds = datasets.load_dataset(config.dataset, config.data_dir, classes=config.classes, **config.dataset_params)
+    elif dataset.name != config.dataset:
+        raise ValueError(f"fit: dataset named {dataset.name!r} given for TrainConfig.dataset={config.dataset!r}; "
+                         f"expected the data the config names")
+    else:
+        ds = dataset
+    train_idx, val_idx = datasets.split_indices(ds.train_y, config.regime, config.n_val_per_class, seed=config.seed,
                                             num_classes=ds.num_classes)
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     train_y = ds.train_y[train_idx]
-    augment = data.default_augment(ds) if config.augment is None else bool(config.augment)
+    augment = datasets.default_augment(ds) if config.augment is None else bool(config.augment)
     if augment and not ds.is_image:
         raise ValueError(f"augment=True: dataset {config.dataset!r} holds feature vectors, not images")
     counts = torch.bincount(train_y, minlength=ds.num_classes).tolist()
@@ -271,13 +224,26 @@ def _load_data(config: TrainConfig, device: torch.device) -> _Data:
 
 
 def _build_model(config: TrainConfig, ds) -> nn.Module:
-    from gence import models
-
     if ds.is_image:
         in_channels, image_size = ds.image_shape[0], tuple(ds.image_shape[1:])
     else:
         in_channels, image_size = ds.train_x.shape[1], None
-    return models.build(config.model, in_channels, ds.num_classes, image_size, **config.model_params)
+    model = models.build(config.model, in_channels, ds.num_classes, image_size, **config.model_params)
+    if config.init_output_bias is not None:
+        _shift_output_bias(model, config.init_output_bias)
+    return model
+
+
+def _shift_output_bias(model: nn.Module, shift: list) -> None:
+    """Add ``shift`` to the bias of the model's last ``nn.Linear`` (its classifier)."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linear or linear[-1].bias is None or linear[-1].bias.shape != (len(shift),):
+        found = "no linear layer with a bias" if not linear or linear[-1].bias is None else \
+            f"a last linear layer with {linear[-1].bias.numel()} outputs"
+        raise ValueError(f"TrainConfig.init_output_bias={shift!r}: expected one number per class for a model whose "
+                         f"last layer is nn.Linear with a bias; the model has {found}")
+    with torch.no_grad():
+        linear[-1].bias += torch.tensor(shift, dtype=linear[-1].bias.dtype)
 
 
 # Training seconds between checkpoint saves (each at the end of an epoch; the last epoch is always saved).
@@ -296,8 +262,6 @@ def _load_checkpoint(path: str | os.PathLike, config: TrainConfig, device: torch
     """The saved state if ``path`` holds a checkpoint of this config on this device type, else None."""
     if not os.path.exists(path):
         return None
-    from gence.experiments.db import KEY_EXCLUDED_FIELDS, run_key
-
     state = torch.load(path, map_location=device, weights_only=True)
     if run_key(state["config"]) != run_key(config.to_dict()):  # same run = same key (where it runs aside)
         saved, wanted = state["config"], config.to_dict()
@@ -312,6 +276,43 @@ def _load_checkpoint(path: str | os.PathLike, config: TrainConfig, device: torch
     return state
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How a config's training is cut into steps for ``n`` training samples (see :func:`step_plan`)."""
+
+    batch_size: int        # the batch size used (a drop_last batch larger than the data is the whole set)
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int            # epochs started (the last one cut short under a step budget)
+    images: int            # training samples seen in all
+    full_epochs: bool      # every epoch sees every sample once (no drop_last, no cut)
+
+
+def step_plan(n: int, config: TrainConfig) -> StepPlan:
+    """Batches per epoch ``ceil(n / batch_size)`` (``floor`` with ``drop_last``, at least one full batch),
+    ``epochs`` epochs of them, or ``config.steps`` steps when set (the last epoch cut short)."""
+    batch = min(config.batch_size, n) if config.drop_last else config.batch_size
+    per_epoch = n // batch if config.drop_last else math.ceil(n / batch)
+    images_per_epoch = per_epoch * batch if config.drop_last else n
+    if config.steps is None:
+        total, epochs = config.epochs * per_epoch, config.epochs
+        images = epochs * images_per_epoch
+    else:
+        total, epochs = config.steps, math.ceil(config.steps / per_epoch)
+        last = total - (epochs - 1) * per_epoch
+        images = (epochs - 1) * images_per_epoch + min(images_per_epoch, last * batch)
+    full = not config.drop_last and (config.steps is None or config.steps % per_epoch == 0)
+    return StepPlan(batch, per_epoch, total, epochs, images, full)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov when asked and momentum > 0) or Adam, with ``weight_decay``."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
+
+
 def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
                  device: torch.device, augment: bool, progress: bool = True,
                  checkpoint: str | os.PathLike | None = None) -> list[dict]:
@@ -319,16 +320,11 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
     (``loss``, last ``lr`` and cumulative training ``seconds`` per epoch). With ``checkpoint``, resumes
     from the state saved there and saves the state every :data:`CHECKPOINT_SECONDS` and after the last
     epoch (see the module docstring)."""
-    from tqdm.auto import tqdm
-
-    from gence.data import iterate_batches, random_crop_flip
-
     n = len(y)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
+    plan = step_plan(n, config)
+    total_steps, steps_per_epoch, epochs = plan.total_steps, plan.steps_per_epoch, plan.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
+    optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
     if x.dim() == 4:
         model.to(memory_format=torch.channels_last)
@@ -349,22 +345,26 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
     start, last_save = time.perf_counter(), seconds_before
     model.train()
     # Advanced per step (no device sync needed), described per epoch once the epoch's loss is known.
-    bar = tqdm(total=total_steps, initial=first_epoch * steps_per_epoch, desc="train", unit="step",
-               disable=not progress, leave=False)
-    for epoch in range(first_epoch, config.epochs):
+    bar = tqdm(total=total_steps, initial=min(total_steps, first_epoch * steps_per_epoch), desc="train",
+               unit="step", disable=not progress, leave=False)
+    for epoch in range(first_epoch, epochs):
         if hasattr(loss_fn, "on_epoch_start"):
-            loss_fn.on_epoch_start(epoch, config.epochs)
+            loss_fn.on_epoch_start(epoch, epochs)
         # Per-step losses stay on the device: one sync per epoch, not per step.
         step_losses = torch.zeros(steps_per_epoch, device=device)
         sizes = torch.zeros(steps_per_epoch, device=device)
         lrs = []
-        for step, (xb, yb) in enumerate(iterate_batches(x, y, config.batch_size, shuffle=True, generator=generator)):
+        batches = datasets.iterate_batches(x, y, plan.batch_size, shuffle=True, generator=generator,
+                                           drop_last=config.drop_last)
+        for step, (xb, yb) in enumerate(batches):
+            if epoch * steps_per_epoch + step >= total_steps:  # a fixed step budget ends mid-epoch
+                break
             lr = learning_rate(epoch * steps_per_epoch + step, total_steps, config.lr, warmup_steps, config.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             lrs.append(lr)
             if augment:
-                xb = random_crop_flip(xb, generator=generator)
+                xb = datasets.random_crop_flip(xb, generator=generator)
             xb = as_memory_format(xb)
             with autocast(device, config.amp):
                 logits = forward(xb)
@@ -379,11 +379,13 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
         finite = torch.isfinite(step_losses)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
-            raise NonFiniteLossError(float(step_losses[bad]), epoch, bad, config.epochs, steps_per_epoch, lrs[bad])
-        mean_loss = float((step_losses * sizes).sum() / n)  # a device sync: the time below is the epoch's
+            raise NonFiniteLossError(float(step_losses[bad]), epoch, bad, epochs, steps_per_epoch, lrs[bad])
+        # A device sync: the time below is the epoch's. Every image once (the default): divide by n.
+        seen = n if plan.full_epochs else sizes.sum()
+        mean_loss = float((step_losses * sizes).sum() / seen)
         history.append({"epoch": epoch, "loss": mean_loss, "lr": lrs[-1],
                         "seconds": seconds_before + time.perf_counter() - start})
-        if checkpoint is not None and (epoch == config.epochs - 1
+        if checkpoint is not None and (epoch == epochs - 1
                                        or history[-1]["seconds"] - last_save >= CHECKPOINT_SECONDS):
             last_save = history[-1]["seconds"]
             _save_checkpoint(checkpoint, {
@@ -391,27 +393,20 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
-        bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{mean_loss:.4f}", lr=f"{lrs[-1]:.3g}")
+        bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{mean_loss:.4f}", lr=f"{lrs[-1]:.3g}")
     bar.close()
     return history
 
 
-def _split_metrics(prefix: str, logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict[str, float]:
-    from gence import metrics
-
-    if len(labels) == 0:
-        keys = ("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")
-        return {f"{prefix}/{k}": math.nan for k in keys}
-    return {f"{prefix}/{k}": float(v) for k, v in metrics.evaluate(logits, labels, n_bins).items()}
+def _split_metrics(split: str, logits: torch.Tensor, labels: torch.Tensor, n_bins: int) -> dict[str, float]:
+    if len(labels) == 0:  # no validation split: the same keys, NaN
+        return {split_key(split, m): math.nan for m in SPLIT_METRICS}
+    return {split_key(split, m): float(v) for m, v in metrics.evaluate(logits, labels, n_bins).items()}
 
 
 def evaluate_model(model: nn.Module, data: _Data, config: TrainConfig, device: torch.device
                    ) -> tuple[dict[str, float], dict[str, Any], torch.Tensor]:
     """Metrics (before and after temperature scaling, groups, OOD), reliability bins, test logits."""
-    from gence import metrics
-    from gence.calibration import fit_temperature
-    from gence.data import load_ood
-
     ds = data.dataset
     run = lambda x: predict(model, x, ds.normalize, device, config.eval_batch_size, config.amp)
     val_logits, test_logits = run(data.val_x), run(ds.test_x)
@@ -422,19 +417,19 @@ def evaluate_model(model: nn.Module, data: _Data, config: TrainConfig, device: t
     out.update(_split_metrics("test", test_logits, ds.test_y, config.n_bins))
     out.update(_split_metrics("val_ts", val_logits / temperature, data.val_y, config.n_bins))
     out.update(_split_metrics("test_ts", test_logits / temperature, ds.test_y, config.n_bins))
-    out["temperature"] = float(temperature)
+    out[TEMPERATURE] = float(temperature)
 
     test_probs = F.softmax(test_logits.double(), dim=1)
     many, few = group_thresholds(max(data.class_counts))
     groups = metrics.group_accuracy(test_probs, ds.test_y, data.class_counts, many=many, few=few)
-    out.update({f"test/acc_{g}": float(v) for g, v in groups.items()})
+    out.update({group_key(g): float(groups[g]) for g in GROUPS})
     out.update({f"test/{k}": v for k, v in metrics.class_coverage(test_probs, ds.test_y).items()})
 
     for name in config.ood:
-        ood_logits = run(load_ood(name, ds, seed=config.seed))
-        for score in metrics.OOD_SCORES:
+        ood_logits = run(datasets.load_ood(name, ds, seed=config.seed))
+        for score in OOD_SCORES:
             result = metrics.ood_metrics(metrics.ood_scores(test_logits, score), metrics.ood_scores(ood_logits, score))
-            out.update({f"ood/{name}/{score}/{k}": float(v) for k, v in result.items()})
+            out.update({ood_key(name, score, k): float(v) for k, v in result.items()})
 
     reliability = {
         "test": metrics.reliability_bins(test_probs, ds.test_y, config.n_bins),
@@ -444,7 +439,8 @@ def evaluate_model(model: nn.Module, data: _Data, config: TrainConfig, device: t
     return out, reliability, test_logits
 
 
-def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLike | None = None) -> TrainResult:
+def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLike | None = None,
+        dataset: datasets.ArrayDataset | None = None) -> TrainResult:
     """Train ``config.model`` with ``config.loss`` on the configured regime, then evaluate it.
 
     Returns metrics with exactly the keys of docs/architecture.md, extras (reliability bins, per-epoch
@@ -454,14 +450,15 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
     epoch) and after the last epoch, and a run started again with the same path resumes after the last
     saved epoch (see the module docstring).
     ``train/seconds`` counts the training time of every part of a resumed run.
+    ``dataset``: the data, already built, for data that ``gence.data`` cannot load by name (tensors made
+    by the caller, e.g. the properness study's tasks); its ``name`` must be ``config.dataset``, and the
+    config must describe it completely (``dataset_params``), since the run key is the config's.
     """
-    from gence import losses
-
     config.validate()
     device = resolve_device(config.device)
     with deterministic_algorithms():
         seed_everything(config.seed)
-        data = _load_data(config, device)
+        data = _load_data(config, device, dataset)
         ds = data.dataset
         seed_everything(config.seed)  # the model's initialisation does not depend on how data was drawn
         model = _build_model(config, ds).to(device)
@@ -474,12 +471,10 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
                                checkpoint=checkpoint)
         seconds = history[-1]["seconds"]
 
-        metrics, reliability, test_logits = evaluate_model(model, data, config, device)
+        out, reliability, test_logits = evaluate_model(model, data, config, device)
 
     n_train = len(data.train_y)
-    metrics["train/loss"] = history[-1]["loss"]
-    metrics["train/seconds"] = seconds
-    metrics["train/images_per_second"] = config.epochs * n_train / seconds
+    out.update(zip(TRAIN_METRICS, (history[-1]["loss"], seconds, step_plan(n_train, config).images / seconds)))
     extras = {
         "reliability": reliability,
         "history": history,
@@ -487,5 +482,5 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
                  "class_counts": data.class_counts, "augment": data.augment},
         "hardware": hardware(device),
     }
-    return TrainResult(metrics=metrics, extras=extras, config=config.to_dict(),
+    return TrainResult(metrics=out, extras=extras, config=config.to_dict(),
                        test_logits=test_logits, test_labels=ds.test_y.clone())
