@@ -1,7 +1,7 @@
 """The one selection rule: the candidate with the best mean metric, ties broken by a second metric.
 
 Used by the report (which swept variant of a loss feeds the main tables, and which tuned value the
-runner chose) and meant for the runner's tuning (``experiments.grid.choose_value``), so the value a
+runner chose) and the runner's tuning (``experiments.grid.choose_value`` calls it), so the value a
 report marks as chosen is the value the runner picked, by the same code.
 """
 from __future__ import annotations

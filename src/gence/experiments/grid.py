@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from gence import data, losses, models
 from gence.contract import TrainConfig, canonical_json, field_problem, run_key
+from gence.selection import TIE_BREAK, best_candidate, mean_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,7 +78,7 @@ TOP_KEYS = {"train": "shared TrainConfig settings", "grid": "one block or an arr
 BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train", "tune")
 TUNE_KEYS = ("from", "field", "metric")
 DEFAULT_TUNE_METRIC = "val/error"
-TUNE_TIE_BREAK = "val/nll"
+TUNE_TIE_BREAK = TIE_BREAK
 LOSS_KEYS = ("name", "params", "label", "seeds", "train", "sweep")
 DATASET_KEYS = ("name", "params", "ood", "data_dir", "classes")
 MODEL_KEYS = ("name", "params")
@@ -634,11 +634,6 @@ def value_order(value: Any) -> tuple:
     return (1, 0.0, canonical_json(value))
 
 
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return math.fsum(values) / len(values) if values else math.nan
-
-
 @dataclasses.dataclass
 class Choice:
     """The tuned value and, per candidate value (in value order), (value, n done, mean metric, mean tie)."""
@@ -649,27 +644,16 @@ class Choice:
 
 def choose_value(done: Iterable[tuple[Any, dict]], metric: str, tie_break: str = TUNE_TIE_BREAK) -> Choice | None:
     """The value with the lowest mean ``metric`` over the done runs ``(value, metrics)``; ties: lowest mean
-    ``tie_break``, then the smaller value. None when no run has the metric (every candidate failed)."""
+    ``tie_break``, then the smaller value (:func:`gence.selection.best_candidate`, the rule the report
+    uses too). None when no run has the metric (every candidate failed)."""
     by_value: dict[str, list] = {}
     for value, metrics in done:
         by_value.setdefault(canonical_json(value), [value, []])[1].append(metrics or {})
-    table = []
-    for value, ms in sorted(by_value.values(), key=lambda vm: value_order(vm[0])):
-        table.append((value, len(ms), _mean([_float(m.get(metric)) for m in ms]),
-                      _mean([_float(m.get(tie_break)) for m in ms])))
-    scored = [row for row in table if not math.isnan(row[2])]
-    if not scored:
-        return None
-    best = min(scored, key=lambda r: (r[2], math.isnan(r[3]), r[3] if not math.isnan(r[3]) else 0.0,
-                                      value_order(r[0])))
-    return Choice(value=best[0], table=table)
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+    table = [(value, len(ms), mean_of([m.get(metric) for m in ms]), mean_of([m.get(tie_break) for m in ms]))
+             for value, ms in sorted(by_value.values(), key=lambda vm: value_order(vm[0]))]
+    best = best_candidate({k: ms for k, (_, ms) in by_value.items()}, metric, tie_break,
+                          order=lambda k: value_order(by_value[k][0]))
+    return None if best is None else Choice(value=by_value[best][0], table=table)
 
 
 @dataclasses.dataclass
