@@ -84,7 +84,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     epochs: int = 30
     batch_size: int = 128
-    augment: bool | None = None          # None: the dataset's default (crop+flip for CIFAR-like data)
+    augment: bool | str | None = None    # None: the dataset's default; "none", "crop_flip" (= True), "crop"
     seed: int = 0
     device: str = "auto"                 # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
     amp: bool = False                    # bf16 autocast on CPU, fp16 + GradScaler on CUDA
@@ -124,6 +124,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.n_val_per_class={self.n_val_per_class!r}: expected an integer >= 0")
         if isinstance(self.ood, str):
             raise ValueError(f"TrainConfig.ood={self.ood!r}: expected a list of OOD set names")
+        from gence.data.augment import AUGMENT_MODES
+        if not (self.augment is None or isinstance(self.augment, bool) or self.augment in AUGMENT_MODES):
+            raise ValueError(f"TrainConfig.augment={self.augment!r}: expected null (the dataset's default), true, "
+                             f"false or one of {', '.join(map(repr, AUGMENT_MODES))}")
 
 
 @dataclass
@@ -245,7 +249,7 @@ class _Data:
     val_x: torch.Tensor     # raw (uint8 images or float features), on the CPU
     val_y: torch.Tensor
     class_counts: list[int]
-    augment: bool
+    augment: Any            # gence.data.Crop (pad, flip) or None
 
 
 def _load_data(config: TrainConfig, device: torch.device) -> _Data:
@@ -253,7 +257,7 @@ def _load_data(config: TrainConfig, device: torch.device) -> _Data:
 
     # OOD names are checked before training, not after it.
     for name in config.ood:
-        if name not in data.ood_names():
+        if not data.is_ood_name(name):
             raise ValueError(f"TrainConfig.ood: unknown OOD set {name!r}; expected some of {data.ood_names()}")
         if name == "heldout" and not config.classes:
             raise ValueError("TrainConfig.ood: 'heldout' needs TrainConfig.classes (the kept classes; the rest are OOD)")
@@ -262,9 +266,7 @@ def _load_data(config: TrainConfig, device: torch.device) -> _Data:
                                             num_classes=ds.num_classes)
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     train_y = ds.train_y[train_idx]
-    augment = data.default_augment(ds) if config.augment is None else bool(config.augment)
-    if augment and not ds.is_image:
-        raise ValueError(f"augment=True: dataset {config.dataset!r} holds feature vectors, not images")
+    augment = data.resolve_augment(config.augment, ds)
     counts = torch.bincount(train_y, minlength=ds.num_classes).tolist()
     return _Data(dataset=ds, train_x=ds.normalize(ds.train_x[train_idx].to(device)), train_y=train_y.to(device),
                  val_x=ds.train_x[val_idx], val_y=ds.train_y[val_idx], class_counts=counts, augment=augment)
@@ -321,7 +323,7 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
     epoch (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    from gence.data import iterate_batches, random_crop_flip
+    from gence.data import CROP_FLIP, iterate_batches, random_crop_flip
 
     n = len(y)
     steps_per_epoch = math.ceil(n / config.batch_size)
@@ -364,7 +366,8 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
                 group["lr"] = lr
             lrs.append(lr)
             if augment:
-                xb = random_crop_flip(xb, generator=generator)
+                pad, flip = CROP_FLIP if augment is True else augment
+                xb = random_crop_flip(xb, pad, flip, generator=generator)
             xb = as_memory_format(xb)
             with autocast(device, config.amp):
                 logits = forward(xb)
@@ -484,7 +487,7 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
         "reliability": reliability,
         "history": history,
         "data": {"n_train": n_train, "n_val": len(data.val_y), "n_test": len(ds.test_y),
-                 "class_counts": data.class_counts, "augment": data.augment},
+                 "class_counts": data.class_counts, "augment": data.augment or False},
         "hardware": hardware(device),
     }
     return TrainResult(metrics=metrics, extras=extras, config=config.to_dict(),
