@@ -376,7 +376,7 @@ IMAGE_DATASETS = {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "sv
 
 def test_available_lists_every_name_with_a_description():
     names = gd.available()
-    assert set(names) == IMAGE_DATASETS | {"gaussians"}
+    assert set(names) == IMAGE_DATASETS | {"gaussians", "folder", "arrays", "csv"}
     assert list(names) == sorted(names)
     assert all(isinstance(d, str) and d for d in names.values())
     assert set(gd.image_datasets()) == IMAGE_DATASETS

@@ -16,7 +16,8 @@ pins constructor arguments for that name. Its keyword parameters are what :func:
 
 A user's network needs no registration: a model name ``"package.module:function"`` (a function or an
 ``nn.Module`` class, importable from ``sys.path``) is called with ``num_classes``, ``in_channels``,
-``image_size`` (only when its signature names it) and the model's params; ``"timm:NAME"`` is
+``image_size`` (only when its signature names it: an (H, W) tuple, or None for feature vectors) and the
+model's params; ``"timm:NAME"`` is
 ``timm.create_model(NAME, num_classes=..., in_chans=..., **params)`` (timm is an optional extra,
 ``pip install gence[timm]``; pass e.g. ``img_size`` or ``pretrained`` as params). See :func:`is_reference`.
 """
@@ -28,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from gence.models._common import HEADS, CosineLinear, set_head, set_reference_head
+from gence.models._common import HEADS, CosineLinear, as_hw, set_head, set_reference_head
 from gence.models.preact_resnet import PreActResNet
 from gence.models.resnet import ResNet
 from gence.models.small import MLP, SmallCNN
@@ -185,7 +186,8 @@ def _build_reference(name: str, in_channels: int, num_classes: int, image_size, 
     builder = _reference_builder(name)
     inputs = {"num_classes": num_classes, "in_channels": in_channels}
     if not name.startswith(TIMM_PREFIX) and "image_size" in inspect.signature(builder).parameters:
-        inputs["image_size"] = image_size
+        hw = as_hw(image_size)
+        inputs["image_size"] = hw if hw else None  # always (H, W), or None for feature vectors
     try:
         model = builder(**inputs, **params)
     except (ValueError, TypeError) as exc:
