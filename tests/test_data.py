@@ -390,7 +390,7 @@ def test_names_are_case_and_dash_insensitive_with_aliases():
     for spelling in ("fashion-mnist", "FashionMNIST", "FASHION_MNIST"):
         with pytest.raises(ValueError, match="GENCE_DATA"):  # resolved to fashion_mnist, which needs files
             gd.load_dataset(spelling)
-    with pytest.raises(ValueError, match=r"unknown dataset name='cifar-1o'; expected one of: cifar10, cifar100"):
+    with pytest.raises(ValueError, match=r"unknown dataset name='cifar-1o'; expected one of: arrays, cifar10, cifar100"):
         gd.load_dataset("cifar-1o")
 
 
