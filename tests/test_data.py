@@ -376,7 +376,7 @@ IMAGE_DATASETS = {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "sv
 
 def test_available_lists_every_name_with_a_description():
     names = gd.available()
-    assert set(names) == IMAGE_DATASETS | {"gaussians"}
+    assert set(names) == IMAGE_DATASETS | {"gaussians", "folder", "arrays", "csv"}
     assert list(names) == sorted(names)
     assert all(isinstance(d, str) and d for d in names.values())
     assert set(gd.image_datasets()) == IMAGE_DATASETS
@@ -390,7 +390,7 @@ def test_names_are_case_and_dash_insensitive_with_aliases():
     for spelling in ("fashion-mnist", "FashionMNIST", "FASHION_MNIST"):
         with pytest.raises(ValueError, match="GENCE_DATA"):  # resolved to fashion_mnist, which needs files
             gd.load_dataset(spelling)
-    with pytest.raises(ValueError, match=r"unknown dataset name='cifar-1o'; expected one of: cifar10, cifar100"):
+    with pytest.raises(ValueError, match=r"unknown dataset name='cifar-1o'; expected one of: arrays, cifar10, cifar100"):
         gd.load_dataset("cifar-1o")
 
 

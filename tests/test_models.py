@@ -150,3 +150,152 @@ def test_cosine_head_replaces_the_last_linear_layer_only(name, params):
     assert kinds(cosine)[:-1] == kinds(linear)[:-1]
     # Same parameter count less the bias of the replaced layer.
     assert n_params(cosine) == n_params(linear) - 4
+
+
+# ------------------------------------------------------------------------------------------------
+# a user's network: "package.module:function" and "timm:NAME", not registered
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+CALLS = []
+
+
+def tiny_net(num_classes, in_channels, image_size, hidden=6):
+    CALLS.append({"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+                  "hidden": hidden})
+    h, w = image_size
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * h * w, hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+
+
+class ConvOnly(nn.Module):
+    """A classifier that is a 1x1 convolution: no nn.Linear to make cosine."""
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.head = nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, x):
+        return self.head(x).mean(dim=(2, 3))
+
+
+def not_a_module(num_classes, in_channels):
+    return 42
+
+
+def takes_no_classes(in_channels):
+    return nn.Identity()
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    (tmp_path / "my_nets.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_nets", None)
+    yield importlib.import_module("my_nets")
+    sys.modules.pop("my_nets", None)
+
+
+def test_a_user_function_is_a_model_without_registration(user_module):
+    assert models.is_reference("my_nets:tiny_net") and not models.is_reference("resnet8")
+    assert "my_nets:tiny_net" not in models.available()
+    models.check_params("my_nets:tiny_net", hidden=3)
+    torch.manual_seed(0)
+    model = models.build("my_nets:tiny_net", in_channels=2, num_classes=5, image_size=(4, 3), hidden=3)
+    assert user_module.CALLS[-1] == {"num_classes": 5, "in_channels": 2, "image_size": (4, 3), "hidden": 3}
+    assert model(torch.randn(7, 2, 4, 3)).shape == (7, 5)
+    assert n_params(model) == (2 * 4 * 3) * 3 + 3 + 3 * 5 + 5
+    with pytest.raises(ValueError, match=r"my_nets:tiny_net.*depth=3.*hidden"):
+        models.check_params("my_nets:tiny_net", depth=3)
+    with pytest.raises(ValueError, match="head='square'"):
+        models.build("my_nets:tiny_net", 1, 2, 4, head="square")
+
+
+def test_a_user_model_gets_the_cosine_head_on_its_last_linear(user_module):
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = models.build("my_nets:tiny_net", 1, 4, 5, head="cosine")
+    head = model[3]
+    assert isinstance(head, models.CosineLinear) and (head.in_features, head.out_features) == (6, 4)
+    assert isinstance(model[1], torch.nn.Linear)  # the hidden layer is untouched
+    seen = {}
+    head.register_forward_hook(lambda m, inp, out: seen.update(features=inp[0].detach()))
+    logits = model(torch.randn(5, 1, 5, 5)).detach().double().numpy()
+    f, w = seen["features"].double().numpy(), head.weight.detach().double().numpy()
+    expected = (f @ w.T) / np.linalg.norm(f, axis=1)[:, None] / np.linalg.norm(w, axis=1)[None, :]
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_user_model_errors_name_the_model_and_what_is_expected(user_module):
+    with pytest.raises(ValueError, match=r"my_nets:ConvOnly.*head='cosine'.*nn.Linear"):
+        models.build("my_nets:ConvOnly", 3, 4, 8, head="cosine")
+    assert models.build("my_nets:ConvOnly", 3, 4, 8)(torch.randn(2, 3, 8, 8)).shape == (2, 4)  # linear: fine
+    with pytest.raises(ValueError, match=r"no_such_module_xyz.*cannot import"):
+        models.check_params("no_such_module_xyz:net")
+    with pytest.raises(ValueError, match=r"has no attribute 'nope'"):
+        models.build("my_nets:nope", 1, 2, 4)
+    with pytest.raises(ValueError, match=r"returned a int.*nn.Module"):
+        models.build("my_nets:not_a_module", 1, 2, 4)
+    with pytest.raises(ValueError, match=r"takes no num_classes"):
+        models.check_params("my_nets:takes_no_classes")
+
+
+class _FakeTimmNet(torch.nn.Module):
+    def __init__(self, num_classes, in_chans, width=8):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(in_chans, width, 3, padding=1)
+        self.fc = torch.nn.Linear(width, num_classes)
+        self.extra = torch.nn.Linear(width, num_classes)  # registered after fc: get_classifier must win
+
+    def get_classifier(self):
+        return self.fc
+
+    def forward(self, x):
+        return self.fc(self.stem(x).mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def create_model(name, pretrained=False, **kwargs):
+        calls.append({"name": name, **kwargs})
+        if name != "fakenet":
+            raise RuntimeError(f"Unknown model ({name})")
+        return _FakeTimmNet(**kwargs)
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    return calls
+
+
+def test_timm_models_go_through_create_model(fake_timm):
+    model = models.build("timm:fakenet", in_channels=1, num_classes=3, image_size=28, width=5)
+    assert fake_timm == [{"name": "fakenet", "num_classes": 3, "in_chans": 1, "width": 5}]
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+    models.check_params("timm:fakenet", head="cosine", anything=1)  # timm takes any keyword
+
+
+def test_timm_cosine_head_replaces_what_get_classifier_returns(fake_timm):
+    model = models.build("timm:fakenet", 3, 4, 8, head="cosine")
+    assert isinstance(model.fc, models.CosineLinear) and model.get_classifier() is model.fc
+    assert type(model.extra) is torch.nn.Linear  # the last nn.Linear, but not the classifier
+
+
+def test_timm_missing_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(ImportError, match=r"timm:resnet18.*pip install gence\[timm\]"):
+        models.build("timm:resnet18", 3, 10, 32)
+    with pytest.raises(ImportError, match=r"gence\[timm\]"):
+        models.check_params("timm:resnet18")

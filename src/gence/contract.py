@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "step")
+# TrainConfig.augment values besides None/True/False (gence.data.augment says what each does).
+AUGMENT_MODES = ("none", "crop_flip", "crop")
 OPTIMIZERS = ("sgd", "adam")
 
 # Fields of a run config that say where or on what a run executes, not what it computes; they are kept in
@@ -96,7 +98,8 @@ def field_problem(name: str, value: Any) -> str | None:
     integers >= 0; ``lr``: a finite number > 0; ``momentum``: a number in [0, 1); ``weight_decay``,
     ``warmup_epochs``: finite numbers >= 0; ``schedule`` in :data:`SCHEDULES`; ``optimizer`` in
     :data:`OPTIMIZERS`; ``steps``: None or an integer > 0; ``nesterov``, ``amp``, ``compile``, ``drop_last``:
-    true or false; ``augment``: None, true or false; ``dataset``, ``regime``, ``model``, ``loss``: strings;
+    true or false; ``augment``: None, true, false or one of :data:`AUGMENT_MODES`; ``dataset``, ``regime``,
+    ``model``, ``loss``: strings;
     ``*_params``: dicts; ``classes``: None or a list; ``ood``: a list of strings; ``init_output_bias``: None or a
     list of finite numbers; ``data_dir``: None or a string; ``device``: a string. Rules between fields
     (``warmup_epochs <= epochs``) are in ``TrainConfig.validate``.
@@ -120,7 +123,8 @@ def field_problem(name: str, value: Any) -> str | None:
     if name in _BOOL:
         return None if isinstance(value, bool) else "expected true or false"
     if name == "augment":
-        return None if value is None or isinstance(value, bool) else "expected null (the dataset's default), true or false"
+        return None if value is None or isinstance(value, bool) or value in AUGMENT_MODES else \
+            f"expected null (the dataset's default), true, false or one of {', '.join(map(repr, AUGMENT_MODES))}"
     if name in _STR or name == "device":
         return None if isinstance(value, str) and value else "expected a non-empty string"
     if name in _DICT:
@@ -169,7 +173,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     epochs: int = 30
     batch_size: int = 128
-    augment: bool | None = None          # None: the dataset's default (crop+flip for CIFAR-like data)
+    augment: bool | str | None = None    # None: the dataset's default; "none", "crop_flip" (= True), "crop"
     seed: int = 0
     device: str = "auto"                 # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
     amp: bool = False                    # bf16 autocast on CPU, fp16 + GradScaler on CUDA

@@ -8,14 +8,42 @@ Crop convention: pad by ``pad`` on every side, then take the H x W window at off
 dy, dx uniform in 0..2*pad. ``padding_mode="reflect"`` (default, as airbench: mirror without repeating
 the edge pixel, like ``F.pad(mode="reflect")``) or ``"zeros"`` (as torchvision ``RandomCrop(padding=4)``).
 The horizontal flip (probability 1/2) is applied to the crop.
+
+Augmentation settings (``TrainConfig.augment``, resolved by :func:`resolve_augment` into a :class:`Crop`
+or None):
+
+- ``"none"`` (or ``False``): no augmentation.
+- ``"crop_flip"`` (or ``True``): pad 4 and random crop, then horizontal flip with probability 1/2.
+- ``"crop"``: random crop (a translation by up to ``pad`` pixels each way) WITHOUT flip, for data where a
+  mirror image is another class or none (digits, letters); ``pad`` is 2 for images smaller than 32 px
+  (either side), else 4.
+- ``None``: the dataset's default. Built-in datasets: ``crop_flip`` for RGB images of at least 32x32
+  (CIFAR), else none (digits, MNIST-like, SVHN, feature data). A user's data (``folder``, ``arrays``,
+  ``csv``: datasets registered with ``augment_by_kind=True``) by kind: RGB images ``crop_flip`` when at
+  least 32x32 and ``crop`` when smaller, grayscale images ``crop``, feature vectors none.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
-__all__ = ["random_crop_flip", "crop_flip", "iterate_batches", "default_augment"]
+from gence.contract import AUGMENT_MODES
+from gence.data.datasets import DATASETS
+
+__all__ = ["random_crop_flip", "crop_flip", "iterate_batches", "default_augment", "resolve_augment",
+           "default_augment_mode", "Crop", "AUGMENT_MODES", "CROP_FLIP"]
+
+
+
+class Crop(NamedTuple):
+    """What the training loop does to each batch: random crop with ``pad`` pixels, flip when ``flip``."""
+
+    pad: int
+    flip: bool
+
+
+CROP_FLIP = Crop(4, True)  # what augment=True has always meant
 
 
 def _draw_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.device:
@@ -99,11 +127,50 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: 
             yield x[i:i + batch_size], y[i:i + batch_size]
 
 
-def default_augment(dataset) -> bool:
-    """Crop+flip by default for CIFAR-like data (RGB, at least 32x32), not for digits, MNIST-like,
-    feature data, or SVHN (a flipped digit is another digit or none)."""
+def default_augment_mode(dataset) -> str:
+    """The augmentation a dataset gets with ``augment=None``, one of :data:`AUGMENT_MODES` (see the module
+    docstring): by kind for datasets registered with ``augment_by_kind=True``; else crop+flip for
+    CIFAR-like data (RGB, at least 32x32), none for digits, MNIST-like, feature data and SVHN (a flipped
+    digit is another digit or none)."""
     shape = getattr(dataset, "image_shape", None)
-    if shape is None or getattr(dataset, "source", getattr(dataset, "name", "")) == "svhn":
-        return False
+    if shape is None:
+        return "none"
     C, H, W = shape
-    return C == 3 and H >= 32 and W >= 32
+    source = getattr(dataset, "source", getattr(dataset, "name", ""))
+    if source in DATASETS and DATASETS.get(source).info.get("augment_by_kind", False):
+        return "crop_flip" if C == 3 and H >= 32 and W >= 32 else "crop"
+    if source == "svhn":
+        return "none"
+    return "crop_flip" if C == 3 and H >= 32 and W >= 32 else "none"
+
+
+def default_augment(dataset) -> bool:
+    """Whether ``dataset`` is augmented by default (``augment=None``): see :func:`default_augment_mode`."""
+    return default_augment_mode(dataset) != "none"
+
+
+def resolve_augment(setting: bool | str | None, dataset) -> Crop | None:
+    """The augmentation ``TrainConfig.augment = setting`` means for ``dataset`` (an ``ArrayDataset``):
+    a :class:`Crop` (pad, flip) or None for none.
+
+    ``setting``: None (the dataset's default, :func:`default_augment_mode`), True (``"crop_flip"``),
+    False (``"none"``) or one of :data:`AUGMENT_MODES`. ValueError for another value, and for a crop of
+    feature vectors."""
+    if setting is None:
+        mode = default_augment_mode(dataset)
+    elif isinstance(setting, bool):
+        mode = "crop_flip" if setting else "none"
+    elif isinstance(setting, str) and setting in AUGMENT_MODES:
+        mode = setting
+    else:
+        raise ValueError(f"augment={setting!r}: expected null (the dataset's default), true, false or one of "
+                         f"{', '.join(map(repr, AUGMENT_MODES))}")
+    if mode == "none":
+        return None
+    shape = getattr(dataset, "image_shape", None)
+    if shape is None:
+        raise ValueError(f"augment={setting!r}: dataset {getattr(dataset, 'name', '?')!r} holds feature vectors, "
+                         f"not images; expected augment null, false or 'none'")
+    if mode == "crop_flip":
+        return CROP_FLIP
+    return Crop(2 if min(shape[1:]) < 32 else 4, False)

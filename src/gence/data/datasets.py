@@ -173,7 +173,9 @@ def _not_found(name: str, searched: Sequence[str], expected: str) -> FileNotFoun
 # The registry: one loader per dataset, (data_dir, cache, **params) -> dict of numpy arrays
 # train_x, train_y, test_x, test_y, classes (and optionally "extras", dataset-specific objects).
 # Its keyword parameters are what load_dataset accepts for it. Info: ``images`` (default True; False
-# for feature data, which is also no OOD set) and ``aliases`` (other spellings of the name).
+# for feature data, which is also no OOD set; a loader may return "is_image" to decide per file),
+# ``aliases`` (other spellings of the name), ``user`` (a user's data, needing its files named: no OOD
+# set by name) and ``augment_by_kind`` (default augmentation by kind, see gence.data.augment).
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -339,8 +341,10 @@ def available() -> dict[str, str]:
 
 
 def image_datasets() -> list[str]:
-    """Registered datasets of images (not feature vectors), sorted."""
-    return [n for n in DATASETS.names() if DATASETS.get(n).info.get("images", True)]
+    """Registered datasets of images (not feature vectors) that load by name alone (not a user's
+    ``folder``/``arrays``, which need their files named), sorted: the OOD sets by dataset name."""
+    return [n for n in DATASETS.names()
+            if DATASETS.get(n).info.get("images", True) and not DATASETS.get(n).info.get("user", False)]
 
 
 def _canonical(name: str) -> str:
@@ -392,7 +396,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, classes: 
             ``$GENCE_DATA``.
         classes: keep only these classes (indices or names), relabelled 0..k-1 in the order given.
         cache: read/write decoded arrays in ``$GENCE_CACHE`` (default ``~/.cache/gence``).
-        **params: ``cifar100``: ``label_type='fine'|'coarse'``; ``gaussians``: ``num_classes`` (3),
+        **params: ``folder``, ``arrays``, ``csv`` (a user's data): see :mod:`gence.data.userdata`;
+            ``cifar100``: ``label_type='fine'|'coarse'``; ``gaussians``: ``num_classes`` (3),
             ``dim`` (2), ``n_train`` (1000), ``n_test`` (10000), ``seed`` (0; the task), ``sample_seed``
             (default ``seed``; the samples), and any other ``GaussianTask`` argument (``priors``,
             ``separation``, ``covariance``, ``imbalance_ratio``, ...).
@@ -404,7 +409,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, classes: 
     given_params = dict(params)
     arrays = dict(entry.builder(data_dir, cache, **params))
     extras = arrays.pop("extras", {})
-    image_shape = tuple(int(s) for s in arrays["train_x"].shape[1:]) if entry.info.get("images", True) else None
+    is_image = arrays.pop("is_image", entry.info.get("images", True))  # a loader may tell per file (arrays)
+    image_shape = tuple(int(s) for s in arrays["train_x"].shape[1:]) if is_image else None
     train_x = torch.from_numpy(np.ascontiguousarray(arrays["train_x"]))
     test_x = torch.from_numpy(np.ascontiguousarray(arrays["test_x"]))
     train_y = torch.from_numpy(np.asarray(arrays["train_y"], dtype=np.int64))

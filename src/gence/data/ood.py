@@ -9,6 +9,9 @@
   std (so the first two moments match the data and only the structure differs), rounded and clipped
   to 0..255.
 - ``uniform_noise``: i.i.d. pixels uniform on 0..255.
+- ``folder:PATH`` and ``arrays:PATH``: a user's image tree or ``.npz`` (see :mod:`gence.data.userdata`; a
+  relative PATH is relative to ``data_dir``), converted like another dataset: its test split (for a
+  tree without train/test, the test part of the seeded split rule at its defaults).
 All are uint8 tensors (n, C, H, W) on the CPU; at most ``n`` images (fewer when the source has fewer),
 drawn with ``torch.Generator().manual_seed(seed)``.
 """
@@ -20,9 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from gence.data.datasets import ArrayDataset, image_datasets, load_dataset
+from gence.data.userdata import USER_DATASETS
 from gence.registry import Registry
 
-__all__ = ["load_ood", "convert_images", "ood_names", "ood_available", "OOD_SETS", "register_ood"]
+__all__ = ["load_ood", "convert_images", "ood_names", "ood_available", "OOD_SETS", "register_ood", "is_ood_name",
+           "OOD_FILE_SOURCES"]
+
+# "NAME:PATH" OOD sets: a user's dataset NAME read from PATH (its parameter of that name).
+OOD_FILE_SOURCES = {"folder": "root", "arrays": "path"}
 
 # OOD sets made from the in-distribution dataset itself: builder(like, data_dir, n, generator) -> uint8
 # (n', C, H, W). Every registered image dataset is an OOD set too (its test split), without an entry here.
@@ -40,6 +48,15 @@ def ood_available() -> dict[str, str]:
 def ood_names() -> list[str]:
     """The names of :func:`ood_available`, in its order."""
     return list(ood_available())
+
+
+def is_ood_name(name: object) -> bool:
+    """Whether :func:`load_ood` accepts ``name``: one of :func:`ood_names`, or ``folder:PATH`` /
+    ``arrays:PATH`` (whose files are only read when it loads)."""
+    if not isinstance(name, str):
+        return False
+    source, sep, path = name.partition(":")
+    return (sep and source in OOD_FILE_SOURCES and bool(path)) or name in ood_names()
 
 
 def convert_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -94,13 +111,22 @@ def uniform_noise(like: ArrayDataset, data_dir, n: int, generator: torch.Generat
 def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: int = 0) -> torch.Tensor:
     """An OOD image set for ``like`` (see the module docstring for each name, :func:`ood_available`).
 
-    ``data_dir`` (for another dataset) defaults to ``like.data_dir``, then ``$GENCE_DATA``.
+    ``data_dir`` (for another dataset) defaults to ``like.data_dir`` (not for a user's dataset, whose
+    ``data_dir`` is its own files), then ``$GENCE_DATA``.
     """
     if not like.is_image:
         raise ValueError(f"load_ood: {like.name!r} is feature data; OOD sets are defined for image datasets only")
     if int(n) != n or n < 1:
         raise ValueError(f"load_ood: n must be an integer >= 1, got {n!r}")
     gen = torch.Generator().manual_seed(int(seed))
+    source, sep, path = str(name).partition(":")
+    if sep and source in OOD_FILE_SOURCES:
+        if not path:
+            raise ValueError(f"load_ood: {name!r} names no path; expected '{source}:PATH'")
+        other = load_dataset(source, data_dir, **{OOD_FILE_SOURCES[source]: path})
+        if not other.is_image:
+            raise ValueError(f"load_ood: {name!r} holds feature vectors; expected images")
+        return convert_images(_subset(other.test_x, n, gen), like.image_shape)
     key = str(name).strip().lower().replace("-", "_")
     if key in OOD_SETS:
         return OOD_SETS.get(key).builder(like, data_dir, n, gen)
@@ -108,7 +134,7 @@ def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: 
         raise ValueError(f"load_ood: unknown OOD set {name!r}; available: {ood_names()}")
     if key == like.source:
         raise ValueError(f"load_ood: {name!r} is the in-distribution dataset itself; use 'heldout' with classes=[...]")
-    if data_dir is None and like.data_dir is not None:
+    if data_dir is None and like.data_dir is not None and like.source not in USER_DATASETS:
         # like may have been read from an archive (data_dir=".../cifar10-jpeg.tar.gz"): use its folder.
         data_dir = like.data_dir if os.path.isdir(like.data_dir) else os.path.dirname(like.data_dir)
     other = load_dataset(key, data_dir)

@@ -27,7 +27,9 @@ __all__ = [
     "read_image_tree",
     "read_image_tar",
     "read_svhn_mat",
+    "read_image_files",
     "IMAGE_SUFFIXES",
+    "GRAY_MODES",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
@@ -118,12 +120,16 @@ def read_cifar_pickles(
             "classes": np.asarray(classes, dtype=str)}
 
 
-def _decode_one(data: bytes, mode: str) -> np.ndarray:
+def _pil_image():
     try:
         from PIL import Image  # optional dependency, imported only when image files are decoded
     except ImportError as exc:
         raise ImportError("decoding image files (JPEG, PNG) needs pillow: pip install gence[bench]") from exc
+    return Image
 
+
+def _decode_one(data: bytes, mode: str) -> np.ndarray:
+    Image = _pil_image()
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im if im.mode == mode else im.convert(mode))
 
@@ -232,6 +238,54 @@ def read_image_tar(path: str | os.PathLike, class_names: Sequence[str] | None = 
             fh = tar.extractfile(member)
             grouped[parts[-3]].setdefault(parts[-2], []).append((parts[-1], fh.read()))
     return _assemble(grouped, class_names, mode, str(path))
+
+
+# PIL modes of single-channel images: read as gray ("L"); every other mode is read as RGB.
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _read_file(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarray:
+    """One image file as (H, W) gray or (H, W, 3) RGB uint8; ValueError naming the file if PIL cannot."""
+    Image = _pil_image()
+    try:
+        with Image.open(path) as im:
+            im.load()
+            gray = im.mode in GRAY_MODES if mode == "auto" else mode == "gray"
+            im = im.convert("L" if gray else "RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: cannot read this image file ({type(exc).__name__}: {exc})") from None
+
+
+def read_image_files(paths: Sequence[str | os.PathLike], mode: str = "auto",
+                     size: tuple[int, int] | None = None, workers: int | None = None) -> np.ndarray:
+    """Read image files (anything PIL opens) into one uint8 array (N, C, H, W).
+
+    ``mode``: ``"gray"`` (C = 1), ``"rgb"`` (C = 3; gray images get their channel repeated, alpha is
+    dropped), or ``"auto"``: gray when every image is single-channel (:data:`GRAY_MODES`), else RGB.
+    ``size``: (H, W) to resize every image to (PIL bilinear, which averages over the source pixels when
+    shrinking; the aspect ratio is not kept), or None: every image must already have the same size.
+    ValueError naming the file for an unreadable file, and naming two files of different sizes.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("read_image_files: no image files to read")
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
+        arrays = list(pool.map(lambda p: _read_file(p, size, mode), paths, chunksize=64))
+    sizes: dict[tuple[int, int], Path] = {}
+    for p, a in zip(paths, arrays):
+        sizes.setdefault(a.shape[:2], p)
+    if len(sizes) > 1:
+        (s1, p1), (s2, p2) = list(sizes.items())[:2]
+        raise ValueError(f"images differ in size: {p1} is {s1[0]}x{s1[1]} (HxW) but {p2} is {s2[0]}x{s2[1]}; "
+                         f"pass size=[H, W] (or size=N) to resize every image")
+    if mode == "auto" and any(a.ndim == 3 for a in arrays):
+        arrays = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    x = np.stack(arrays)
+    return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -176,6 +176,11 @@ class GridChecks:
     def ood_sets(self) -> list[str]:
         return list(data.ood_names())
 
+    def is_file_reference(self, name: Any) -> bool:
+        """A model or OOD name naming code or files ("pkg.module:function", "timm:NAME", "folder:PATH"),
+        checked by check_model / when loaded, not against a list of names."""
+        return isinstance(name, str) and ":" in name
+
     def check_regime(self, regime: str) -> None:
         data.parse_regime(regime)
 
@@ -280,7 +285,7 @@ class _Loader:
             for i, name in enumerate(value):
                 if not isinstance(name, str):
                     raise GridError(f"{where}[{i}] = {name!r}: expected a string")
-                if name not in valid:
+                if name not in valid and not self.checks.is_file_reference(name):
                     raise GridError(f"{where}[{i}] = {name!r}: unknown OOD set; valid choices: {_choices(valid)}")
         if key == "data_dir" and value is not None:
             path = Path(value).expanduser()
@@ -322,7 +327,8 @@ class _Loader:
         _check_keys(entry, keys, w)
         if "name" not in entry:
             raise GridError(f"{w}: missing 'name'; valid choices: {_choices(valid)}")
-        name = _check_name(entry["name"], valid, f"{w}.name")
+        name = entry["name"] if self.checks.is_file_reference(entry["name"]) else \
+            _check_name(entry["name"], valid, f"{w}.name")
         params = entry.get("params", {})
         if not isinstance(params, dict):
             raise GridError(f"{w}.params = {params!r}: expected a table")

@@ -94,3 +94,29 @@ def set_head(model: nn.Module, head: str) -> nn.Module:
     old = model.get_submodule(name)
     setattr(model.get_submodule(parent) if parent else model, attr, CosineLinear(old.in_features, old.out_features))
     return model
+
+
+def set_reference_head(model: nn.Module, head: str, num_classes: int, name: str) -> nn.Module:
+    """:func:`set_head` for a model built from a reference (a user's callable or timm), whose classifier
+    is not known by construction: ``model.get_classifier()`` when the model has it (timm's convention),
+    else the last ``nn.Linear`` with ``num_classes`` outputs. ValueError naming the model when
+    ``head="cosine"`` finds no such ``nn.Linear``. Returns ``model``."""
+    if head == "linear":
+        return model
+    if callable(getattr(model, "get_classifier", None)):
+        classifier = model.get_classifier()
+        where = "model.get_classifier()"
+    else:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+        classifier = linears[-1] if linears else None
+        where = f"the model's last nn.Linear with out_features={num_classes}"
+    path = next((n for n, m in model.named_modules() if m is classifier and n), None)
+    if not isinstance(classifier, nn.Linear) or path is None:
+        raise ValueError(
+            f"model {name!r}: head={head!r} needs the classifier as an nn.Linear submodule; {where} is "
+            f"{type(classifier).__name__ if classifier is not None else 'missing'}. Expose it with "
+            f"get_classifier() returning an nn.Linear, or end the model in an nn.Linear(..., num_classes)")
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr,
+            CosineLinear(classifier.in_features, classifier.out_features))
+    return model

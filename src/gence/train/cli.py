@@ -48,8 +48,11 @@ def register(subparsers) -> None:
                       help="keep only these classes (indices or names); 'heldout' OOD uses the rest")
     data.add_argument("--regime", default=d.regime, help="balanced:N | long_tailed:RATIO:N_MAX[:exp|step] | full")
     data.add_argument("--n-val-per-class", type=int, default=d.n_val_per_class)
-    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
-                      help="random crop + flip (default: the dataset's default)")
+    data.add_argument("--augment", nargs="?", const=True, default=d.augment, metavar="MODE",
+                      type=lambda v: {"true": True, "false": False}.get(v.lower(), v),
+                      help="none | crop_flip (random crop + flip; also --augment alone) | crop (no flip); "
+                           "default: the dataset's default")
+    data.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation")
     data.add_argument("--ood", nargs="+", default=list(d.ood), metavar="NAME", help="OOD sets to evaluate on")
     model = p.add_argument_group("model and loss")
     model.add_argument("--model", default=d.model, help="model name (gence.models.available())")

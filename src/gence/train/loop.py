@@ -194,13 +194,13 @@ class _Data:
     val_x: torch.Tensor     # raw (uint8 images or float features), on the CPU
     val_y: torch.Tensor
     class_counts: list[int]
-    augment: bool
+    augment: Any            # gence.data.Crop (pad, flip) or None
 
 
 def _load_data(config: TrainConfig, device: torch.device, dataset: datasets.ArrayDataset | None = None) -> _Data:
     # OOD names are checked before training, not after it.
     for name in config.ood:
-        if name not in datasets.ood_names():
+        if not datasets.is_ood_name(name):
             raise ValueError(f"TrainConfig.ood: unknown OOD set {name!r}; expected some of {datasets.ood_names()}")
         if name == "heldout" and not config.classes:
             raise ValueError("TrainConfig.ood: 'heldout' needs TrainConfig.classes (the kept classes; the rest are OOD)")
@@ -215,9 +215,7 @@ def _load_data(config: TrainConfig, device: torch.device, dataset: datasets.Arra
                                             num_classes=ds.num_classes)
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     train_y = ds.train_y[train_idx]
-    augment = datasets.default_augment(ds) if config.augment is None else bool(config.augment)
-    if augment and not ds.is_image:
-        raise ValueError(f"augment=True: dataset {config.dataset!r} holds feature vectors, not images")
+    augment = datasets.resolve_augment(config.augment, ds)
     counts = torch.bincount(train_y, minlength=ds.num_classes).tolist()
     return _Data(dataset=ds, train_x=ds.normalize(ds.train_x[train_idx].to(device)), train_y=train_y.to(device),
                  val_x=ds.train_x[val_idx], val_y=ds.train_y[val_idx], class_counts=counts, augment=augment)
@@ -364,7 +362,8 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
                 group["lr"] = lr
             lrs.append(lr)
             if augment:
-                xb = datasets.random_crop_flip(xb, generator=generator)
+                pad, flip = datasets.CROP_FLIP if augment is True else augment
+                xb = datasets.random_crop_flip(xb, pad, flip, generator=generator)
             xb = as_memory_format(xb)
             with autocast(device, config.amp):
                 logits = forward(xb)
@@ -479,7 +478,7 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
         "reliability": reliability,
         "history": history,
         "data": {"n_train": n_train, "n_val": len(data.val_y), "n_test": len(ds.test_y),
-                 "class_counts": data.class_counts, "augment": data.augment},
+                 "class_counts": data.class_counts, "augment": data.augment or False},
         "hardware": hardware(device),
     }
     return TrainResult(metrics=out, extras=extras, config=config.to_dict(),
