@@ -56,16 +56,36 @@ def _logsumexp_over_ranks(S_local: Tensor, process_group, world_size: int) -> Te
     return torch.logsumexp(torch.stack(gathered), dim=0)
 
 
-class _GenCEFunction(torch.autograd.Function):
-    """Per-sample mixed GenCE terms for 2-D logits ``z`` (n, K); returns the n-vector ``L``.
+def _under_transform_or_trace() -> bool:
+    """True while torch.compile/torch.export trace the call or a torch.func transform (grad, vmap, jacrev)
+    runs it: then no host synchronisation and no Python branch on tensor values may happen.
 
-    ``target`` is either class indices (n,) with ``mask`` marking the counted rows, or
-    probabilities (n, K) (``soft=True``, every row counted).
+    ``torch.compiler.is_compiling()`` is checked first so that dynamo never has to trace the functorch
+    query (it is a constant True while compiling)."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+class _GenCEFunction(torch.autograd.Function):
+    """Per-sample mixed GenCE terms for 2-D logits ``z`` (n, K).
+
+    ``target`` is either class indices (n,) with ``mask`` marking the counted rows, or probabilities
+    (n, K) (``soft=True``, every row counted). Returns ``(L, U, M, S)``: the n-vector of terms, and the
+    intermediates the fast backward needs (returned as non-differentiable outputs, the form torch.func
+    requires for saved intermediates). ``host_branch`` allows the CPU's free check for an underflowing
+    column (a Python branch on a tensor value); traced, transformed and accelerator calls are branch-free.
+
+    Backward has two paths. Without a graph being built (``loss.backward()``, grad mode off inside
+    backward) it is the fast hand-written first-order gradient from ``U``. When a graph is being built
+    (``create_graph=True``, ``torch.func`` transforms) it is the same gradient written with
+    differentiable operations of the saved input ``z``, so higher-order derivatives are exact.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, z: Tensor, target: Tensor, weight: Optional[Tensor], mask: Optional[Tensor],
-                soft: bool, eps: float, lam: float, process_group, world_size: int) -> Tensor:
+    def forward(z: Tensor, target: Tensor, weight: Optional[Tensor], mask: Optional[Tensor],
+                soft: bool, eps: float, lam: float, host_branch: bool, process_group,
+                world_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n, K = z.shape
         l = torch.log_softmax(z, dim=1)  # the single n-by-K buffer, reused below for U
         w = weight
@@ -82,15 +102,14 @@ class _GenCEFunction(torch.autograd.Function):
                 smooth = -(l.sum(1) if w is None else l @ w)  # -sum_k w_k l_ik
                 ce_terms = (1.0 - eps) * ce_terms + (eps / K) * smooth
 
-        saved_l = l.clone() if (soft and ctx.needs_input_grad[1]) else None
-
         # U = exp(l - M) over the counted rows, with M[k] a per-class shift, in place of l.
         # Since l <= 0, the shift M = 0 (U = p, the softmax) is safe unless a column's sum underflows:
-        # a class with probability below ~1e-30 on every counted sample. On the CPU that is checked for
-        # free, and only then is the column maximum computed; elsewhere (a check would cost a device
-        # synchronisation) the maximum is always used.
+        # a class with probability below ~1e-30 on every counted sample. On the CPU in eager mode that
+        # is checked for free, and only then is the column maximum computed; elsewhere (a check would
+        # cost a device synchronisation, or be a data-dependent branch in a traced graph) the maximum
+        # is always used.
         M, U, Z = None, None, None
-        if z.device.type == "cpu":
+        if host_branch:
             U = l.exp_()
             if mask is not None:
                 U.masked_fill_(~mask.unsqueeze(1), 0.0)
@@ -127,64 +146,128 @@ class _GenCEFunction(torch.autograd.Function):
             L = ce_terms
         if mask is not None:
             L = L.masked_fill(~mask, 0.0)
-
-        ctx.save_for_backward(U, M, S, target, weight, mask, saved_l)
-        ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
-        ctx.process_group, ctx.world_size = process_group, world_size
-        return L
+        return L, U, M, S
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: Tensor):
-        U, M, S, target, weight, mask, saved_l = ctx.saved_tensors
-        soft, eps, lam = ctx.soft, ctx.eps, ctx.lam
-        n, K = U.shape
-        g = g.to(U.dtype)
-        w = weight
-        if mask is not None:
-            g = g.masked_fill(~mask, 0.0)
+    def setup_context(ctx, inputs, output) -> None:
+        z, target, weight, mask, soft, eps, lam, _, process_group, world_size = inputs
+        _, U, M, S = output
+        ctx.mark_non_differentiable(U, M, S)
+        ctx.save_for_backward(z, target, weight, mask, U, M, S)
+        ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
+        ctx.process_group, ctx.world_size = process_group, world_size
 
-        # c[i, k]: coefficient of (lam*S_k - l_ik) in L_i.  A_k = sum_i g_i c_ik (the batch's target
-        # mass per class), gC_i = g_i sum_k c_ik (row mass of the cross-entropy part).
-        if soft:
-            t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
-            tw = t if w is None else t * w
-            A = g @ tw
-            gC = g * tw.sum(1)
+    @staticmethod
+    def backward(ctx, g: Tensor, _gU, _gM, _gS):
+        z, target, weight, mask, U, M, S = ctx.saved_tensors
+        builds_graph = torch.is_grad_enabled() or (
+            not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active())
+        if builds_graph:
+            if ctx.world_size > 1:
+                raise NotImplementedError(
+                    "gen_cross_entropy(distributed=True) supports first-order gradients only; got a "
+                    "backward that builds a graph (create_graph=True or a torch.func transform)")
+            grad, grad_target = _differentiable_gradients(
+                z, target, weight, mask, ctx.soft, ctx.eps, ctx.lam, g,
+                need_target=ctx.soft and ctx.needs_input_grad[1])
         else:
-            y = target
-            gw = g if w is None else g * w[y]
-            A = torch.zeros(K, dtype=U.dtype, device=U.device).index_add_(0, y, gw)
-            gC = gw
-            if eps != 0.0:
-                ws = torch.ones(K, dtype=U.dtype, device=U.device) if w is None else w
-                A = (1.0 - eps) * A + (eps / K) * g.sum() * ws
-                gC = (1.0 - eps) * gw + (eps / K) * ws.sum() * g
-        if ctx.world_size > 1 and lam != 0.0:
-            dist.all_reduce(A, group=ctx.process_group)  # the global batch's target mass
+            grad, grad_target = _fast_gradients(ctx, z, target, weight, mask, U, M, S, g)
+        return grad, grad_target, None, None, None, None, None, None, None, None
 
-        # dL/dl[j, k] = -g_j c_jk + lam * A_k * exp(l_jk - S_k); then through log_softmax:
-        # dz_j = dl_j - p_j * sum_k dl_jk,  with p = U * exp(M) and exp(l - S) = U * exp(M - S).
-        a = torch.exp(M - S).mul_(A).mul_(lam)  # lam * A_k * exp(M_k - S_k)
-        b = torch.exp(M)
-        r = U @ a  # lam * sum_k A_k exp(l_jk - S_k)
-        s = r - gC
-        grad = torch.addr(a, s, b, alpha=-1.0).mul_(U)  # U * (a - s b)
-        if soft:
-            grad.sub_(g.unsqueeze(1) * tw)
-        else:
-            hard = gw if eps == 0.0 else (1.0 - eps) * gw
-            grad.scatter_add_(1, y.unsqueeze(1), -hard.unsqueeze(1))
-            if eps != 0.0:
-                grad.addr_(g, ws, alpha=-eps / K)
 
-        grad_target = None
-        if saved_l is not None and ctx.needs_input_grad[1]:
-            per_class = (lam * S).unsqueeze(0) - saved_l
-            if w is not None:
-                per_class = per_class * w
-            grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
-        return grad, grad_target, None, None, None, None, None, None, None
+def _fast_gradients(ctx, z, target, weight, mask, U, M, S, g):
+    """First-order gradient from the forward's ``U``: in place, no exponential of an n-by-K tensor."""
+    soft, eps, lam = ctx.soft, ctx.eps, ctx.lam
+    n, K = U.shape
+    g = g.to(U.dtype)
+    w = weight
+    if mask is not None:
+        g = g.masked_fill(~mask, 0.0)
+
+    # c[i, k]: coefficient of (lam*S_k - l_ik) in L_i.  A_k = sum_i g_i c_ik (the batch's target
+    # mass per class), gC_i = g_i sum_k c_ik (row mass of the cross-entropy part).
+    if soft:
+        t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
+        tw = t if w is None else t * w
+        A = g @ tw
+        gC = g * tw.sum(1)
+    else:
+        y = target
+        gw = g if w is None else g * w[y]
+        A = torch.zeros(K, dtype=U.dtype, device=U.device).index_add_(0, y, gw)
+        gC = gw
+        if eps != 0.0:
+            ws = torch.ones(K, dtype=U.dtype, device=U.device) if w is None else w
+            A = (1.0 - eps) * A + (eps / K) * g.sum() * ws
+            gC = (1.0 - eps) * gw + (eps / K) * ws.sum() * g
+    if ctx.world_size > 1 and lam != 0.0:
+        dist.all_reduce(A, group=ctx.process_group)  # the global batch's target mass
+
+    # dL/dl[j, k] = -g_j c_jk + lam * A_k * exp(l_jk - S_k); then through log_softmax:
+    # dz_j = dl_j - p_j * sum_k dl_jk,  with p = U * exp(M) and exp(l - S) = U * exp(M - S).
+    a = torch.exp(M - S).mul_(A).mul_(lam)  # lam * A_k * exp(M_k - S_k)
+    b = torch.exp(M)
+    r = U @ a  # lam * sum_k A_k exp(l_jk - S_k)
+    s = r - gC
+    grad = torch.addr(a, s, b, alpha=-1.0).mul_(U)  # U * (a - s b)
+    if soft:
+        grad.sub_(g.unsqueeze(1) * tw)
+    else:
+        hard = gw if eps == 0.0 else (1.0 - eps) * gw
+        grad.scatter_add_(1, y.unsqueeze(1), -hard.unsqueeze(1))
+        if eps != 0.0:
+            grad.addr_(g, ws, alpha=-eps / K)
+
+    grad_target = None
+    if soft and ctx.needs_input_grad[1]:
+        per_class = (lam * S).unsqueeze(0) - torch.log_softmax(z, dim=1)
+        if w is not None:
+            per_class = per_class * w
+        grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
+    return grad, grad_target
+
+
+def _differentiable_gradients(z, target, weight, mask, soft, eps, lam, g, need_target):
+    """The gradient of ``sum_i g_i L_i`` with respect to ``z`` (and soft ``target``), written with
+    out-of-place differentiable operations of ``z``, so autograd can differentiate it again and
+    torch.func can transform it.
+
+    With ``E[j, k] = exp(l_jk - S_k)`` on counted rows (0 elsewhere) and ``gc[i, k] = g_i c_ik``:
+    ``dL/dl = lam * A * E - gc`` with ``A = sum_i gc_i``, and ``dz_j = dl_j - p_j sum_k dl_jk``.
+    """
+    n, K = z.shape
+    g = g.to(z.dtype)
+    l = torch.log_softmax(z, dim=1)
+    if mask is not None:
+        g = torch.where(mask, g, torch.zeros_like(g))
+        l_counted = l.masked_fill(~mask.unsqueeze(1), -math.inf)
+    else:
+        l_counted = l
+    # S = M + log sum_j exp(l - M) is logsumexp for any constant M: a detached shift is exact at every
+    # order. An empty column (no counted rows) has Z = 0; it gets S = 0 and E = 0, as in forward.
+    M = torch.nan_to_num(l_counted.detach().amax(dim=0), neginf=0.0) if n > 0 else l.new_zeros(K)
+    U = torch.exp(l_counted - M)
+    Z = U.sum(0)
+    Z_safe = torch.where(Z > 0, Z, torch.ones_like(Z))
+    E = U / Z_safe
+    if soft:
+        t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
+    else:
+        onehot = (target.unsqueeze(1) == torch.arange(K, device=z.device)).to(z.dtype)
+        t = onehot if eps == 0.0 else onehot * (1.0 - eps) + eps / K
+    c = t if weight is None else t * weight
+    gc = g.unsqueeze(1) * c
+    A = gc.sum(0)
+    dl = lam * A * E - gc
+    grad = dl - torch.exp(l) * dl.sum(1, keepdim=True)
+    grad_target = None
+    if need_target:
+        S = M + torch.log(Z_safe)
+        per_class = lam * S - l
+        if weight is not None:
+            per_class = per_class * weight
+        grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
+    return grad, grad_target
 
 
 def _check_probability(name: str, value: float) -> float:
@@ -303,36 +386,48 @@ def gen_cross_entropy(
         z = z.to(dtype)
         w = None if weight is None else weight.to(device=z.device, dtype=dtype)
         mask = None
+        poisoned = None
+        traced = _under_transform_or_trace()
+        host_checked = z.device.type in _HOST_CHECKED_DEVICES and not traced
         if soft:
             tt = (t.movedim(1, -1).reshape(-1, C) if t.dim() > 2 else t).to(dtype)
         else:
             tt = t.reshape(-1)
-            if tt.device.type not in _HOST_CHECKED_DEVICES:
-                # No host synchronisation on accelerators: mask every call, check ranges on the device
-                # (an out-of-range class fails asynchronously, as F.cross_entropy's device assert does).
+            if not host_checked:
+                # No host synchronisation and no branch on values (accelerators, compile, export,
+                # torch.func): mask every call and check the class range on the device. A bad class
+                # fails asynchronously, as F.cross_entropy's device assert does; under a torch.func
+                # transform (vmap has no rule for the assert) it makes its sample's loss NaN instead.
                 valid = tt != ignore_index
-                torch._assert_async(((tt >= 0) & (tt < C) | ~valid).all(),
-                                    f"gen_cross_entropy: target contains a class outside [0, {C}) and "
-                                    f"not ignore_index={ignore_index}")
+                in_range = (tt >= 0) & (tt < C)
+                if traced and not torch.compiler.is_compiling():
+                    poisoned = valid & ~in_range
+                    tt = torch.where(valid & in_range, tt, torch.zeros_like(tt))
+                else:
+                    torch._assert_async((in_range | ~valid).all(),
+                                        f"gen_cross_entropy: target contains a class outside [0, {C}) "
+                                        f"and not ignore_index={ignore_index}")
+                    tt = tt.masked_fill(~valid, 0)
                 mask = valid
-                tt = tt.masked_fill(~valid, 0)
-                lo, hi = 0, 0
             else:
                 # One cheap synchronisation: the common case (all targets in range, ignore_index outside
                 # the classes) is settled by the extremes alone.
                 lo, hi = torch.stack(torch.aminmax(tt)).tolist() if tt.numel() else (0, 0)
-            if mask is None and (not (0 <= lo and hi < C) or 0 <= ignore_index < C):
-                valid = tt != ignore_index
-                bad = valid & ((tt < 0) | (tt >= C))
-                if bool(bad.any()):
-                    value = tt[bad][0].item()
-                    raise ValueError(f"target contains class {value}, outside [0, {C}) and not "
-                                     f"ignore_index={ignore_index}")
-                if not bool(valid.all()):
-                    mask = valid
-                    tt = tt.masked_fill(~valid, 0)
+                if not (0 <= lo and hi < C) or 0 <= ignore_index < C:
+                    valid = tt != ignore_index
+                    bad = valid & ((tt < 0) | (tt >= C))
+                    if bool(bad.any()):
+                        value = tt[bad][0].item()
+                        raise ValueError(f"target contains class {value}, outside [0, {C}) and not "
+                                         f"ignore_index={ignore_index}")
+                    if not bool(valid.all()):
+                        mask = valid
+                        tt = tt.masked_fill(~valid, 0)
         world_size = _world_size(distributed, process_group)
-        L = _GenCEFunction.apply(z, tt, w, mask, soft, eps, lam, process_group, world_size)
+        L = _GenCEFunction.apply(z, tt, w, mask, soft, eps, lam, host_checked, process_group,
+                                 world_size)[0]
+        if poisoned is not None:
+            L = torch.where(poisoned, torch.full_like(L, math.nan), L)
 
         if reduction == "none":
             L = L.reshape((x.shape[0],) + tuple(x.shape[2:]))
