@@ -154,6 +154,7 @@ class _GenCEFunction(torch.autograd.Function):
         _, U, M, S = output
         ctx.mark_non_differentiable(U, M, S)
         ctx.save_for_backward(z, target, weight, mask, U, M, S)
+        ctx.save_for_forward(z, target, weight, mask)  # for the jvp of _GenCEFunctionWithJvp
         ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
         ctx.process_group, ctx.world_size = process_group, world_size
 
@@ -173,6 +174,35 @@ class _GenCEFunction(torch.autograd.Function):
         else:
             grad, grad_target = _fast_gradients(ctx, z, target, weight, mask, U, M, S, g)
         return grad, grad_target, None, None, None, None, None, None, None, None
+
+
+class _GenCEFunctionWithJvp(_GenCEFunction):
+    """:class:`_GenCEFunction` plus forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``hessian``), for
+    eager calls. Dynamo cannot trace an autograd.Function that defines ``jvp``, so compiled and exported
+    calls use the base class."""
+
+    @staticmethod
+    def jvp(ctx, dz, dtarget, *_):
+        """Forward-mode derivative (torch.func.jvp, jacfwd, hessian), written with differentiable ops."""
+        z, target, weight, mask = ctx.saved_tensors
+        if ctx.world_size > 1:
+            raise NotImplementedError("gen_cross_entropy(distributed=True) has no forward-mode derivative")
+        terms = _batch_terms(z, target, weight, mask, ctx.soft, ctx.eps)
+        l, E, c = terms["l"], terms["E"], terms["c"]
+        dL = None
+        if dz is not None:
+            dl = dz - (torch.exp(l) * dz).sum(1, keepdim=True)
+            dS = (E * dl).sum(0)
+            dL = (c * (ctx.lam * dS - dl)).sum(1)
+        if ctx.soft and dtarget is not None:
+            per_class = ctx.lam * terms["S"] - l
+            if weight is not None:
+                per_class = per_class * weight
+            dL_t = (1.0 - ctx.eps) * (dtarget * per_class).sum(1)
+            dL = dL_t if dL is None else dL + dL_t
+        if mask is not None and dL is not None:
+            dL = torch.where(mask, dL, torch.zeros_like(dL))
+        return dL, None, None, None
 
 
 def _fast_gradients(ctx, z, target, weight, mask, U, M, S, g):
@@ -227,43 +257,47 @@ def _fast_gradients(ctx, z, target, weight, mask, U, M, S, g):
     return grad, grad_target
 
 
-def _differentiable_gradients(z, target, weight, mask, soft, eps, lam, g, need_target):
-    """The gradient of ``sum_i g_i L_i`` with respect to ``z`` (and soft ``target``), written with
-    out-of-place differentiable operations of ``z``, so autograd can differentiate it again and
-    torch.func can transform it.
-
-    With ``E[j, k] = exp(l_jk - S_k)`` on counted rows (0 elsewhere) and ``gc[i, k] = g_i c_ik``:
-    ``dL/dl = lam * A * E - gc`` with ``A = sum_i gc_i``, and ``dz_j = dl_j - p_j sum_k dl_jk``.
-    """
+def _batch_terms(z, target, weight, mask, soft, eps) -> dict[str, Tensor]:
+    """Differentiable pieces of the loss of 2-D logits ``z``: ``l = log_softmax(z)``, ``S`` (K-vector),
+    ``E[j, k] = exp(l_jk - S_k)`` on counted rows (0 elsewhere) and the coefficients ``c[i, k]`` of
+    ``(lam S_k - l_ik)`` in ``L_i``."""
     n, K = z.shape
-    g = g.to(z.dtype)
     l = torch.log_softmax(z, dim=1)
-    if mask is not None:
-        g = torch.where(mask, g, torch.zeros_like(g))
-        l_counted = l.masked_fill(~mask.unsqueeze(1), -math.inf)
-    else:
-        l_counted = l
+    l_counted = l if mask is None else l.masked_fill(~mask.unsqueeze(1), -math.inf)
     # S = M + log sum_j exp(l - M) is logsumexp for any constant M: a detached shift is exact at every
     # order. An empty column (no counted rows) has Z = 0; it gets S = 0 and E = 0, as in forward.
     M = torch.nan_to_num(l_counted.detach().amax(dim=0), neginf=0.0) if n > 0 else l.new_zeros(K)
     U = torch.exp(l_counted - M)
     Z = U.sum(0)
     Z_safe = torch.where(Z > 0, Z, torch.ones_like(Z))
-    E = U / Z_safe
     if soft:
         t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
     else:
         onehot = (target.unsqueeze(1) == torch.arange(K, device=z.device)).to(z.dtype)
         t = onehot if eps == 0.0 else onehot * (1.0 - eps) + eps / K
     c = t if weight is None else t * weight
-    gc = g.unsqueeze(1) * c
-    A = gc.sum(0)
-    dl = lam * A * E - gc
+    return {"l": l, "S": M + torch.log(Z_safe), "E": U / Z_safe, "c": c}
+
+
+def _differentiable_gradients(z, target, weight, mask, soft, eps, lam, g, need_target):
+    """The gradient of ``sum_i g_i L_i`` with respect to ``z`` (and soft ``target``), written with
+    out-of-place differentiable operations of ``z``, so autograd can differentiate it again and
+    torch.func can transform it.
+
+    With ``gc[i, k] = g_i c_ik`` (see :func:`_batch_terms`): ``dL/dl = lam * A * E - gc`` with
+    ``A = sum_i gc_i``, and ``dz_j = dl_j - p_j sum_k dl_jk``.
+    """
+    g = g.to(z.dtype)
+    if mask is not None:
+        g = torch.where(mask, g, torch.zeros_like(g))
+    terms = _batch_terms(z, target, weight, mask, soft, eps)
+    l = terms["l"]
+    gc = g.unsqueeze(1) * terms["c"]
+    dl = lam * gc.sum(0) * terms["E"] - gc
     grad = dl - torch.exp(l) * dl.sum(1, keepdim=True)
     grad_target = None
     if need_target:
-        S = M + torch.log(Z_safe)
-        per_class = lam * S - l
+        per_class = lam * terms["S"] - l
         if weight is not None:
             per_class = per_class * weight
         grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
@@ -424,8 +458,8 @@ def gen_cross_entropy(
                         mask = valid
                         tt = tt.masked_fill(~valid, 0)
         world_size = _world_size(distributed, process_group)
-        L = _GenCEFunction.apply(z, tt, w, mask, soft, eps, lam, host_checked, process_group,
-                                 world_size)[0]
+        function = _GenCEFunction if torch.compiler.is_compiling() else _GenCEFunctionWithJvp
+        L = function.apply(z, tt, w, mask, soft, eps, lam, host_checked, process_group, world_size)[0]
         if poisoned is not None:
             L = torch.where(poisoned, torch.full_like(L, math.nan), L)
 
