@@ -8,6 +8,8 @@ them alike. Reported:
 
 * loss only, forward + backward, at (batch, classes) = (4096, 1000) and (1024, 100): GenCE (the hand-
   written backward), and for reference the plain autograd composition of log_softmax and logsumexp;
+* the same loss-only settings under ``torch.compile`` (default inductor backend, ``fullgraph=True``):
+  compiled GenCE against compiled ``F.cross_entropy``, the ratio being to the compiled cross-entropy;
 * one training step (forward, backward, SGD step) of the small CNN at batch 128 on 3x32x32 inputs.
 
 The first lines of the output say the command, the time, the commit and the hardware; stored outputs in
@@ -56,7 +58,7 @@ def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, device
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def loss_only(n: int, k: int, device: torch.device, repeats: int) -> dict[str, float]:
+def loss_only(n: int, k: int, device: torch.device, repeats: int, compiled: bool = False) -> dict[str, float]:
     gen = torch.Generator(device="cpu").manual_seed(0)
     logits = torch.randn(n, k, generator=gen).mul_(3).to(device).requires_grad_()
     target = torch.randint(0, k, (n,), generator=gen).to(device)
@@ -67,6 +69,11 @@ def loss_only(n: int, k: int, device: torch.device, repeats: int) -> dict[str, f
             loss_fn(logits, target).backward()
         return run
 
+    if compiled:
+        return interleaved_medians({
+            "cross_entropy": step(torch.compile(F.cross_entropy, fullgraph=True)),
+            "gence": step(torch.compile(gen_cross_entropy, fullgraph=True)),
+        }, repeats, device)
     return interleaved_medians({
         "cross_entropy": step(F.cross_entropy),
         "gence": step(gen_cross_entropy),
@@ -111,10 +118,14 @@ def main() -> None:
         devices.append(torch.device("cuda"))
     print_provenance(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
                      f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
-    print("ratios are median time / median time of F.cross_entropy in the same interleaved rounds")
+    print("ratios are median time / median time of F.cross_entropy in the same interleaved rounds "
+          "(compiled rows: of the compiled F.cross_entropy)")
     for device in devices:
         for n, k in [(4096, 1000), (1024, 100)]:
             report(f"[{device.type}] loss fwd+bwd n={n} K={k}", loss_only(n, k, device, args.repeats))
+        for n, k in [(4096, 1000), (1024, 100)]:
+            report(f"[{device.type}] compiled loss fwd+bwd n={n} K={k}",
+                   loss_only(n, k, device, args.repeats, compiled=True))
         report(f"[{device.type}] small_cnn train step, batch 128", train_step(device, args.repeats))
 
 

@@ -153,6 +153,8 @@ class _GenCEFunction(torch.autograd.Function):
         z, target, weight, mask, soft, eps, lam, _, process_group, world_size = inputs
         _, U, M, S = output
         ctx.mark_non_differentiable(U, M, S)
+        # U, M and S never receive a gradient: do not let autograd fill an n-by-K tensor of zeros for U
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(z, target, weight, mask, U, M, S)
         ctx.save_for_forward(z, target, weight, mask)  # for the jvp of _GenCEFunctionWithJvp
         ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
