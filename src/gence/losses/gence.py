@@ -162,6 +162,8 @@ class _GenCEFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor, _gU, _gM, _gS):
+        if g is None:  # no gradient reached L (grads are not materialised)
+            return (None,) * 10
         z, target, weight, mask, U, M, S = ctx.saved_tensors
         builds_graph = torch.is_grad_enabled() or (
             not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active())
