@@ -20,10 +20,22 @@ Implementation notes (why the code looks the way it does):
 * The cost is O(nK) like softmax; no n-by-n tensor is ever formed.
 * Everything runs in float32 or wider (fp16/bf16 logits are upcast; autocast is switched off inside).
 * A hand-written backward. The forward turns the log-probabilities, in place, into
-  ``U[j, k] = exp(l[j, k] - M[k])`` with ``M[k] = max_j l[j, k]``; ``U`` is the only n-by-K tensor kept
-  for backward (cross-entropy keeps one too: its log-softmax output). Since ``p = U * exp(M)`` and
+  ``U[j, k] = exp(l[j, k] - M[k])`` with ``M[k] = max_j l[j, k]``; ``U`` is the n-by-K tensor kept
+  for backward (cross-entropy keeps one too: its log-softmax output; the input logits are also
+  saved, by reference, for the higher-order path). Since ``p = U * exp(M)`` and
   ``exp(l - S) = U * exp(M - S)``, the whole gradient is ``U * (a - s outer b)`` plus the sparse
   cross-entropy term, with K-vectors ``a, b`` and an n-vector ``s``: no exponential in backward.
+* Higher-order gradients are exact: when backward runs with a graph being built (``create_graph=True``,
+  ``torch.func.grad``/``jacrev``/``hessian``) the same gradient is computed from the saved logits with
+  differentiable operations, and autograd differentiates it again. Plain ``loss.backward()`` builds no
+  graph (grad mode is off inside backward) and takes the fast path above.
+* torch.func: the ``autograd.Function`` has the ``setup_context`` form and ``generate_vmap_rule``, the
+  intermediates it saves are non-differentiable outputs, and eager calls have a ``jvp`` (forward mode).
+* Traced calls (``torch.compile``, ``torch.export``, torch.func transforms) make no host
+  synchronisation and no Python branch on a tensor value: the target range is checked on the device
+  (``torch._assert_async``; under torch.func, which has no vmap rule for it, a bad class gives NaN),
+  and the column shift ``M`` is always the column maximum. Eager CPU calls keep the host check (a
+  ValueError) and skip the maximum when no column underflows.
 * ``distributed=True`` gathers the K-vector ``S`` of every rank (all_gather) and all-reduces the
   K-vector of target mass in backward, so the gradient is the one of the concatenated global batch.
 """
@@ -84,8 +96,11 @@ class _GenCEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(z: Tensor, target: Tensor, weight: Optional[Tensor], mask: Optional[Tensor],
-                soft: bool, eps: float, lam: float, host_branch: bool, process_group,
-                world_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                options: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # options = (soft, eps, lam, host_branch, process_group, world_size), one argument because
+        # Function.apply binds forward's signature with inspect on every call in the setup_context
+        # form, at a cost that grows with the number of parameters.
+        soft, eps, lam, host_branch, process_group, world_size = options
         n, K = z.shape
         l = torch.log_softmax(z, dim=1)  # the single n-by-K buffer, reused below for U
         w = weight
@@ -150,7 +165,7 @@ class _GenCEFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        z, target, weight, mask, soft, eps, lam, _, process_group, world_size = inputs
+        z, target, weight, mask, (soft, eps, lam, _, process_group, world_size) = inputs
         _, U, M, S = output
         ctx.mark_non_differentiable(U, M, S)
         # U, M and S never receive a gradient: do not let autograd fill an n-by-K tensor of zeros for U
@@ -163,7 +178,7 @@ class _GenCEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor, _gU, _gM, _gS):
         if g is None:  # no gradient reached L (grads are not materialised)
-            return (None,) * 10
+            return (None,) * 5
         z, target, weight, mask, U, M, S = ctx.saved_tensors
         builds_graph = torch.is_grad_enabled() or (
             not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active())
@@ -177,7 +192,7 @@ class _GenCEFunction(torch.autograd.Function):
                 need_target=ctx.soft and ctx.needs_input_grad[1])
         else:
             grad, grad_target = _fast_gradients(ctx, z, target, weight, mask, U, M, S, g)
-        return grad, grad_target, None, None, None, None, None, None, None, None
+        return grad, grad_target, None, None, None
 
 
 class _GenCEFunctionWithJvp(_GenCEFunction):
@@ -207,6 +222,22 @@ class _GenCEFunctionWithJvp(_GenCEFunction):
         if mask is not None and dL is not None:
             dL = torch.where(mask, dL, torch.zeros_like(dL))
         return dL, None, None, None
+
+
+class _GenCEEagerFunction(torch.autograd.Function):
+    """The same Function in the ctx-first form, for eager calls outside torch.func transforms: there
+    ``Function.apply`` does not bind forward's signature with ``inspect`` on every call (the
+    setup_context form does), which is measurable at small sizes. torch.func needs the setup_context
+    form, and dynamo cannot trace a ``jvp``: hence three entry points to one forward and backward."""
+
+    @staticmethod
+    def forward(ctx, z, target, weight, mask, options):
+        output = _GenCEFunction.forward(z, target, weight, mask, options)
+        _GenCEFunction.setup_context(ctx, (z, target, weight, mask, options), output)
+        return output
+
+    backward = staticmethod(_GenCEFunction.backward)
+    jvp = staticmethod(_GenCEFunctionWithJvp.jvp)
 
 
 def _fast_gradients(ctx, z, target, weight, mask, U, M, S, g):
@@ -371,12 +402,18 @@ def gen_cross_entropy(
     Raises:
         ValueError: naming the argument, the value and what was expected, for a bad shape, dtype,
             ``weight``, ``label_smoothing``, ``generative_weight`` or ``reduction``, and for a target
-            class outside [0, C) on the CPU. On accelerators the class range is checked on the device,
-            without a host synchronisation per call: a bad class fails asynchronously with a
-            RuntimeError, as ``F.cross_entropy``'s device-side assert does.
+            class outside [0, C) in an eager call on the CPU. On accelerators, and when compiled or
+            exported, the class range is checked on the device without a host synchronisation: a bad
+            class fails (asynchronously on accelerators) with a RuntimeError, as ``F.cross_entropy``'s
+            device-side assert does. Under a torch.func transform (vmap, grad) a bad class makes the
+            loss NaN.
+        NotImplementedError: for higher-order or forward-mode derivatives with ``distributed=True``
+            in a multi-process group.
 
-    Gradients: first order only (``once_differentiable``); gradients flow to ``input`` and, for
-    probability targets that require grad, to ``target``.
+    Gradients: exact to any order (double backward, gradient penalties, Hessian-vector products),
+    torch.func ``grad``/``jacrev``/``jacfwd``/``hessian``/``vmap``, ``torch.compile(fullgraph=True)`` and
+    ``torch.export``. Gradients flow to ``input`` and, for probability targets that require grad, to
+    ``target``.
     """
     if not isinstance(input, Tensor) or not input.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor of logits; got "
@@ -462,8 +499,12 @@ def gen_cross_entropy(
                         mask = valid
                         tt = tt.masked_fill(~valid, 0)
         world_size = _world_size(distributed, process_group)
-        function = _GenCEFunction if torch.compiler.is_compiling() else _GenCEFunctionWithJvp
-        L = function.apply(z, tt, w, mask, soft, eps, lam, host_checked, process_group, world_size)[0]
+        if torch.compiler.is_compiling():
+            function = _GenCEFunction
+        else:
+            function = _GenCEFunctionWithJvp if traced else _GenCEEagerFunction
+        options = (soft, eps, lam, host_checked, process_group, world_size)
+        L = function.apply(z, tt, w, mask, options)[0]
         if poisoned is not None:
             L = torch.where(poisoned, torch.full_like(L, math.nan), L)
 
