@@ -1,6 +1,6 @@
 """Speed of GenCE against F.cross_entropy, as ratios measured in one process.
 
-    python benchmarks/loss_speed.py [--repeats 30] [--device cpu|cuda|all]
+    python benchmarks/loss_speed.py [--repeats 30] [--device cpu|cuda|all] [--threads N]
 
 For each setting the candidates run interleaved (A, B, C, A, B, C, ...) and the median time of each is
 divided by the median time of F.cross_entropy measured in the same rounds, so machine load shifts all of
@@ -11,6 +11,10 @@ them alike. Reported:
 * the same loss-only settings under ``torch.compile`` (default inductor backend, ``fullgraph=True``):
   compiled GenCE against compiled ``F.cross_entropy``, the ratio being to the compiled cross-entropy;
 * one training step (forward, backward, SGD step) of the small CNN at batch 128 on 3x32x32 inputs.
+
+``--threads`` sets ``torch.set_num_threads`` (default: torch's choice). On a loaded shared CPU, two
+threads measure thread contention more than the loss: a loss of many small operations (GenCE at
+(1024, 100)) waits for a descheduled worker thread at each of them; one thread avoids that.
 
 The first lines of the output say the command, the time, the commit and the hardware; stored outputs in
 ``results/benchmarks/`` are this output as printed.
@@ -110,7 +114,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads={args.threads} is not valid; expected an int >= 1")
+        torch.set_num_threads(args.threads)
     devices = []
     if args.device in ("cpu", "all"):
         devices.append(torch.device("cpu"))
