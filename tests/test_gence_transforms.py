@@ -54,6 +54,7 @@ CASES = {
     "plain": dict(),
     "weight": dict(weight=WEIGHT),
     "ignore_index": dict(ignore=True),
+    "ignore_index_a_class": dict(ignore=True, ignore_index=2),  # class 2 itself is ignored
     "label_smoothing": dict(label_smoothing=0.2),
     "generative_weight": dict(generative_weight=0.6),
     "soft": dict(soft=True),
@@ -73,7 +74,7 @@ def _data(case, n=7, seed=0):
     else:
         target = torch.randint(0, K, shape[:1] + shape[2:], generator=g)
         if case.get("ignore"):
-            target.view(-1)[[1, 4]] = 3 if case.get("ignore_index") == 3 else -100
+            target.view(-1)[[1, 4]] = case.get("ignore_index", -100)
     kw = {k: v for k, v in case.items() if k not in ("soft", "spatial", "ignore")}
     return logits, target, kw
 
