@@ -1,6 +1,6 @@
 """Speed of GenCE against F.cross_entropy, as ratios measured in one process.
 
-    python benchmarks/loss_speed.py [--repeats 30] [--device cpu|cuda|all]
+    python benchmarks/loss_speed.py [--repeats 30] [--device cpu|cuda|all] [--threads N]
 
 For each setting the candidates run interleaved (A, B, C, A, B, C, ...) and the median time of each is
 divided by the median time of F.cross_entropy measured in the same rounds, so machine load shifts all of
@@ -8,7 +8,13 @@ them alike. Reported:
 
 * loss only, forward + backward, at (batch, classes) = (4096, 1000) and (1024, 100): GenCE (the hand-
   written backward), and for reference the plain autograd composition of log_softmax and logsumexp;
+* the same loss-only settings under ``torch.compile`` (default inductor backend, ``fullgraph=True``):
+  compiled GenCE against compiled ``F.cross_entropy``, the ratio being to the compiled cross-entropy;
 * one training step (forward, backward, SGD step) of the small CNN at batch 128 on 3x32x32 inputs.
+
+``--threads`` sets ``torch.set_num_threads`` (default: torch's choice). On a loaded shared CPU, two
+threads measure thread contention more than the loss: a loss of many small operations (GenCE at
+(1024, 100)) waits for a descheduled worker thread at each of them; one thread avoids that.
 
 The first lines of the output say the command, the time, the commit and the hardware; stored outputs in
 ``results/benchmarks/`` are this output as printed.
@@ -56,7 +62,7 @@ def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, device
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def loss_only(n: int, k: int, device: torch.device, repeats: int) -> dict[str, float]:
+def loss_only(n: int, k: int, device: torch.device, repeats: int, compiled: bool = False) -> dict[str, float]:
     gen = torch.Generator(device="cpu").manual_seed(0)
     logits = torch.randn(n, k, generator=gen).mul_(3).to(device).requires_grad_()
     target = torch.randint(0, k, (n,), generator=gen).to(device)
@@ -67,6 +73,11 @@ def loss_only(n: int, k: int, device: torch.device, repeats: int) -> dict[str, f
             loss_fn(logits, target).backward()
         return run
 
+    if compiled:
+        return interleaved_medians({
+            "cross_entropy": step(torch.compile(F.cross_entropy, fullgraph=True)),
+            "gence": step(torch.compile(gen_cross_entropy, fullgraph=True)),
+        }, repeats, device)
     return interleaved_medians({
         "cross_entropy": step(F.cross_entropy),
         "gence": step(gen_cross_entropy),
@@ -103,7 +114,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads={args.threads} is not valid; expected an int >= 1")
+        torch.set_num_threads(args.threads)
     devices = []
     if args.device in ("cpu", "all"):
         devices.append(torch.device("cpu"))
@@ -111,10 +127,14 @@ def main() -> None:
         devices.append(torch.device("cuda"))
     print_provenance(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
                      f"CUDA {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
-    print("ratios are median time / median time of F.cross_entropy in the same interleaved rounds")
+    print("ratios are median time / median time of F.cross_entropy in the same interleaved rounds "
+          "(compiled rows: of the compiled F.cross_entropy)")
     for device in devices:
         for n, k in [(4096, 1000), (1024, 100)]:
             report(f"[{device.type}] loss fwd+bwd n={n} K={k}", loss_only(n, k, device, args.repeats))
+        for n, k in [(4096, 1000), (1024, 100)]:
+            report(f"[{device.type}] compiled loss fwd+bwd n={n} K={k}",
+                   loss_only(n, k, device, args.repeats, compiled=True))
         report(f"[{device.type}] small_cnn train step, batch 128", train_step(device, args.repeats))
 
 

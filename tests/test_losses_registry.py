@@ -311,9 +311,9 @@ def test_low_precision_logits_are_computed_in_float32(name):
 # ---------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: L.build("cross_entropy", num_classes=3), r"unknown loss name='cross_entropy'; expected one of: ce, gence"),
+    (lambda: L.build("cross_entropy", num_classes=3), r"unknown loss name='cross_entropy'; expected one of: balanced_softmax, brier, ce, dual_focal"),
     (lambda: L.build("focal", num_classes=3, gama=2), r"unknown parameter\(s\) 'gama' for loss 'focal'; valid parameters: gamma, reduction, class_balanced_beta"),
-    (lambda: L.build("mmce", num_classes=3, class_counts=COUNTS, class_balanced_beta=0.9), r"class_balanced_beta works with: ce, gence, focal"),
+    (lambda: L.build("mmce", num_classes=3, class_counts=COUNTS, class_balanced_beta=0.9), r"class_balanced_beta works with: ce, focal, gence"),
     (lambda: L.build("brier", num_classes=3, alpha=0.1), r"unknown parameter\(s\) 'alpha' for loss 'brier'; valid parameters: reduction"),
     (lambda: L.build("ce", num_classes=0), r"num_classes=0 is not valid; expected an int >= 1"),
     (lambda: L.build("focal", num_classes=3, gamma=-1), r"gamma=-1 is out of range; expected a number in \[0.0, inf\]"),
@@ -351,3 +351,73 @@ def test_gence_accepts_every_gen_cross_entropy_keyword():
     y = torch.tensor([0, 0])
     expected = [LN2 + 0.5 * math.log(0.6), LN10 + 0.5 * math.log(0.6)]
     close(loss(z, y, reduction="none"), expected)
+
+
+# ---------------------------------------------------------------- own checks, repr, float64
+
+from gence.losses.classification import MMCE, AdaptiveFocal, DualFocal, Focal, LabelSmoothing, Poly1  # noqa: E402
+from gence.losses.imbalance import LDAM, LogitAdjusted  # noqa: E402
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Focal(10, gamma=-1), r"gamma=-1 is out of range; expected a number in \[0.0, inf\]"),
+    (lambda: LabelSmoothing(3, alpha=1.5), r"alpha=1.5 is out of range"),
+    (lambda: AdaptiveFocal(3, threshold=1.0), r"threshold=1.0 is out of range; expected a number in \(0.0, 1.0\)"),
+    (lambda: DualFocal(3, gamma=float("nan")), r"gamma=nan is not valid; expected a finite number"),
+    (lambda: Poly1(3, epsilon=-2), r"epsilon=-2 is out of range"),
+    (lambda: MMCE(3, width=0), r"width=0 is out of range; expected a number in \(0.0, inf\]"),
+    (lambda: LogitAdjusted(3, COUNTS, tau="1"), r"tau='1' is not valid"),
+    (lambda: LogitAdjusted(3, [1, 2]), r"class_counts has 2 entries; expected num_classes=3"),
+    (lambda: LDAM(3, COUNTS, drw_beta=1.0), r"drw_beta=1.0 is out of range"),
+    (lambda: LDAM(3, [4, 0, 1]), r"class_counts\[1\]=0 is not valid"),
+    (lambda: Focal(0), r"num_classes=0 is not valid"),
+])
+def test_every_baseline_checks_its_parameters_when_constructed(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_repr_shows_the_parameters():
+    assert repr(L.build("focal", num_classes=10, gamma=3.0)) == "Focal(num_classes=10, gamma=3.0, reduction='mean')"
+    ldam = repr(L.build("ldam", num_classes=3, class_counts=COUNTS, s=1.0))
+    assert "max_m=0.5, s=1.0, drw_fraction=0.8, drw_beta=0.9999" in ldam and "class_weight=set" in ldam
+    assert "tau=0.5" in repr(L.build("logit_adjusted", num_classes=3, class_counts=COUNTS, tau=0.5))
+    assert "generative_weight=0.5" in repr(L.build("gence", num_classes=3, generative_weight=0.5))
+    assert "class_weight=set" in repr(L.build("ce", num_classes=3, class_counts=COUNTS, class_balanced_beta=0.9))
+
+
+def _float64_batch(n=64, k=5, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g, dtype=torch.float64) * 3, torch.randint(0, k, (n,), generator=g)
+
+
+def _cb_weights64(counts, beta):
+    w = torch.tensor([(1 - beta) / (1 - beta ** n) for n in counts], dtype=torch.float64)
+    return w * len(counts) / w.sum()
+
+
+COUNTS5 = [500, 120, 31, 7, 2]
+
+
+@pytest.mark.parametrize("name, params, want", [
+    ("ce", {"class_balanced_beta": 0.99},
+     lambda z, y: F.cross_entropy(z, y, weight=_cb_weights64(COUNTS5, 0.99))),
+    ("focal", {"class_balanced_beta": 0.99, "gamma": 0.0},
+     lambda z, y: F.cross_entropy(z, y, weight=_cb_weights64(COUNTS5, 0.99))),
+    ("logit_adjusted", {"tau": 0.7},
+     lambda z, y: F.cross_entropy(z + 0.7 * torch.tensor(COUNTS5, dtype=torch.float64).div(sum(COUNTS5)).log(), y)),
+    ("balanced_softmax", {},
+     lambda z, y: F.cross_entropy(z + torch.tensor(COUNTS5, dtype=torch.float64).log(), y)),
+    ("ldam", {"s": 2.0, "drw_fraction": 0.0, "drw_beta": 0.99},
+     lambda z, y: F.cross_entropy(
+         2.0 * (z - F.one_hot(y, 5) * (0.5 * (2 / torch.tensor(COUNTS5, dtype=torch.float64)) ** 0.25)[y, None]),
+         y, weight=_cb_weights64(COUNTS5, 0.99))),
+])
+def test_weighted_baselines_keep_float64_logits_in_float64(name, params, want):
+    # float32 buffers or a float32 weighted sum are ~1e-8 relative off; float64 end to end is ~1e-16
+    z, y = _float64_batch()
+    loss = L.build(name, num_classes=5, class_counts=COUNTS5, **params)
+    loss.on_epoch_start(0, 10)
+    got = loss(z, y)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want(z, y), rtol=1e-13, atol=0)

@@ -13,7 +13,13 @@ Per-class weights ``w`` (class-balanced re-weighting, DRW) follow ``torch.nn.Cro
 ``sum_i w[y_i]``, the total weight of the batch, not by N.
 
 The math runs in float32 (or float64 when the logits are float64) with autocast switched off, so
-fp16/bf16 logits under ``torch.autocast`` give the same numbers as their float32 copies.
+fp16/bf16 logits under ``torch.autocast`` give the same numbers as their float32 copies. Buffers
+derived from class counts (class weights, log-priors, margins) are kept in float64 and cast to the
+logits' dtype where used: float64 logits stay in float64 end to end, and float32 logits see the same
+float32 values as before.
+
+Every loss checks its own parameters when constructed (a ValueError naming the parameter, the value
+and the valid range) and lists them in its ``repr`` (``param_names``).
 
 Losses that change during training override :meth:`ClassificationLoss.on_epoch_start`, which the
 training loop calls with a 0-based ``epoch`` before each epoch; for the others it does nothing.
@@ -49,6 +55,23 @@ def check_number(name: str, value, *, low=None, high=None, low_open=False, high_
     return float(value)
 
 
+def check_class_counts(class_counts, num_classes: int) -> list[float]:
+    """Training samples per class as floats: ``num_classes`` positive finite numbers, else ValueError."""
+    if class_counts is None:
+        raise ValueError(f"class_counts=None is not valid; expected the number of training samples per "
+                         f"class, a sequence of {num_classes} positive numbers")
+    counts = torch.as_tensor(class_counts).detach().cpu().reshape(-1).tolist() \
+        if isinstance(class_counts, torch.Tensor) else list(class_counts)
+    if len(counts) != num_classes:
+        raise ValueError(f"class_counts has {len(counts)} entries; expected num_classes={num_classes}")
+    for c, n in enumerate(counts):
+        if isinstance(n, bool) or not isinstance(n, (int, float)) and not hasattr(n, "__float__"):
+            raise ValueError(f"class_counts[{c}]={n!r} is not valid; expected a positive number")
+        if not math.isfinite(float(n)) or float(n) <= 0:
+            raise ValueError(f"class_counts[{c}]={n!r} is not valid; every class needs a positive count")
+    return [float(n) for n in counts]
+
+
 def as_float_logits(logits: Tensor) -> Tensor:
     """Logits in float32, or float64 when they already are: never compute a loss in fp16/bf16."""
     return logits if logits.dtype == torch.float64 else logits.float()
@@ -64,13 +87,27 @@ class ClassificationLoss(nn.Module):
     """
 
     class_weight: Tensor | None
+    #: names of the constructor parameters (besides num_classes, reduction, class_weight), shown by repr
+    #: and accepted by :func:`gence.losses.build`
+    param_names: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, reduction: str = "mean", class_weight: Tensor | None = None):
         super().__init__()
-        self.num_classes = int(num_classes)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes={num_classes!r} is not valid; expected an int >= 1")
+        self.num_classes = num_classes
         self.reduction = check_reduction(reduction)
+        if class_weight is not None:
+            class_weight = torch.as_tensor(class_weight, dtype=torch.float64)
+            if class_weight.shape != (num_classes,):
+                raise ValueError(f"class_weight has shape {tuple(class_weight.shape)}; expected ({num_classes},)")
         # A buffer, so it follows .to(device) and lands in state_dict (DRW changes it mid-run).
-        self.register_buffer("class_weight", None if class_weight is None else class_weight.float())
+        self.register_buffer("class_weight", class_weight)
+
+    def extra_repr(self) -> str:
+        params = "".join(f", {name}={getattr(self, name)!r}" for name in self.param_names)
+        weighted = ", class_weight=set" if self.class_weight is not None else ""
+        return f"num_classes={self.num_classes}{params}, reduction={self.reduction!r}{weighted}"
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Called by the training loop before each epoch (0-based); static losses ignore it."""
@@ -109,7 +146,7 @@ def weighted_reduce(losses: Tensor, target: Tensor, class_weight: Tensor | None,
                     shape: torch.Size) -> Tensor:
     """Reduce per-sample ``losses`` as ``F.cross_entropy(weight=class_weight)`` would."""
     if class_weight is not None:
-        sample_weight = class_weight[target]
+        sample_weight = class_weight.to(losses.dtype)[target]
         losses = losses * sample_weight
     if reduction == "none":
         return losses.reshape(shape)

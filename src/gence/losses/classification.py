@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ClassificationLoss, check_reduction
+from .base import ClassificationLoss, check_number, check_reduction
 from .gence import GenCELoss, gen_cross_entropy
 
 
@@ -51,9 +51,11 @@ class LabelSmoothing(ClassificationLoss):
     which is ``F.cross_entropy(z, y, label_smoothing=alpha)``. Default alpha = 0.1 (Szegedy et al.).
     """
 
+    param_names = ("alpha",)
+
     def __init__(self, num_classes, alpha: float = 0.1, reduction="mean"):
         super().__init__(num_classes, reduction)
-        self.alpha = alpha
+        self.alpha = check_number("alpha", alpha, low=0.0, high=1.0)
 
     def per_sample(self, logits, target):
         log_probs = F.log_softmax(logits, dim=1)
@@ -72,9 +74,11 @@ class Focal(ClassificationLoss):
     class weights come from ``class_balanced_beta`` instead.
     """
 
+    param_names = ("gamma",)
+
     def __init__(self, num_classes, gamma: float = 3.0, reduction="mean", class_weight=None):
         super().__init__(num_classes, reduction, class_weight)
-        self.gamma = gamma
+        self.gamma = check_number("gamma", gamma, low=0.0)
 
     def per_sample(self, logits, target):
         log_pt = target_log_prob(F.log_softmax(logits, dim=1), target)
@@ -92,10 +96,14 @@ class AdaptiveFocal(ClassificationLoss):
     so there is no gradient through the choice), as in the authors' code, where p_t = 0.2 gets 3.
     """
 
+    param_names = ("gamma_below", "gamma_above", "threshold")
+
     def __init__(self, num_classes, gamma_below: float = 5.0, gamma_above: float = 3.0,
                  threshold: float = 0.2, reduction="mean"):
         super().__init__(num_classes, reduction)
-        self.gamma_below, self.gamma_above, self.threshold = gamma_below, gamma_above, threshold
+        self.gamma_below = check_number("gamma_below", gamma_below, low=0.0)
+        self.gamma_above = check_number("gamma_above", gamma_above, low=0.0)
+        self.threshold = check_number("threshold", threshold, low=0.0, high=1.0, low_open=True, high_open=True)
 
     def per_sample(self, logits, target):
         log_pt = target_log_prob(F.log_softmax(logits, dim=1), target)
@@ -116,9 +124,11 @@ class DualFocal(ClassificationLoss):
     official class defaults to 0, which is plain CE).
     """
 
+    param_names = ("gamma",)
+
     def __init__(self, num_classes, gamma: float = 5.0, reduction="mean"):
         super().__init__(num_classes, reduction)
-        self.gamma = gamma
+        self.gamma = check_number("gamma", gamma, low=0.0)
 
     def per_sample(self, logits, target):
         log_probs = F.log_softmax(logits, dim=1)
@@ -152,9 +162,11 @@ class Poly1(ClassificationLoss):
     is 2.0.
     """
 
+    param_names = ("epsilon",)
+
     def __init__(self, num_classes, epsilon: float = 1.0, reduction="mean"):
         super().__init__(num_classes, reduction)
-        self.epsilon = epsilon
+        self.epsilon = check_number("epsilon", epsilon, low=-1.0)
 
     def per_sample(self, logits, target):
         log_pt = target_log_prob(F.log_softmax(logits, dim=1), target)
@@ -181,9 +193,12 @@ class MMCE(ClassificationLoss):
     those values (the penalty counts once per sample in 'sum'). The batch costs O(n^2) memory.
     """
 
+    param_names = ("lam", "width")
+
     def __init__(self, num_classes, lam: float = 2.0, width: float = 0.4, reduction="mean"):
         super().__init__(num_classes, reduction)
-        self.lam, self.width = lam, width
+        self.lam = check_number("lam", lam, low=0.0)
+        self.width = check_number("width", width, low=0.0, low_open=True)
 
     def per_sample(self, logits, target):
         log_probs = F.log_softmax(logits, dim=1)
@@ -212,6 +227,10 @@ class GenCE(ClassificationLoss):
         # GenCELoss checks its arguments when built: fail at build time, not at the first batch.
         GenCELoss(weight=self.class_weight, reduction=reduction, **gence_kwargs)
         self.gence_kwargs = gence_kwargs
+
+    def extra_repr(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self.gence_kwargs.items())
+        return super().extra_repr().replace(", reduction=", f"{params}, reduction=", 1)
 
     def forward(self, logits: Tensor, target: Tensor, reduction: str | None = None) -> Tensor:
         reduction = self.reduction if reduction is None else check_reduction(reduction)

@@ -20,10 +20,22 @@ Implementation notes (why the code looks the way it does):
 * The cost is O(nK) like softmax; no n-by-n tensor is ever formed.
 * Everything runs in float32 or wider (fp16/bf16 logits are upcast; autocast is switched off inside).
 * A hand-written backward. The forward turns the log-probabilities, in place, into
-  ``U[j, k] = exp(l[j, k] - M[k])`` with ``M[k] = max_j l[j, k]``; ``U`` is the only n-by-K tensor kept
-  for backward (cross-entropy keeps one too: its log-softmax output). Since ``p = U * exp(M)`` and
+  ``U[j, k] = exp(l[j, k] - M[k])`` with ``M[k] = max_j l[j, k]``; ``U`` is the n-by-K tensor kept
+  for backward (cross-entropy keeps one too: its log-softmax output; the input logits are also
+  saved, by reference, for the higher-order path). Since ``p = U * exp(M)`` and
   ``exp(l - S) = U * exp(M - S)``, the whole gradient is ``U * (a - s outer b)`` plus the sparse
   cross-entropy term, with K-vectors ``a, b`` and an n-vector ``s``: no exponential in backward.
+* Higher-order gradients are exact: when backward runs with a graph being built (``create_graph=True``,
+  ``torch.func.grad``/``jacrev``/``hessian``) the same gradient is computed from the saved logits with
+  differentiable operations, and autograd differentiates it again. Plain ``loss.backward()`` builds no
+  graph (grad mode is off inside backward) and takes the fast path above.
+* torch.func: the ``autograd.Function`` has the ``setup_context`` form and ``generate_vmap_rule``, the
+  intermediates it saves are non-differentiable outputs, and eager calls have a ``jvp`` (forward mode).
+* Traced calls (``torch.compile``, ``torch.export``, torch.func transforms) make no host
+  synchronisation and no Python branch on a tensor value: the target range is checked on the device
+  (``torch._assert_async``; under torch.func, which has no vmap rule for it, a bad class gives NaN),
+  and the column shift ``M`` is always the column maximum. Eager CPU calls keep the host check (a
+  ValueError) and skip the maximum when no column underflows.
 * ``distributed=True`` gathers the K-vector ``S`` of every rank (all_gather) and all-reduces the
   K-vector of target mass in backward, so the gradient is the one of the concatenated global batch.
 """
@@ -56,16 +68,39 @@ def _logsumexp_over_ranks(S_local: Tensor, process_group, world_size: int) -> Te
     return torch.logsumexp(torch.stack(gathered), dim=0)
 
 
-class _GenCEFunction(torch.autograd.Function):
-    """Per-sample mixed GenCE terms for 2-D logits ``z`` (n, K); returns the n-vector ``L``.
+def _under_transform_or_trace() -> bool:
+    """True while torch.compile/torch.export trace the call or a torch.func transform (grad, vmap, jacrev)
+    runs it: then no host synchronisation and no Python branch on tensor values may happen.
 
-    ``target`` is either class indices (n,) with ``mask`` marking the counted rows, or
-    probabilities (n, K) (``soft=True``, every row counted).
+    ``torch.compiler.is_compiling()`` is checked first so that dynamo never has to trace the functorch
+    query (it is a constant True while compiling)."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+class _GenCEFunction(torch.autograd.Function):
+    """Per-sample mixed GenCE terms for 2-D logits ``z`` (n, K).
+
+    ``target`` is either class indices (n,) with ``mask`` marking the counted rows, or probabilities
+    (n, K) (``soft=True``, every row counted). Returns ``(L, U, M, S)``: the n-vector of terms, and the
+    intermediates the fast backward needs (returned as non-differentiable outputs, the form torch.func
+    requires for saved intermediates). ``host_branch`` allows the CPU's free check for an underflowing
+    column (a Python branch on a tensor value); traced, transformed and accelerator calls are branch-free.
+
+    Backward has two paths. Without a graph being built (``loss.backward()``, grad mode off inside
+    backward) it is the fast hand-written first-order gradient from ``U``. When a graph is being built
+    (``create_graph=True``, ``torch.func`` transforms) it is the same gradient written with
+    differentiable operations of the saved input ``z``, so higher-order derivatives are exact.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, z: Tensor, target: Tensor, weight: Optional[Tensor], mask: Optional[Tensor],
-                soft: bool, eps: float, lam: float, process_group, world_size: int) -> Tensor:
+    def forward(z: Tensor, target: Tensor, weight: Optional[Tensor], mask: Optional[Tensor],
+                options: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # options = (soft, eps, lam, host_branch, process_group, world_size), one argument because
+        # Function.apply binds forward's signature with inspect on every call in the setup_context
+        # form, at a cost that grows with the number of parameters.
+        soft, eps, lam, host_branch, process_group, world_size = options
         n, K = z.shape
         l = torch.log_softmax(z, dim=1)  # the single n-by-K buffer, reused below for U
         w = weight
@@ -82,15 +117,14 @@ class _GenCEFunction(torch.autograd.Function):
                 smooth = -(l.sum(1) if w is None else l @ w)  # -sum_k w_k l_ik
                 ce_terms = (1.0 - eps) * ce_terms + (eps / K) * smooth
 
-        saved_l = l.clone() if (soft and ctx.needs_input_grad[1]) else None
-
         # U = exp(l - M) over the counted rows, with M[k] a per-class shift, in place of l.
         # Since l <= 0, the shift M = 0 (U = p, the softmax) is safe unless a column's sum underflows:
-        # a class with probability below ~1e-30 on every counted sample. On the CPU that is checked for
-        # free, and only then is the column maximum computed; elsewhere (a check would cost a device
-        # synchronisation) the maximum is always used.
+        # a class with probability below ~1e-30 on every counted sample. On the CPU in eager mode that
+        # is checked for free, and only then is the column maximum computed; elsewhere (a check would
+        # cost a device synchronisation, or be a data-dependent branch in a traced graph) the maximum
+        # is always used.
         M, U, Z = None, None, None
-        if z.device.type == "cpu":
+        if host_branch:
             U = l.exp_()
             if mask is not None:
                 U.masked_fill_(~mask.unsqueeze(1), 0.0)
@@ -127,64 +161,182 @@ class _GenCEFunction(torch.autograd.Function):
             L = ce_terms
         if mask is not None:
             L = L.masked_fill(~mask, 0.0)
-
-        ctx.save_for_backward(U, M, S, target, weight, mask, saved_l)
-        ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
-        ctx.process_group, ctx.world_size = process_group, world_size
-        return L
+        return L, U, M, S
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: Tensor):
-        U, M, S, target, weight, mask, saved_l = ctx.saved_tensors
-        soft, eps, lam = ctx.soft, ctx.eps, ctx.lam
-        n, K = U.shape
-        g = g.to(U.dtype)
-        w = weight
-        if mask is not None:
-            g = g.masked_fill(~mask, 0.0)
+    def setup_context(ctx, inputs, output) -> None:
+        z, target, weight, mask, (soft, eps, lam, _, process_group, world_size) = inputs
+        _, U, M, S = output
+        ctx.mark_non_differentiable(U, M, S)
+        # U, M and S never receive a gradient: do not let autograd fill an n-by-K tensor of zeros for U
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(z, target, weight, mask, U, M, S)
+        ctx.save_for_forward(z, target, weight, mask)  # for the jvp of _GenCEFunctionWithJvp
+        ctx.soft, ctx.eps, ctx.lam = soft, eps, lam
+        ctx.process_group, ctx.world_size = process_group, world_size
 
-        # c[i, k]: coefficient of (lam*S_k - l_ik) in L_i.  A_k = sum_i g_i c_ik (the batch's target
-        # mass per class), gC_i = g_i sum_k c_ik (row mass of the cross-entropy part).
-        if soft:
-            t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
-            tw = t if w is None else t * w
-            A = g @ tw
-            gC = g * tw.sum(1)
+    @staticmethod
+    def backward(ctx, g: Tensor, _gU, _gM, _gS):
+        if g is None:  # no gradient reached L (grads are not materialised)
+            return (None,) * 5
+        z, target, weight, mask, U, M, S = ctx.saved_tensors
+        builds_graph = torch.is_grad_enabled() or (
+            not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active())
+        if builds_graph:
+            if ctx.world_size > 1:
+                raise NotImplementedError(
+                    "gen_cross_entropy(distributed=True) supports first-order gradients only; got a "
+                    "backward that builds a graph (create_graph=True or a torch.func transform)")
+            grad, grad_target = _differentiable_gradients(
+                z, target, weight, mask, ctx.soft, ctx.eps, ctx.lam, g,
+                need_target=ctx.soft and ctx.needs_input_grad[1])
         else:
-            y = target
-            gw = g if w is None else g * w[y]
-            A = torch.zeros(K, dtype=U.dtype, device=U.device).index_add_(0, y, gw)
-            gC = gw
-            if eps != 0.0:
-                ws = torch.ones(K, dtype=U.dtype, device=U.device) if w is None else w
-                A = (1.0 - eps) * A + (eps / K) * g.sum() * ws
-                gC = (1.0 - eps) * gw + (eps / K) * ws.sum() * g
-        if ctx.world_size > 1 and lam != 0.0:
-            dist.all_reduce(A, group=ctx.process_group)  # the global batch's target mass
+            grad, grad_target = _fast_gradients(ctx, z, target, weight, mask, U, M, S, g)
+        return grad, grad_target, None, None, None
 
-        # dL/dl[j, k] = -g_j c_jk + lam * A_k * exp(l_jk - S_k); then through log_softmax:
-        # dz_j = dl_j - p_j * sum_k dl_jk,  with p = U * exp(M) and exp(l - S) = U * exp(M - S).
-        a = torch.exp(M - S).mul_(A).mul_(lam)  # lam * A_k * exp(M_k - S_k)
-        b = torch.exp(M)
-        r = U @ a  # lam * sum_k A_k exp(l_jk - S_k)
-        s = r - gC
-        grad = torch.addr(a, s, b, alpha=-1.0).mul_(U)  # U * (a - s b)
-        if soft:
-            grad.sub_(g.unsqueeze(1) * tw)
-        else:
-            hard = gw if eps == 0.0 else (1.0 - eps) * gw
-            grad.scatter_add_(1, y.unsqueeze(1), -hard.unsqueeze(1))
-            if eps != 0.0:
-                grad.addr_(g, ws, alpha=-eps / K)
 
-        grad_target = None
-        if saved_l is not None and ctx.needs_input_grad[1]:
-            per_class = (lam * S).unsqueeze(0) - saved_l
-            if w is not None:
-                per_class = per_class * w
-            grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
-        return grad, grad_target, None, None, None, None, None, None, None
+class _GenCEFunctionWithJvp(_GenCEFunction):
+    """:class:`_GenCEFunction` plus forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``hessian``), for
+    eager calls. Dynamo cannot trace an autograd.Function that defines ``jvp``, so compiled and exported
+    calls use the base class."""
+
+    @staticmethod
+    def jvp(ctx, dz, dtarget, *_):
+        """Forward-mode derivative (torch.func.jvp, jacfwd, hessian), written with differentiable ops."""
+        z, target, weight, mask = ctx.saved_tensors
+        if ctx.world_size > 1:
+            raise NotImplementedError("gen_cross_entropy(distributed=True) has no forward-mode derivative")
+        terms = _batch_terms(z, target, weight, mask, ctx.soft, ctx.eps)
+        l, E, c = terms["l"], terms["E"], terms["c"]
+        dL = None
+        if dz is not None:
+            dl = dz - (torch.exp(l) * dz).sum(1, keepdim=True)
+            dS = (E * dl).sum(0)
+            dL = (c * (ctx.lam * dS - dl)).sum(1)
+        if ctx.soft and dtarget is not None:
+            per_class = ctx.lam * terms["S"] - l
+            if weight is not None:
+                per_class = per_class * weight
+            dL_t = (1.0 - ctx.eps) * (dtarget * per_class).sum(1)
+            dL = dL_t if dL is None else dL + dL_t
+        if mask is not None and dL is not None:
+            dL = torch.where(mask, dL, torch.zeros_like(dL))
+        return dL, None, None, None
+
+
+class _GenCEEagerFunction(torch.autograd.Function):
+    """The same Function in the ctx-first form, for eager calls outside torch.func transforms: there
+    ``Function.apply`` does not bind forward's signature with ``inspect`` on every call (the
+    setup_context form does), which is measurable at small sizes. torch.func needs the setup_context
+    form, and dynamo cannot trace a ``jvp``: hence three entry points to one forward and backward."""
+
+    @staticmethod
+    def forward(ctx, z, target, weight, mask, options):
+        output = _GenCEFunction.forward(z, target, weight, mask, options)
+        _GenCEFunction.setup_context(ctx, (z, target, weight, mask, options), output)
+        return output
+
+    backward = staticmethod(_GenCEFunction.backward)
+    jvp = staticmethod(_GenCEFunctionWithJvp.jvp)
+
+
+def _fast_gradients(ctx, z, target, weight, mask, U, M, S, g):
+    """First-order gradient from the forward's ``U``: in place, no exponential of an n-by-K tensor."""
+    soft, eps, lam = ctx.soft, ctx.eps, ctx.lam
+    n, K = U.shape
+    g = g.to(U.dtype)
+    w = weight
+    if mask is not None:
+        g = g.masked_fill(~mask, 0.0)
+
+    # c[i, k]: coefficient of (lam*S_k - l_ik) in L_i.  A_k = sum_i g_i c_ik (the batch's target
+    # mass per class), gC_i = g_i sum_k c_ik (row mass of the cross-entropy part).
+    if soft:
+        t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
+        tw = t if w is None else t * w
+        A = g @ tw
+        gC = g * tw.sum(1)
+    else:
+        y = target
+        gw = g if w is None else g * w[y]
+        A = torch.zeros(K, dtype=U.dtype, device=U.device).index_add_(0, y, gw)
+        gC = gw
+        if eps != 0.0:
+            ws = torch.ones(K, dtype=U.dtype, device=U.device) if w is None else w
+            A = (1.0 - eps) * A + (eps / K) * g.sum() * ws
+            gC = (1.0 - eps) * gw + (eps / K) * ws.sum() * g
+    if ctx.world_size > 1 and lam != 0.0:
+        dist.all_reduce(A, group=ctx.process_group)  # the global batch's target mass
+
+    # dL/dl[j, k] = -g_j c_jk + lam * A_k * exp(l_jk - S_k); then through log_softmax:
+    # dz_j = dl_j - p_j * sum_k dl_jk,  with p = U * exp(M) and exp(l - S) = U * exp(M - S).
+    a = torch.exp(M - S).mul_(A).mul_(lam)  # lam * A_k * exp(M_k - S_k)
+    b = torch.exp(M)
+    r = U @ a  # lam * sum_k A_k exp(l_jk - S_k)
+    s = r - gC
+    grad = torch.addr(a, s, b, alpha=-1.0).mul_(U)  # U * (a - s b)
+    if soft:
+        grad.sub_(g.unsqueeze(1) * tw)
+    else:
+        hard = gw if eps == 0.0 else (1.0 - eps) * gw
+        grad.scatter_add_(1, y.unsqueeze(1), -hard.unsqueeze(1))
+        if eps != 0.0:
+            grad.addr_(g, ws, alpha=-eps / K)
+
+    grad_target = None
+    if soft and ctx.needs_input_grad[1]:
+        per_class = (lam * S).unsqueeze(0) - torch.log_softmax(z, dim=1)
+        if w is not None:
+            per_class = per_class * w
+        grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
+    return grad, grad_target
+
+
+def _batch_terms(z, target, weight, mask, soft, eps) -> dict[str, Tensor]:
+    """Differentiable pieces of the loss of 2-D logits ``z``: ``l = log_softmax(z)``, ``S`` (K-vector),
+    ``E[j, k] = exp(l_jk - S_k)`` on counted rows (0 elsewhere) and the coefficients ``c[i, k]`` of
+    ``(lam S_k - l_ik)`` in ``L_i``."""
+    n, K = z.shape
+    l = torch.log_softmax(z, dim=1)
+    l_counted = l if mask is None else l.masked_fill(~mask.unsqueeze(1), -math.inf)
+    # S = M + log sum_j exp(l - M) is logsumexp for any constant M: a detached shift is exact at every
+    # order. An empty column (no counted rows) has Z = 0; it gets S = 0 and E = 0, as in forward.
+    M = torch.nan_to_num(l_counted.detach().amax(dim=0), neginf=0.0) if n > 0 else l.new_zeros(K)
+    U = torch.exp(l_counted - M)
+    Z = U.sum(0)
+    Z_safe = torch.where(Z > 0, Z, torch.ones_like(Z))
+    if soft:
+        t = target if eps == 0.0 else target * (1.0 - eps) + eps / K
+    else:
+        onehot = (target.unsqueeze(1) == torch.arange(K, device=z.device)).to(z.dtype)
+        t = onehot if eps == 0.0 else onehot * (1.0 - eps) + eps / K
+    c = t if weight is None else t * weight
+    return {"l": l, "S": M + torch.log(Z_safe), "E": U / Z_safe, "c": c}
+
+
+def _differentiable_gradients(z, target, weight, mask, soft, eps, lam, g, need_target):
+    """The gradient of ``sum_i g_i L_i`` with respect to ``z`` (and soft ``target``), written with
+    out-of-place differentiable operations of ``z``, so autograd can differentiate it again and
+    torch.func can transform it.
+
+    With ``gc[i, k] = g_i c_ik`` (see :func:`_batch_terms`): ``dL/dl = lam * A * E - gc`` with
+    ``A = sum_i gc_i``, and ``dz_j = dl_j - p_j sum_k dl_jk``.
+    """
+    g = g.to(z.dtype)
+    if mask is not None:
+        g = torch.where(mask, g, torch.zeros_like(g))
+    terms = _batch_terms(z, target, weight, mask, soft, eps)
+    l = terms["l"]
+    gc = g.unsqueeze(1) * terms["c"]
+    dl = lam * gc.sum(0) * terms["E"] - gc
+    grad = dl - torch.exp(l) * dl.sum(1, keepdim=True)
+    grad_target = None
+    if need_target:
+        per_class = lam * terms["S"] - l
+        if weight is not None:
+            per_class = per_class * weight
+        grad_target = (1.0 - eps) * g.unsqueeze(1) * per_class
+    return grad, grad_target
 
 
 def _check_probability(name: str, value: float) -> float:
@@ -250,12 +402,18 @@ def gen_cross_entropy(
     Raises:
         ValueError: naming the argument, the value and what was expected, for a bad shape, dtype,
             ``weight``, ``label_smoothing``, ``generative_weight`` or ``reduction``, and for a target
-            class outside [0, C) on the CPU. On accelerators the class range is checked on the device,
-            without a host synchronisation per call: a bad class fails asynchronously with a
-            RuntimeError, as ``F.cross_entropy``'s device-side assert does.
+            class outside [0, C) in an eager call on the CPU. On accelerators, and when compiled or
+            exported, the class range is checked on the device without a host synchronisation: a bad
+            class fails (asynchronously on accelerators) with a RuntimeError, as ``F.cross_entropy``'s
+            device-side assert does. Under a torch.func transform (vmap, grad) a bad class makes the
+            loss NaN.
+        NotImplementedError: for higher-order or forward-mode derivatives with ``distributed=True``
+            in a multi-process group.
 
-    Gradients: first order only (``once_differentiable``); gradients flow to ``input`` and, for
-    probability targets that require grad, to ``target``.
+    Gradients: exact to any order (double backward, gradient penalties, Hessian-vector products),
+    torch.func ``grad``/``jacrev``/``jacfwd``/``hessian``/``vmap``, ``torch.compile(fullgraph=True)`` and
+    ``torch.export``. Gradients flow to ``input`` and, for probability targets that require grad, to
+    ``target``.
     """
     if not isinstance(input, Tensor) or not input.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor of logits; got "
@@ -303,36 +461,52 @@ def gen_cross_entropy(
         z = z.to(dtype)
         w = None if weight is None else weight.to(device=z.device, dtype=dtype)
         mask = None
+        poisoned = None
+        traced = _under_transform_or_trace()
+        host_checked = z.device.type in _HOST_CHECKED_DEVICES and not traced
         if soft:
             tt = (t.movedim(1, -1).reshape(-1, C) if t.dim() > 2 else t).to(dtype)
         else:
             tt = t.reshape(-1)
-            if tt.device.type not in _HOST_CHECKED_DEVICES:
-                # No host synchronisation on accelerators: mask every call, check ranges on the device
-                # (an out-of-range class fails asynchronously, as F.cross_entropy's device assert does).
+            if not host_checked:
+                # No host synchronisation and no branch on values (accelerators, compile, export,
+                # torch.func): mask every call and check the class range on the device. A bad class
+                # fails asynchronously, as F.cross_entropy's device assert does; under a torch.func
+                # transform (vmap has no rule for the assert) it makes its sample's loss NaN instead.
                 valid = tt != ignore_index
-                torch._assert_async(((tt >= 0) & (tt < C) | ~valid).all(),
-                                    f"gen_cross_entropy: target contains a class outside [0, {C}) and "
-                                    f"not ignore_index={ignore_index}")
+                in_range = (tt >= 0) & (tt < C)
+                if traced and not torch.compiler.is_compiling():
+                    poisoned = valid & ~in_range
+                    tt = torch.where(valid & in_range, tt, torch.zeros_like(tt))
+                else:
+                    torch._assert_async((in_range | ~valid).all(),
+                                        f"gen_cross_entropy: target contains a class outside [0, {C}) "
+                                        f"and not ignore_index={ignore_index}")
+                    tt = tt.masked_fill(~valid, 0)
                 mask = valid
-                tt = tt.masked_fill(~valid, 0)
-                lo, hi = 0, 0
             else:
                 # One cheap synchronisation: the common case (all targets in range, ignore_index outside
                 # the classes) is settled by the extremes alone.
                 lo, hi = torch.stack(torch.aminmax(tt)).tolist() if tt.numel() else (0, 0)
-            if mask is None and (not (0 <= lo and hi < C) or 0 <= ignore_index < C):
-                valid = tt != ignore_index
-                bad = valid & ((tt < 0) | (tt >= C))
-                if bool(bad.any()):
-                    value = tt[bad][0].item()
-                    raise ValueError(f"target contains class {value}, outside [0, {C}) and not "
-                                     f"ignore_index={ignore_index}")
-                if not bool(valid.all()):
-                    mask = valid
-                    tt = tt.masked_fill(~valid, 0)
+                if not (0 <= lo and hi < C) or 0 <= ignore_index < C:
+                    valid = tt != ignore_index
+                    bad = valid & ((tt < 0) | (tt >= C))
+                    if bool(bad.any()):
+                        value = tt[bad][0].item()
+                        raise ValueError(f"target contains class {value}, outside [0, {C}) and not "
+                                         f"ignore_index={ignore_index}")
+                    if not bool(valid.all()):
+                        mask = valid
+                        tt = tt.masked_fill(~valid, 0)
         world_size = _world_size(distributed, process_group)
-        L = _GenCEFunction.apply(z, tt, w, mask, soft, eps, lam, process_group, world_size)
+        if torch.compiler.is_compiling():
+            function = _GenCEFunction
+        else:
+            function = _GenCEFunctionWithJvp if traced else _GenCEEagerFunction
+        options = (soft, eps, lam, host_checked, process_group, world_size)
+        L = function.apply(z, tt, w, mask, options)[0]
+        if poisoned is not None:
+            L = torch.where(poisoned, torch.full_like(L, math.nan), L)
 
         if reduction == "none":
             L = L.reshape((x.shape[0],) + tuple(x.shape[2:]))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ClassificationLoss, check_number
+from .base import ClassificationLoss, check_class_counts, check_number
 from .classification import target_log_prob
 
 
@@ -21,16 +21,16 @@ def class_balanced_weights(class_counts, beta: float) -> Tensor:
         w_c = (1 - beta) / (1 - beta^{n_c}),   then rescaled so that sum_c w_c = C,
 
     the paper's normalisation, which keeps the loss on the scale of the unweighted loss
-    (beta = 0 gives all ones; beta -> 1 tends to inverse class frequency). Computed in float64,
-    returned as float32. ``class_counts`` must be positive (a class with no samples has no
-    effective number).
+    (beta = 0 gives all ones; beta -> 1 tends to inverse class frequency). Computed and returned in
+    float64 (the losses cast it to their logits' dtype). ``class_counts`` must be positive (a class
+    with no samples has no effective number).
     """
     beta = check_number("beta", beta, low=0.0, high=1.0, high_open=True)
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
     # 1 - beta^n as -expm1(n log beta): no cancellation when beta is close to 1 and n is small.
     effective_num = -torch.expm1(counts * math.log(beta)) if beta > 0 else torch.ones_like(counts)
     weights = (1.0 - beta) / effective_num
-    return (weights * (len(weights) / weights.sum())).float()
+    return weights * (len(weights) / weights.sum())
 
 
 class LogitAdjusted(ClassificationLoss):
@@ -44,12 +44,13 @@ class LogitAdjusted(ClassificationLoss):
     """
 
     log_prior: Tensor
+    param_names = ("tau",)
 
     def __init__(self, num_classes, class_counts, tau: float = 1.0, reduction="mean"):
         super().__init__(num_classes, reduction)
-        counts = torch.as_tensor(class_counts, dtype=torch.float64)
-        self.tau = tau
-        self.register_buffer("log_prior", (counts / counts.sum()).log().float())
+        counts = torch.as_tensor(check_class_counts(class_counts, num_classes), dtype=torch.float64)
+        self.tau = check_number("tau", tau)
+        self.register_buffer("log_prior", (counts / counts.sum()).log())  # float64, cast where used
 
     def per_sample(self, logits, target):
         adjusted = logits + self.tau * self.log_prior.to(logits.dtype)
@@ -63,6 +64,8 @@ class BalancedSoftmax(LogitAdjusted):
     Since softmax ignores a constant shift, ``log n_c`` and ``log pi_c`` give the same loss: this
     is the logit-adjusted loss with tau = 1, and is implemented as exactly that.
     """
+
+    param_names = ()
 
     def __init__(self, num_classes, class_counts, reduction="mean"):
         super().__init__(num_classes, class_counts, tau=1.0, reduction=reduction)
@@ -91,14 +94,19 @@ class LDAM(ClassificationLoss):
 
     margins: Tensor
     drw_weight: Tensor
+    param_names = ("max_m", "s", "drw_fraction", "drw_beta")
 
     def __init__(self, num_classes, class_counts, max_m: float = 0.5, s: float = 30.0,
                  drw_fraction: float = 0.8, drw_beta: float = 0.9999, reduction="mean"):
-        super().__init__(num_classes, reduction, class_weight=torch.ones(num_classes))
-        counts = torch.as_tensor(class_counts, dtype=torch.float64)
-        self.max_m, self.s, self.drw_fraction, self.drw_beta = max_m, s, drw_fraction, drw_beta
-        self.register_buffer("margins", (max_m * (counts.min() / counts) ** 0.25).float())
-        self.register_buffer("drw_weight", class_balanced_weights(counts, drw_beta))
+        super().__init__(num_classes, reduction, class_weight=torch.ones(num_classes, dtype=torch.float64))
+        counts = torch.as_tensor(check_class_counts(class_counts, num_classes), dtype=torch.float64)
+        self.max_m = check_number("max_m", max_m, low=0.0)
+        self.s = check_number("s", s, low=0.0, low_open=True)
+        self.drw_fraction = check_number("drw_fraction", drw_fraction, low=0.0, high=1.0)
+        self.drw_beta = check_number("drw_beta", drw_beta, low=0.0, high=1.0, high_open=True)
+        # float64 buffers, cast to the logits' dtype where used
+        self.register_buffer("margins", self.max_m * (counts.min() / counts) ** 0.25)
+        self.register_buffer("drw_weight", class_balanced_weights(counts, self.drw_beta))
         self.drw_active = False
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
