@@ -56,12 +56,7 @@ PROPERNESS_ROW = ("886812493e904a83574b7718f8fe691d87910659a92f26ff95cc2f8d05675
                    "seed": 0, "steps": 800, "study": "properness", "study_version": 1, "task": NOISE_TASK})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("key,config", STORED + [PROPERNESS_ROW], ids=lambda v: v[:8] if isinstance(v, str) else "")

@@ -15,12 +15,7 @@ from gence.properness.report import write_report
 from gence.properness.study import LOSSES, posterior_metrics, quick_sweep, run, run_study, study_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -20,14 +20,7 @@ OOD_SCORES = ("msp", "max_logit", "energy", "entropy")
 OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine, two spinning OpenMP threads make these runs
-    several times slower, not faster. The caller's setting comes back afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def expected_keys(ood=()):
