@@ -33,8 +33,12 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _strip_history(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if "seconds" not in k} for h in history]
+def _strip_history(history: list[dict], like: list[dict] | None = None) -> list[dict]:
+    """Timings dropped; with ``like``, only the keys its entries have (what a newer loop adds is not a change)."""
+    out = [{k: v for k, v in h.items() if "seconds" not in k} for h in history]
+    if like is not None and len(like) == len(out):
+        out = [{k: v for k, v in h.items() if k in ref} for h, ref in zip(out, like)]
+    return out
 
 
 def _train(config: dict, threads: int | None) -> dict:
@@ -50,11 +54,15 @@ def _train(config: dict, threads: int | None) -> dict:
 
 def _compare(name_a: str, a: dict, name_b: str, b: dict) -> bool:
     skip = lambda k: k.endswith("seconds") or k == "train/images_per_second"  # noqa: E731
-    differ = [k for k in sorted(set(a["metrics"]) | set(b["metrics"]))
+    # Metrics the older side lacks (added to the loop since) are listed, not counted as differences.
+    added = sorted(set(b["metrics"]) - set(a["metrics"]))
+    differ = [k for k in sorted(a["metrics"])
               if not skip(k) and not _same(a["metrics"].get(k), b["metrics"].get(k))]
     for k in differ[:20]:
         print(f"  {k}: {name_a} {a['metrics'].get(k)!r}  {name_b} {b['metrics'].get(k)!r}")
-    history_same = _strip_history(a["history"]) == _strip_history(b["history"])
+    history_same = _strip_history(a["history"]) == _strip_history(b["history"], like=_strip_history(a["history"]))
+    if added:
+        print(f"  ({name_b} adds {len(added)} metrics: {', '.join(added)})")
     if differ or not history_same:
         print(f"{name_a} vs {name_b}: DIFFERS in {len(differ)} metrics; history "
               f"{'same' if history_same else 'differs'}")

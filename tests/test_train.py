@@ -28,7 +28,7 @@ def expected_keys(ood=()):
     keys = {f"{s}/{m}" for s in ("val", "test", "val_ts", "test_ts") for m in SPLIT_METRICS}
     keys |= {"temperature", "test/acc_many", "test/acc_medium", "test/acc_few",
              "test/never_predicted", "test/worst_class_accuracy",
-             "train/loss", "train/seconds", "train/images_per_second"}
+             "train/loss", "train/seconds", "train/images_per_second", "train/error", "train/loss_floor"}
     keys |= {f"ood/{o}/{s}/{m}" for o in ood for s in OOD_SCORES for m in OOD_METRICS}
     return keys
 
@@ -299,3 +299,68 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     assert payload["config"]["loss_params"] == {"generative_weight": 0.5}
     assert payload["config"]["model_params"] == {"hidden": [8]}
     assert payload["metrics"]["test/acc_few"] is None  # NaN is written as null
+
+
+# --- the validation curve, the training error and the loss floor (what the convergence study reads) ---
+
+def test_curve_epochs_by_hand():
+    from gence.train.loop import curve_epochs
+
+    assert curve_epochs(10, 4, 40, None) == set()
+    assert curve_epochs(10, 4, 40, 0.1) == set(range(10))
+    # 7 one-step epochs, every 0.25: marks at 1.75, 3.5, 5.25, 7 steps -> after epochs 2, 4, 6, 7 (0-based 1, 3, 5, 6)
+    assert curve_epochs(7, 1, 7, 0.25) == {1, 3, 5, 6}
+    # 3 epochs of 10 steps, every 0.5: 15 steps -> epoch 1 (20 steps), 30 steps -> epoch 2
+    assert curve_epochs(3, 10, 30, 0.5) == {1, 2}
+    assert curve_epochs(1, 5, 5, 1.0) == {0}
+
+
+def test_validation_curve_leaves_training_unchanged_and_ends_at_the_final_metrics():
+    plain = fit(tiny(epochs=5), progress=False)
+    curved = fit(tiny(epochs=5, eval_every=0.2), progress=False)
+    drop = lambda h: {k: v for k, v in h.items() if k in ("epoch", "loss", "lr")}  # noqa: E731
+    assert [drop(h) for h in curved.extras["history"]] == [drop(h) for h in plain.extras["history"]]
+    timing = ("train/seconds", "train/images_per_second")
+    same = lambda a, b: a == b or (math.isnan(a) and math.isnan(b))  # noqa: E731
+    assert set(curved.metrics) == set(plain.metrics)
+    assert all(same(curved.metrics[k], plain.metrics[k]) for k in plain.metrics if k not in timing)
+    points = [h for h in curved.extras["history"] if "val/error" in h]
+    assert [h["epoch"] for h in points] == [0, 1, 2, 3, 4]  # every 0.2 of 5 epochs
+    assert [h["progress"] for h in points] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    # The last point is the final model on the validation split: the same numbers as the final evaluation.
+    for m in ("error", "nll", "ece"):
+        assert points[-1][f"val/{m}"] == pytest.approx(curved.metrics[f"val/{m}"], rel=1e-12, abs=1e-15)
+    assert all("val/error" not in h for h in plain.extras["history"])
+    assert "eval_every" not in plain.config  # a run without a curve keeps the key it had before the field existed
+
+
+@pytest.mark.parametrize("loss,params,floor", [
+    ("ce", {}, 0.0),
+    ("gence", {}, math.log(20)),                              # one batch of 20 per class: log 20 per sample
+    ("gence", {"generative_weight": 0.5}, 0.5 * math.log(20)),
+])
+def test_loss_floor_is_the_loss_of_certain_right_logits(loss, params, floor):
+    # batch_size above the 200 training images: every epoch is one batch holding 20 images of each class.
+    result = fit(tiny(loss=loss, loss_params=params, batch_size=256, epochs=1), progress=False)
+    assert result.metrics["train/loss_floor"] == pytest.approx(floor, abs=1e-6)
+
+
+def test_train_error_is_the_final_models_error_on_its_training_subset():
+    from gence import data, models
+    from gence.train.loop import seed_everything
+
+    # lr so small that no weight moves (each update is far below a float32 ulp) and an MLP without
+    # batch norm: the final model is its initialisation, which a second method rebuilds here.
+    config = tiny(model="mlp", lr=1e-30, weight_decay=0.0, epochs=1, seed=3)
+    result = fit(config, progress=False)
+    ds = data.load_dataset("digits")
+    train_idx, _ = data.split_indices(ds.train_y, config.regime, config.n_val_per_class, seed=3,
+                                      num_classes=ds.num_classes)
+    seed_everything(3)
+    seed_everything(3)  # fit seeds again after drawing the data; the model is built from that state
+    net = models.build("mlp", 1, ds.num_classes, tuple(ds.image_shape[1:])).eval()
+    with torch.no_grad():
+        logits = net(ds.normalize(ds.train_x[torch.from_numpy(train_idx)]))
+    expected = float((logits.argmax(1) != ds.train_y[torch.from_numpy(train_idx)]).double().mean())
+    assert 0.5 < expected  # an untrained net: most training images wrong, so the check has teeth
+    assert result.metrics["train/error"] == pytest.approx(expected, abs=1e-12)

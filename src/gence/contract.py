@@ -20,7 +20,7 @@ keeps the key it had before they existed (the keys of every stored run stay the 
   :data:`COVERAGE_METRICS`;
 - :func:`ood_key` ``(ood_set, score, metric)`` = ``"ood/{set}/{score}/{metric}"`` for every OOD set of the run,
   score of :data:`OOD_SCORES` and metric of :data:`OOD_METRICS`;
-- :data:`TRAIN_METRICS`.
+- :data:`TRAIN_METRICS` and :data:`FIT_METRICS`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ __all__ = [
     "TrainConfig", "SCHEDULES", "OPTIMIZERS", "field_problem", "canonical_json", "run_key", "key_fields",
     "KEY_EXCLUDED_FIELDS", "KEY_OMITTED_DEFAULTS",
     "SPLITS", "SPLIT_METRICS", "TEMPERATURE", "GROUPS", "COVERAGE_METRICS", "OOD_SCORES", "OOD_METRICS",
-    "TRAIN_METRICS", "split_key", "group_key", "ood_key", "metric_keys",
+    "TRAIN_METRICS", "FIT_METRICS", "CURVE_METRICS", "split_key", "group_key", "ood_key", "metric_keys",
 ]
 
 SCHEDULES = ("cosine", "step")
@@ -51,7 +51,7 @@ KEY_EXCLUDED_FIELDS = ("data_dir", "device")
 # out of the key and of ``TrainConfig.to_dict``, so earlier runs keep their keys and their stored configs
 # read the same as new ones. A new TrainConfig field must be added here with its default.
 KEY_OMITTED_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "steps": None, "drop_last": False,
-                                        "init_output_bias": None}
+                                        "init_output_bias": None, "eval_every": None}
 
 
 def canonical_json(obj: Any) -> str:
@@ -97,7 +97,8 @@ def field_problem(name: str, value: Any) -> str | None:
     ``epochs``, ``batch_size``, ``n_bins``, ``eval_batch_size``: integers > 0; ``n_val_per_class``, ``seed``:
     integers >= 0; ``lr``: a finite number > 0; ``momentum``: a number in [0, 1); ``weight_decay``,
     ``warmup_epochs``: finite numbers >= 0; ``schedule`` in :data:`SCHEDULES`; ``optimizer`` in
-    :data:`OPTIMIZERS`; ``steps``: None or an integer > 0; ``nesterov``, ``amp``, ``compile``, ``drop_last``:
+    :data:`OPTIMIZERS`; ``steps``: None or an integer > 0; ``eval_every``: None or a number in (0, 1];
+    ``nesterov``, ``amp``, ``compile``, ``drop_last``:
     true or false; ``augment``: None, true, false or one of :data:`AUGMENT_MODES`; ``dataset``, ``regime``,
     ``model``, ``loss``: strings;
     ``*_params``: dicts; ``classes``: None or a list; ``ood``: a list of strings; ``init_output_bias``: None or a
@@ -118,6 +119,9 @@ def field_problem(name: str, value: Any) -> str | None:
         return None if value in SCHEDULES else f"expected one of {', '.join(SCHEDULES)}"
     if name == "optimizer":
         return None if value in OPTIMIZERS else f"expected one of {', '.join(OPTIMIZERS)}"
+    if name == "eval_every":
+        return None if value is None or (_is_number(value) and 0 < value <= 1) else \
+            "expected null (no validation curve) or a fraction of training in (0, 1], e.g. 0.1"
     if name == "steps":
         return None if value is None or (_is_int(value) and value > 0) else "expected null (epochs decide) or an integer > 0"
     if name in _BOOL:
@@ -152,7 +156,10 @@ class TrainConfig:
     last epoch is cut short); None: ``epochs`` epochs. ``drop_last``: leave out each epoch's last,
     smaller batch (GenCE's class marginal is estimated per batch); a batch size larger than the training
     set is one full batch. ``init_output_bias``: added to the bias of the model's last linear layer at
-    initialisation (moves the optimisation's starting point; one number per class).
+    initialisation (moves the optimisation's starting point; one number per class). ``eval_every``: a
+    fraction of training (e.g. 0.1); the validation split's error, NLL and ECE are then added to the
+    history at the first epoch end at or after every multiple of it and at the last epoch (the learning
+    curve that shows a plateau; evaluation does not change the training numbers); None: no curve.
     """
 
     dataset: str = "digits"
@@ -185,6 +192,7 @@ class TrainConfig:
     steps: int | None = None             # fixed number of optimizer steps (None: epochs decide)
     drop_last: bool = False              # leave out each epoch's ragged last batch
     init_output_bias: list | None = None      # added to the last layer's initial bias, one number per class
+    eval_every: float | None = None      # fraction of training between validation points in the history
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-able dict; the KEY_OMITTED_DEFAULTS fields only when not at their default
@@ -229,6 +237,12 @@ COVERAGE_METRICS = ("never_predicted", "worst_class_accuracy")                  
 OOD_SCORES = ("msp", "max_logit", "energy", "entropy")
 OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")                              # metrics.ood_metrics
 TRAIN_METRICS = ("train/loss", "train/seconds", "train/images_per_second")
+# The final model on its (un-augmented) training subset, and the training loss of a model certain and right
+# on every training image over the last epoch's batches (0 for CE; sum_k n_k log n_k / n per batch for GenCE;
+# below label smoothing's true floor, which is the entropy of its smoothed targets).
+FIT_METRICS = ("train/error", "train/loss_floor")
+# Validation metrics in the history of a run with eval_every (with "progress", the fraction of steps done).
+CURVE_METRICS = ("error", "nll", "ece")
 
 
 def split_key(split: str, metric: str) -> str:
@@ -248,4 +262,4 @@ def metric_keys(ood_sets: tuple | list = ()) -> list[str]:
     keys = [split_key(s, m) for s in SPLITS for m in SPLIT_METRICS] + [TEMPERATURE]
     keys += [group_key(g) for g in GROUPS] + [f"test/{m}" for m in COVERAGE_METRICS]
     keys += [ood_key(o, s, m) for o in ood_sets for s in OOD_SCORES for m in OOD_METRICS]
-    return keys + list(TRAIN_METRICS)
+    return keys + list(TRAIN_METRICS) + list(FIT_METRICS)

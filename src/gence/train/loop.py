@@ -58,7 +58,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -69,8 +69,9 @@ from tqdm.auto import tqdm
 from gence import data as datasets
 from gence import losses, metrics, models
 from gence.calibration import fit_temperature
-from gence.contract import (GROUPS, KEY_EXCLUDED_FIELDS, OOD_SCORES, SCHEDULES, SPLIT_METRICS, TEMPERATURE,
-                            TRAIN_METRICS, TrainConfig, group_key, ood_key, run_key, split_key)
+from gence.contract import (CURVE_METRICS, FIT_METRICS, GROUPS, KEY_EXCLUDED_FIELDS, OOD_SCORES, SCHEDULES,
+                            SPLIT_METRICS, TEMPERATURE, TRAIN_METRICS, TrainConfig, group_key, ood_key, run_key,
+                            split_key)
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "SCHEDULES", "fit", "train_epochs", "evaluate_model",
            "learning_rate", "step_plan", "StepPlan", "make_optimizer", "group_thresholds", "predict"]
@@ -311,13 +312,37 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
                            weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
 
 
+# Logit of the true class in the loss floor's "certain and right" logits (exp(-100) vanishes in float32).
+CONFIDENT_LOGIT = 100.0
+
+
+def curve_epochs(epochs: int, steps_per_epoch: int, total_steps: int, every: float | None) -> set[int]:
+    """The epochs after which the validation curve is evaluated: the first epoch end at or after each
+    multiple of ``every`` (a fraction of ``total_steps``), and the last epoch; none when ``every`` is None."""
+    if every is None:
+        return set()
+    marks = math.floor(1 / every + 1e-9)
+    out, e = {epochs - 1}, 0
+    for m in range(1, marks + 1):
+        target = m * every * total_steps
+        while e < epochs - 1 and (e + 1) * steps_per_epoch < target - 1e-9:
+            e += 1
+        out.add(e)
+    return out
+
+
 def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
                  device: torch.device, augment: bool, progress: bool = True,
-                 checkpoint: str | os.PathLike | None = None) -> list[dict]:
+                 checkpoint: str | os.PathLike | None = None,
+                 validate: Callable[[nn.Module], dict[str, float]] | None = None) -> list[dict]:
     """The training phase alone (what the throughput benchmark times): returns the per-epoch history
-    (``loss``, last ``lr`` and cumulative training ``seconds`` per epoch). With ``checkpoint``, resumes
-    from the state saved there and saves the state every :data:`CHECKPOINT_SECONDS` and after the last
-    epoch (see the module docstring)."""
+    (``loss``, last ``lr`` and cumulative training ``seconds`` per epoch; the last epoch also has
+    ``loss_floor``, the loss of logits certain and right, ``CONFIDENT_LOGIT * onehot(y)``, over its
+    batches). With ``checkpoint``, resumes from the state saved there and saves the state every
+    :data:`CHECKPOINT_SECONDS` and after the last epoch (see the module docstring). With ``validate`` and
+    ``config.eval_every``, the epochs of :func:`curve_epochs` add ``progress`` and ``validate(model)``
+    (called in eval mode without gradients; training mode is restored) to their history entry; the
+    time it takes is not counted in ``seconds``."""
     n = len(y)
     plan = step_plan(n, config)
     total_steps, steps_per_epoch, epochs = plan.total_steps, plan.steps_per_epoch, plan.epochs
@@ -329,6 +354,7 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
     forward = torch.compile(model) if config.compile else model
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history, first_epoch, seconds_before = [], 0, 0.0
+    curve = curve_epochs(epochs, steps_per_epoch, total_steps, config.eval_every) if validate else set()
     state = _load_checkpoint(checkpoint, config, device) if checkpoint is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -352,6 +378,8 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
         step_losses = torch.zeros(steps_per_epoch, device=device)
         sizes = torch.zeros(steps_per_epoch, device=device)
         lrs = []
+        last = epoch == epochs - 1
+        floor = torch.zeros(steps_per_epoch, device=device) if last else None
         batches = datasets.iterate_batches(x, y, plan.batch_size, shuffle=True, generator=generator,
                                            drop_last=config.drop_last)
         for step, (xb, yb) in enumerate(batches):
@@ -374,6 +402,9 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
             scaler.update()
             step_losses[step] = loss.detach()
             sizes[step] = len(yb)
+            if last:
+                with torch.no_grad():
+                    floor[step] = loss_fn(CONFIDENT_LOGIT * F.one_hot(yb, logits.shape[1]).float(), yb)
             bar.update(1)
         finite = torch.isfinite(step_losses)
         if not bool(finite.all()):
@@ -384,6 +415,14 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
         mean_loss = float((step_losses * sizes).sum() / seen)
         history.append({"epoch": epoch, "loss": mean_loss, "lr": lrs[-1],
                         "seconds": seconds_before + time.perf_counter() - start})
+        if last:
+            history[-1]["loss_floor"] = float((floor * sizes).sum() / seen)
+        if epoch in curve:
+            paused = time.perf_counter()
+            history[-1]["progress"] = min(1.0, (epoch + 1) * steps_per_epoch / total_steps)
+            history[-1].update(validate(model))
+            model.train()
+            start += time.perf_counter() - paused
         if checkpoint is not None and (epoch == epochs - 1
                                        or history[-1]["seconds"] - last_save >= CHECKPOINT_SECONDS):
             last_save = history[-1]["seconds"]
@@ -466,14 +505,23 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        validate = None
+        if config.eval_every is not None and len(data.val_y):
+            def validate(net: nn.Module) -> dict[str, float]:
+                logits = predict(net, data.val_x, ds.normalize, device, config.eval_batch_size, config.amp)
+                scores = metrics.evaluate(logits, data.val_y, config.n_bins)
+                return {split_key("val", m): float(scores[m]) for m in CURVE_METRICS}
         history = train_epochs(model, loss_fn, data.train_x, data.train_y, config, device, data.augment, progress,
-                               checkpoint=checkpoint)
+                               checkpoint=checkpoint, validate=validate)
         seconds = history[-1]["seconds"]
 
         out, reliability, test_logits = evaluate_model(model, data, config, device)
+        train_logits = predict(model, data.train_x, lambda x: x, device, config.eval_batch_size, config.amp)
+        train_error = float((train_logits.argmax(1) != data.train_y.cpu()).double().mean())
 
     n_train = len(data.train_y)
     out.update(zip(TRAIN_METRICS, (history[-1]["loss"], seconds, step_plan(n_train, config).images / seconds)))
+    out.update(zip(FIT_METRICS, (train_error, history[-1]["loss_floor"])))
     extras = {
         "reliability": reliability,
         "history": history,
