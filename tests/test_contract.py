@@ -145,7 +145,8 @@ def test_evaluate_and_fit_produce_the_schema_keys():
     by_hand = {f"{s}/{m}" for s in ("val", "test", "val_ts", "test_ts")
                for m in ("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")}
     by_hand |= {"temperature", "test/acc_many", "test/acc_medium", "test/acc_few", "test/never_predicted",
-                "test/worst_class_accuracy", "train/loss", "train/seconds", "train/images_per_second"}
+                "test/worst_class_accuracy", "train/loss", "train/seconds", "train/images_per_second",
+                "train/error", "train/loss_floor"}
     by_hand |= {f"ood/uniform_noise/{s}/{m}" for s in ("msp", "max_logit", "energy", "entropy")
                 for m in ("auroc", "aupr_in", "aupr_out", "fpr95")}
     assert set(metric_keys(["uniform_noise"])) == by_hand == set(result.metrics)
