@@ -1,7 +1,7 @@
 """Re-run a stored run from its config and say whether it reproduces bit for bit.
 
-    python scripts/reproduce_run.py results/cpu_study.sqlite --loss ce --data-dir ../shared/data
-    python scripts/reproduce_run.py results/cpu_study.sqlite --key bc55cfee --baseline 59f2b61
+    python scripts/reproduce_run.py results/archive/short_budget/cpu_study.sqlite --loss ce --data-dir ../shared/data
+    python scripts/reproduce_run.py results/archive/short_budget/cpu_study.sqlite --key bc55cfee --baseline 59f2b61
 
 Picks the stored 'done' run (by key prefix, or the fastest one matching --loss/--grid) and trains it
 again with the torch thread count it was stored with, in this checkout's code. Without --baseline it
