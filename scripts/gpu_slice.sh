@@ -34,9 +34,11 @@ start=$(date +%s)
     --workers "$WORKERS" --threads 2 --no-report --quiet
 echo "gpu_slice: done in $(( $(date +%s) - start )) s"
 "$PYTHON" - "$OUT_DB" <<'PY'
-import sqlite3, sys
+import json, sqlite3, sys
 con = sqlite3.connect(sys.argv[1])
-for row in con.execute("select label, regime, model, seed, status, round(wall_seconds, 1), "
-                       "json_extract(metrics, '$.\"test/error\"'), hardware from runs order by regime, label, seed"):
-    print(*row, sep="\t")
+print("label", "regime", "model", "seed", "status", "wall_s", "test/error", "hardware", sep="\t")
+for label, regime, model, seed, status, wall, metrics, hardware in con.execute(
+        "select label, regime, model, seed, status, wall_seconds, metrics, hardware from runs order by regime, label, seed"):
+    error = json.loads(metrics or "{}").get("test/error")  # json, not SQLite's json_extract: metrics may hold NaN
+    print(label, regime, model, seed, status, round(wall or 0, 1), error, hardware, sep="\t")
 PY
