@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 from gence.calibration import plot_reliability_bins
 from gence.report.columns import METRIC, RELIABILITY_SPLITS
@@ -231,3 +232,39 @@ def _log_formatter():
     from matplotlib.ticker import FuncFormatter  # optional dependency, as in _figure
 
     return FuncFormatter(lambda v, _: f"{v:g}")
+
+
+CURVE_NAMES = {"val/error": ("validation error %", 100.0), "val/nll": ("validation NLL", 1.0),
+               "val/ece": ("validation ECE %", 100.0)}
+
+
+def convergence_curves(lines: dict[str, dict[str, tuple[list, list, list, list]]], path: Path, title: str,
+                       metrics: Sequence[str], styles: dict[str, tuple[int, int]] | None = None) -> Path:
+    """One panel per history metric against training progress: per line (a loss) the mean over seeds, the
+    seeds' range shaded. ``lines``: {name: {metric: (progress, mean, min, max)}}; ``styles``: {name: (colour
+    index, line-style index)}, e.g. one colour per loss and one style per budget (default: a colour each)."""
+    dashes = ["-", "--", ":", "-."]
+    fig = _figure(figsize=(5.0 * len(metrics) + 2.6, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        ylabel, scale = CURVE_NAMES.get(metric, (metric, 1.0))
+        for k, (name, curves) in enumerate(lines.items()):
+            xs, mean, lo, hi = curves[metric]
+            if not xs:
+                continue
+            c, d = (styles or {}).get(name, (k, 0))
+            color = f"C{c % 10}"
+            ax.plot(xs, [m * scale for m in mean], dashes[d % len(dashes)], marker="o", ms=3, color=color,
+                    label=name, linewidth=1.6)
+            ax.fill_between(xs, [v * scale for v in lo], [v * scale for v in hi], color=color, alpha=0.15,
+                            linewidth=0)
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("fraction of training steps done")
+        ax.set_ylabel(ylabel + " (mean; range over seeds)")
+        ax.grid(True, alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

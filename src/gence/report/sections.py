@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gence.report import convergence as C
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.columns import ECE, ERROR, ood_sets
@@ -227,8 +228,14 @@ def text(markdown: str) -> Section:
     return lambda ctx: markdown
 
 
-DEFAULT_SECTIONS: tuple[Section, ...] = (title, setup, summary, per_setting, paired, tuning, selection, figures, data,
-                                         failed)
+PILOT = C.pilot_section()   # by the [convergence] table of the stored grid files; empty without one
+DEFAULT_SECTIONS: tuple[Section, ...] = (title, setup, summary, per_setting, paired, tuning, selection, PILOT,
+                                         C.convergence, figures, data, failed)
+
+
+def with_pilot(spec: "C.ConvergenceSpec", base: Sequence[Section] = DEFAULT_SECTIONS) -> list[Section]:
+    """``base`` with the convergence pilot judged by ``spec`` instead of the stored grid files' table."""
+    return [C.pilot_section(spec) if s is PILOT else s for s in base]
 
 
 def with_verdict(verdict_sections: Sequence[Section], base: Sequence[Section] = DEFAULT_SECTIONS
