@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gence.report.convergence import ConvergenceError, ConvergenceSpec
+from gence.report.opening import opening_section
 from gence.report.sections import DEFAULT_SECTIONS, with_pilot, with_verdict
 from gence.report.tables import DEFAULT_SELECT_BY, load_results
 from gence.report.verdict import VerdictError, VerdictSpec, spec_from_grids, verdict_sections
@@ -88,7 +89,8 @@ def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, An
     files' ``[convergence]`` table."""
     spec = verdict_spec or (VerdictSpec.from_table(verdict_table) if verdict_table is not None else None)
     base = with_pilot(convergence_spec) if convergence_spec is not None else list(DEFAULT_SECTIONS)
-    sections = with_verdict(verdict_sections(spec), base) if spec is not None else base
+    sections = (with_verdict(verdict_sections(spec), base, opening=[opening_section(spec)]) if spec is not None
+                else base)
     return write_report(db, out, title=title or (VERDICT_TITLE if spec is not None else DEFAULT_TITLE),
                         sections=sections, markdown_path=markdown_path, command=command,
                         select_by=select_by or DEFAULT_SELECT_BY)
