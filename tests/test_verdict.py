@@ -25,6 +25,7 @@ from gence.experiments import parse_grid, run_grid
 from gence.experiments.grid import GridError
 from gence.experiments.db import run_key
 from gence.report import load_results
+from gence.report.cli import write_for
 from gence.report.verdict import (HOLDS, NO_DATA, NOT_HOLDS, VerdictError, VerdictSpec, build_verdict,
                                   grid_progress, progress_markdown, verdict_markdown)
 
@@ -318,7 +319,7 @@ def test_report_command_writes_markdown_at_root_with_working_links_and_its_own_c
     md = (tmp_path / "RESULTS.md").read_text()
     assert f"regenerate with `gence {shlex.join(argv)}`" in md.splitlines()[2]
     heads = [line for line in md.splitlines() if line.startswith("## ")]
-    assert heads[:3] == ["## Study progress", "## Verdict", "## Setup"]   # verdict at the top, header kept
+    assert heads[:4] == ["## At a glance", "## Study progress", "## Verdict", "## Setup"]   # verdict first
     assert "## Claim: learning-rate robustness and collapse" in heads
     links = re.findall(r"\]\(([^)]+\.(?:png|csv))\)", md)
     assert "results/plots/lr_robustness.png" in links and "results/tables/runs.csv" in links
@@ -349,3 +350,35 @@ def test_the_runner_cli_does_not_import_the_report():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert out.stdout.strip() == "[]"
+
+
+def test_opening_claims_table_pools_by_hand_and_has_one_figure_per_claim(full, tmp_path):
+    db = full[0]
+    stored = rows(db)
+    rep = write_for(db, tmp_path / "out", verdict_spec=CFG)
+    md = rep.markdown
+    assert md.index("## At a glance") < md.index("## Study progress") < md.index("## Setup")
+    glance = md[md.index("## At a glance"):md.index("## Study progress")]
+    # few labels: mean of the 4 settings' mean paired differences, t interval over settings (scipy)
+    means = np.array([expected(stored, "balanced", s, "gence", "ce", "test/error")[1] for s in BALANCED])
+    ci = stats.ttest_1samp(means, 0.0).confidence_interval()
+    cell = f"{signed(100 * means.mean())} [{signed(100 * ci.low)}, {signed(100 * ci.high)}] pp (4)"
+    line = next(x for x in glance.splitlines() if x.startswith("| Accuracy with few labels |"))
+    assert line.count(cell) == 2 and line.endswith("| **holds** |")   # all and the one dataset, digits
+    # imbalance: one setting, its own paired t interval
+    n, mean, low, high, _ = expected(stored, "long_tailed", LONG[0], "gence", "ce", "test/error")
+    line = next(x for x in glance.splitlines() if x.startswith("| Accuracy under class imbalance |"))
+    assert f"{signed(100 * mean)} [{signed(100 * low)}, {signed(100 * high)}] pp (1)" in line
+    assert "**does not hold**" in line
+    assert "| claim | metric | gence − ce, all [95% CI] (settings) | digits | verdict |" in glance
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", glance)
+    assert [Path(f).name for f in figures] == ["glance_few_labels.png", "glance_imbalance.png",
+                                               "glance_calibration.png", "glance_ood.png", "lr_robustness.png"]
+    for f in figures:
+        path = tmp_path / "out" / f
+        assert path.read_bytes()[:4] == b"\x89PNG" and path in rep.files
+    assert rep.files.count(tmp_path / "out" / "plots" / "lr_robustness.png") == 1   # drawn once, shown twice
+    runs_line = next(x for x in glance.splitlines() if x.startswith("Runs: "))
+    assert runs_line.startswith(f"Runs: {len(stored)} done, 0 failed") and glance.rstrip().splitlines()[-1].startswith(
+        "Hardware: ")
+    assert "## At a glance" not in write_for(db, tmp_path / "plain").markdown

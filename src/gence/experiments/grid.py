@@ -74,7 +74,8 @@ AXIS_FIELDS = ("dataset", "dataset_params", "regime", "model", "model_params", "
 
 TOP_KEYS = {"train": "shared TrainConfig settings", "grid": "one block or an array of blocks",
             "override": "array of conditional settings", "description": "free text",
-            "verdict": "table read by the report's verdict (kept as is, not validated here)"}
+            "verdict": "table read by the report's verdict (kept as is, not validated here)",
+            "convergence": "table read by the report's convergence pilot (kept as is, not validated here)"}
 BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train", "tune")
 TUNE_KEYS = ("from", "field", "metric")
 DEFAULT_TUNE_METRIC = "val/error"

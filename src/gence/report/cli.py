@@ -9,7 +9,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from gence.report.sections import with_verdict
+from gence.report.convergence import ConvergenceError, ConvergenceSpec
+from gence.report.opening import opening_section
+from gence.report.sections import DEFAULT_SECTIONS, with_pilot, with_verdict
 from gence.report.tables import DEFAULT_SELECT_BY, load_results
 from gence.report.verdict import VerdictError, VerdictSpec, spec_from_grids, verdict_sections
 from gence.report.writer import Report, write_report
@@ -36,6 +38,9 @@ def register(subparsers) -> None:
                    help="add the study's progress (runs done per grid block) and one generated section per claim "
                         "with a verdict decided by stated rules, configured by the [verdict] table of GRID (a grid "
                         "TOML file) or, without GRID, of the grid files stored in the database")
+    p.add_argument("--convergence", default=None, metavar="GRID",
+                   help="judge the convergence pilot (runs that differ only in epochs, E and 2E) by the "
+                        "[convergence] table of GRID instead of that of the grid files stored in the database")
     p.add_argument("--select-by", default=DEFAULT_SELECT_BY,
                    help=f"validation metric that picks each loss's best swept setting (default: {DEFAULT_SELECT_BY})")
     p.set_defaults(func=report_main)
@@ -50,6 +55,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--filename", args.filename]
     if args.verdict is not None:
         parts += ["--verdict"] + ([args.verdict] if args.verdict else [])
+    if args.convergence is not None:
+        parts += ["--convergence", args.convergence]
     if args.title is not None:
         parts += ["--title", args.title]
     if args.select_by != DEFAULT_SELECT_BY:
@@ -57,24 +64,33 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def verdict_table_of(path: str | Path) -> Mapping[str, Any]:
-    """The ``[verdict]`` table of a grid TOML file."""
+def table_of(path: str | Path, name: str, error: type[ValueError] = VerdictError) -> Mapping[str, Any]:
+    """The ``[name]`` table of a grid TOML file (``error`` raised, naming ``--name PATH``, when it has none)."""
     try:
         doc = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise VerdictError(f"--verdict {path}: cannot read a grid TOML file: {exc}") from None
-    if "verdict" not in doc:
-        raise VerdictError(f"--verdict {path}: the file has no [verdict] table")
-    return doc["verdict"]
+        raise error(f"--{name} {path}: cannot read a grid TOML file: {exc}") from None
+    if name not in doc:
+        raise error(f"--{name} {path}: the file has no [{name}] table")
+    return doc[name]
+
+
+def verdict_table_of(path: str | Path) -> Mapping[str, Any]:
+    """The ``[verdict]`` table of a grid TOML file."""
+    return table_of(path, "verdict")
 
 
 def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, Any] | None = None,
               verdict_spec: VerdictSpec | None = None, title: str | None = None, markdown_path: str | Path | None = None,
-              select_by: str | None = None, command: str | None = None) -> Report:
+              select_by: str | None = None, command: str | None = None,
+              convergence_spec: ConvergenceSpec | None = None) -> Report:
     """The report of ``db``, with the verdict when a ``[verdict]`` table or spec is given (what ``gence report``
-    and ``gence bench`` write)."""
+    and ``gence bench`` write); ``convergence_spec`` judges the convergence pilot instead of the stored grid
+    files' ``[convergence]`` table."""
     spec = verdict_spec or (VerdictSpec.from_table(verdict_table) if verdict_table is not None else None)
-    sections = with_verdict(verdict_sections(spec)) if spec is not None else None
+    base = with_pilot(convergence_spec) if convergence_spec is not None else list(DEFAULT_SECTIONS)
+    sections = (with_verdict(verdict_sections(spec), base, opening=[opening_section(spec)]) if spec is not None
+                else base)
     return write_report(db, out, title=title or (VERDICT_TITLE if spec is not None else DEFAULT_TITLE),
                         sections=sections, markdown_path=markdown_path, command=command,
                         select_by=select_by or DEFAULT_SELECT_BY)
@@ -93,12 +109,15 @@ def report_main(args: argparse.Namespace) -> int:
                                    "grid file: --verdict GRID.toml")
         elif args.verdict is not None:
             spec = VerdictSpec.from_table(verdict_table_of(args.verdict), f"{args.verdict}: [verdict]")
-    except VerdictError as exc:
+        pilot = (ConvergenceSpec.from_table(table_of(args.convergence, "convergence", ConvergenceError),
+                                            f"{args.convergence}: [convergence]")
+                 if args.convergence is not None else None)
+    except (VerdictError, ConvergenceError) as exc:
         print(f"gence report: {exc}", file=sys.stderr)
         return 2
     markdown = Path(args.markdown) if args.markdown else Path(args.out) / args.filename
     report = write_for(args.db, args.out, verdict_spec=spec, title=args.title, markdown_path=markdown,
-                       select_by=args.select_by, command=command_line(args))
+                       select_by=args.select_by, command=command_line(args), convergence_spec=pilot)
     print(report.summary)
     print(f"gence report: {len(report.files)} files written; open {report.markdown_path}", file=sys.stderr)
     return 0

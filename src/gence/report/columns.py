@@ -15,7 +15,15 @@ METRIC = {
     "classwise_ece": "test/classwise_ece", "ece_ts": "test_ts/ece",
     "acc_many": "test/acc_many", "acc_medium": "test/acc_medium", "acc_few": "test/acc_few",
     "never_predicted": "test/never_predicted", "val_error": "val/error", "val_nll": "val/nll",
+    "val_ece": "val/ece", "train_error": "train/error", "train_loss": "train/loss",
+    "train_loss_floor": "train/loss_floor",
 }
+# extras["history"]: one dict per epoch; the epochs with a validation evaluation also have HISTORY_PROGRESS
+# (fraction of all training steps done, in (0, 1]) and the validation metrics METRIC["val_error"], ...
+HISTORY = "history"
+HISTORY_PROGRESS = "progress"
+# losses whose targets are not one-hot: the attainable training loss is above ``train/loss_floor``
+SOFT_TARGET_LOSSES = ("label_smoothing",)
 # measurements of the machine, not of the model: left out when telling whether two runs gave the same numbers
 TIMING_METRICS = ("train/seconds", "train/images_per_second")
 OOD_PREFIX = "ood/"            # ood/<set>/<score>/<stat>

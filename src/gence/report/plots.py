@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 from gence.calibration import plot_reliability_bins
 from gence.report.columns import METRIC, RELIABILITY_SPLITS
@@ -28,49 +29,116 @@ def _labels_per_class(regime: str) -> float | None:
         return None
 
 
+def _labels_settings(results: Results, dataset: str, model: str) -> list:
+    return [s for s in results.settings() if (s[0], s[2]) == (dataset, model) and _labels_per_class(s[1]) is not None]
+
+
+def _error_vs_labels_axes(ax, results: Results, settings: list, labels: list[str]) -> None:
+    """Test error against labels per class in ``settings`` (one dataset and model), a line per label."""
+    for k, label in enumerate(labels):
+        dodge = 1 + 0.025 * (k - (len(labels) - 1) / 2)  # spread the loss' intervals apart on the log axis
+        xs, ms, lo, hi = [], [], [], []
+        for s in sorted(settings, key=lambda s: regime_order(s[1])):
+            g = results.group(s, label)
+            if g is None:
+                continue
+            m, a, b = mean_interval([r.metrics.get(METRIC["error"], math.nan) * 100 for r in g.runs])
+            if math.isnan(m):
+                continue
+            xs.append(_labels_per_class(s[1]) * dodge)
+            ms.append(m)
+            lo.append(m - a if not math.isnan(a) else 0.0)
+            hi.append(b - m if not math.isnan(b) else 0.0)
+        if xs:
+            ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=results.display(label),
+                        linewidth=2.2 if label in (BASELINE, "gence") else 1.2)
+    ax.set_xscale("log")
+    ticks = sorted({_labels_per_class(s[1]) for s in settings})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled images per class")
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def error_vs_labels(results: Results, out_dir: Path) -> list[Path]:
     """Test error against labels per class (balanced regimes), one line per loss with 95% t-intervals of the
     mean over seeds; one PNG per (dataset, model)."""
     paths = []
-    pairs = sorted({(s[0], s[2]) for s in results.settings()})
-    for dataset, model in pairs:
-        settings = [s for s in results.settings() if (s[0], s[2]) == (dataset, model)
-                    and _labels_per_class(s[1]) is not None]
+    for dataset, model in sorted({(s[0], s[2]) for s in results.settings()}):
+        settings = _labels_settings(results, dataset, model)
         if not settings:
             continue
         fig = _figure(figsize=(6, 4), layout="constrained")
         ax = fig.add_subplot()
-        labels = results.labels()
-        for k, label in enumerate(labels):
-            dodge = 1 + 0.025 * (k - (len(labels) - 1) / 2)  # spread the loss' intervals apart on the log axis
-            xs, ms, lo, hi = [], [], [], []
-            for s in sorted(settings, key=lambda s: regime_order(s[1])):
-                g = results.group(s, label)
-                if g is None:
-                    continue
-                m, a, b = mean_interval([r.metrics.get(METRIC["error"], math.nan) * 100 for r in g.runs])
-                if math.isnan(m):
-                    continue
-                xs.append(_labels_per_class(s[1]) * dodge)
-                ms.append(m)
-                lo.append(m - a if not math.isnan(a) else 0.0)
-                hi.append(b - m if not math.isnan(b) else 0.0)
-            if xs:
-                ax.errorbar(xs, ms, yerr=[lo, hi], marker="o", capsize=3, label=results.display(label),
-                            linewidth=2.2 if label in (BASELINE, "gence") else 1.2)
-        ax.set_xscale("log")
-        ticks = sorted({_labels_per_class(s[1]) for s in settings})
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("labelled images per class")
+        _error_vs_labels_axes(ax, results, settings, results.labels())
         ax.set_ylabel("test error % (mean, 95% CI over seeds)")
         ax.set_title(f"{dataset}, {model}")
-        ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
         path = out_dir / f"error_vs_labels_{slug(dataset, model)}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths
+
+
+def error_vs_labels_panels(results: Results, path: Path, labels: Sequence[str]) -> Path | None:
+    """The same plot for ``labels`` only, every (dataset, model) a panel of one PNG (None without any)."""
+    pairs = [(d, m) for d, m in sorted({(s[0], s[2]) for s in results.settings()}) if _labels_settings(results, d, m)]
+    if not pairs:
+        return None
+    cols = min(len(pairs), 3)
+    rows = math.ceil(len(pairs) / cols)
+    fig = _figure(figsize=(4.2 * cols, 3.2 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, (dataset, model) in enumerate(pairs):
+        ax = axes[i // cols][i % cols]
+        _error_vs_labels_axes(ax, results, _labels_settings(results, dataset, model), list(labels))
+        ax.set_title(f"{dataset}, {model}", fontsize="medium")
+        if i % cols == 0:
+            ax.set_ylabel("test error % (95% CI)")
+    for k in range(len(pairs), rows * cols):
+        axes[k // cols][k % cols].set_visible(False)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside upper center", ncols=len(names), fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def forest(rows: Sequence[tuple[str, dict[str, tuple[float, float, float]]]], path: Path, title: str,
+           xlabel: str) -> Path:
+    """A point plot of differences with intervals, one row per setting (``rows``: (name, {series: (mean,
+    low, high)})), several series dodged vertically; a row named ``pooled`` is drawn as diamonds below a
+    line. NaN bounds draw the point alone."""
+    series = list(dict.fromkeys(k for _, d in rows for k in d))
+    fig = _figure(figsize=(8.5, 1.3 + 0.32 * len(rows) * max(1, len(series) * 0.7)), layout="constrained")
+    ax = fig.add_subplot()
+    n = len(rows)
+    labelled: set[str] = set()
+    for j, name in enumerate(series):
+        off = 0.3 * (j - (len(series) - 1) / 2) / max(1, len(series) - 1) * (len(series) > 1)
+        for i, (row, d) in enumerate(rows):
+            if name not in d:
+                continue
+            m, lo, hi = d[name]
+            y = n - 1 - i + off
+            pooled = row == "pooled"
+            err = None if math.isnan(lo) else [[m - lo], [hi - m]]
+            ax.errorbar([m], [y], xerr=err, fmt="D" if pooled else "o", ms=7 if pooled else 4, capsize=2,
+                        color=f"C{j}", label=None if name in labelled else name)
+            labelled.add(name)
+    if any(r == "pooled" for r, _ in rows):
+        ax.axhline(n - 1 - [r for r, _ in rows].index("pooled") + 0.5, color="grey", linewidth=0.6)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(n), [r for r, _ in reversed(rows)], fontsize="small")
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, axis="x", alpha=0.3)
+    if len(series) > 1:
+        fig.legend(loc="outside upper center", ncols=len(series), fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def pool_bins(bins_list: list[dict]) -> dict:
@@ -231,3 +299,39 @@ def _log_formatter():
     from matplotlib.ticker import FuncFormatter  # optional dependency, as in _figure
 
     return FuncFormatter(lambda v, _: f"{v:g}")
+
+
+CURVE_NAMES = {"val/error": ("validation error %", 100.0), "val/nll": ("validation NLL", 1.0),
+               "val/ece": ("validation ECE %", 100.0)}
+
+
+def convergence_curves(lines: dict[str, dict[str, tuple[list, list, list, list]]], path: Path, title: str,
+                       metrics: Sequence[str], styles: dict[str, tuple[int, int]] | None = None) -> Path:
+    """One panel per history metric against training progress: per line (a loss) the mean over seeds, the
+    seeds' range shaded. ``lines``: {name: {metric: (progress, mean, min, max)}}; ``styles``: {name: (colour
+    index, line-style index)}, e.g. one colour per loss and one style per budget (default: a colour each)."""
+    dashes = ["-", "--", ":", "-."]
+    fig = _figure(figsize=(5.0 * len(metrics) + 2.6, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        ylabel, scale = CURVE_NAMES.get(metric, (metric, 1.0))
+        for k, (name, curves) in enumerate(lines.items()):
+            xs, mean, lo, hi = curves[metric]
+            if not xs:
+                continue
+            c, d = (styles or {}).get(name, (k, 0))
+            color = f"C{c % 10}"
+            ax.plot(xs, [m * scale for m in mean], dashes[d % len(dashes)], marker="o", ms=3, color=color,
+                    label=name, linewidth=1.6)
+            ax.fill_between(xs, [v * scale for v in lo], [v * scale for v in hi], color=color, alpha=0.15,
+                            linewidth=0)
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("fraction of training steps done")
+        ax.set_ylabel(ylabel + " (mean; range over seeds)")
+        ax.grid(True, alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

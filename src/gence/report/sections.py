@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gence.report import convergence as C
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.columns import ECE, ERROR, ood_sets
@@ -79,19 +80,27 @@ def title(ctx: Context) -> str:
             "Nothing in this file is typed by hand.")
 
 
+def compute_lines(results: "T.Results") -> tuple[str, str]:
+    """The runs with their total compute time, and the hardware with runs and time on each: the two lines
+    the setup and the verdict's opening show."""
+    runs = list(results.runs) + list(results.tuning_runs)
+    total = sum(r.wall_seconds for r in runs) + sum(f.get("wall_seconds") or 0.0 for f in results.failed)
+    hw = Counter(r.hardware for r in runs)
+    return (f"Runs: {len(runs)} done, {len(results.failed)} failed; total compute time {hours(total)} (sum of run "
+            "wall times, failed runs included).",
+            "Hardware: " + "; ".join(f"{h} ({n} runs, {hours(sum(r.wall_seconds for r in runs if r.hardware == h))})"
+                                     for h, n in sorted(hw.items())))
+
+
 def setup(ctx: Context) -> str:
     results = ctx.results
     runs = list(results.runs) + list(results.tuning_runs)
-    total = sum(r.wall_seconds for r in runs) + sum(f.get("wall_seconds") or 0.0 for f in results.failed)
-    md = ["## Setup", ""]
-    md.append(f"- Runs: {len(runs)} done, {len(results.failed)} failed; total compute time "
-              f"{hours(total)} (sum of run wall times, failed runs included).")
+    runs_line, hardware_line = compute_lines(results)
+    md = ["## Setup", "", f"- {runs_line}"]
     for what, key in (("gence", "gence"), ("torch", "torch"), ("Python", "python")):
         c = Counter(r.versions[key] for r in runs)
         md.append(f"- {what}: " + ", ".join(f"{v} ({n} runs)" for v, n in sorted(c.items(), key=str)))
-    hw = Counter(r.hardware for r in runs)
-    md.append("- Hardware: " + "; ".join(f"{h} ({n} runs, {hours(sum(r.wall_seconds for r in runs if r.hardware == h))})"
-                                         for h, n in sorted(hw.items())))
+    md.append(f"- {hardware_line}")
     n_bins = sorted({r.config.get("n_bins") for r in runs if r.config.get("n_bins") is not None})
     sets = sorted({s for r in runs for s in ood_sets(r.metrics)})
     md.append(f"- Metrics: error, NLL, ECE (equal-width, {', '.join(map(str, n_bins)) or '?'} bins), AdaECE "
@@ -227,14 +236,21 @@ def text(markdown: str) -> Section:
     return lambda ctx: markdown
 
 
-DEFAULT_SECTIONS: tuple[Section, ...] = (title, setup, summary, per_setting, paired, tuning, selection, figures, data,
-                                         failed)
+PILOT = C.pilot_section()   # by the [convergence] table of the stored grid files; empty without one
+DEFAULT_SECTIONS: tuple[Section, ...] = (title, setup, summary, per_setting, paired, tuning, selection, PILOT,
+                                         C.convergence, figures, data, failed)
 
 
-def with_verdict(verdict_sections: Sequence[Section], base: Sequence[Section] = DEFAULT_SECTIONS
-                 ) -> list[Section]:
-    """The report with a verdict: title, then the verdict's progress and verdict sections (the first two),
-    the setup and summary, the verdict's claim sections, then the rest of ``base``."""
+def with_pilot(spec: "C.ConvergenceSpec", base: Sequence[Section] = DEFAULT_SECTIONS) -> list[Section]:
+    """``base`` with the convergence pilot judged by ``spec`` instead of the stored grid files' table."""
+    return [C.pilot_section(spec) if s is PILOT else s for s in base]
+
+
+def with_verdict(verdict_sections: Sequence[Section], base: Sequence[Section] = DEFAULT_SECTIONS,
+                 opening: Sequence[Section] = ()) -> list[Section]:
+    """The report with a verdict: title, ``opening`` (e.g. the one-screen claims table with its figures),
+    then the verdict's progress and verdict sections (the first two), the setup and summary, the verdict's
+    claim sections, then the rest of ``base``."""
     head, claims = list(verdict_sections[:2]), list(verdict_sections[2:])
     rest = [s for s in base if s not in (title, setup, summary)]
-    return [title, *head, setup, summary, *claims, *rest]
+    return [title, *opening, *head, setup, summary, *claims, *rest]

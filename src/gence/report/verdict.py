@@ -31,6 +31,7 @@ import dataclasses
 import math
 import tomllib
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -366,15 +367,19 @@ def comparison_table(comps: Sequence[Comparison], label_name: str, other_name: s
     return T.markdown_table(header, rows, ["l"] * 3 + ["r"] * 8 + ["l"])
 
 
-def pooled_table(comps: Sequence[Comparison]) -> str:
-    """The claim's pooled estimates: all settings, then per dataset (random effects and fixed effect, Q, I²)."""
-    col = comps[0].column
+def pooled_by_dataset(comps: Sequence[Comparison]) -> list[tuple[str, Pooled]]:
+    """The pooled estimate over all compared settings ("all"), then over each dataset's."""
     groups = [("all", [c for c in comps if c.compared])]
     groups += [(ds, [c for c in comps if c.compared and c.setting[0] == ds])
                for ds in sorted({c.setting[0] for c in comps})]
+    return [(name, pool([c.result for c in mine])) for name, mine in groups]
+
+
+def pooled_table(comps: Sequence[Comparison]) -> str:
+    """The claim's pooled estimates: all settings, then per dataset (random effects and fixed effect, Q, I²)."""
+    col = comps[0].column
     rows = []
-    for name, mine in groups:
-        p = pool([c.result for c in mine])
+    for name, p in pooled_by_dataset(comps):
         if not p.k:
             continue
         rows.append([name, str(p.k), str(p.pairs), fmt_estimate(p.random.mean, p.random.low, p.random.high, col),
@@ -461,6 +466,8 @@ class Claim:
     decision: Decision
     evidence: str
     body: str
+    key: str = ""               # what the claim is about: few_labels, imbalance, calibration, ood, lr_robustness
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)   # the per-setting ones it decides on
 
 
 @dataclasses.dataclass
@@ -547,7 +554,7 @@ def accuracy_claim(results, progress, spec: VerdictSpec, blocks, name, heading, 
         ranked = rank_table(results, b, err, spec.label)
         if ranked:
             body += [f"Ranks in block `{b}`. " + ranked[1], "", ranked[0], ""]
-    return Claim(name, heading, d, d.evidence(), "\n".join(body))
+    return Claim(name, heading, d, d.evidence(), "\n".join(body), comparisons=comps)
 
 
 def _mixed_part(results, progress, spec, blocks) -> list[str]:
@@ -584,9 +591,10 @@ def calibration_claims(results, progress, spec) -> list[Claim]:
                           "test split, before and after temperature scaling (temperature fitted on the validation "
                           "split, per run).", ""] + [line for p in parts.values() for line in p[1]])
     return [Claim("Calibration before temperature scaling (ECE)", heading, before,
-                  before.evidence() if parts[ECE.key][2] else "no runs yet", body),
+                  before.evidence() if parts[ECE.key][2] else "no runs yet", body, "calibration", parts[ECE.key][2]),
             Claim("Calibration after temperature scaling (ECE)", heading, after,
-                  after.evidence() if parts[ECE_TS.key][2] else "no runs yet", "")]
+                  after.evidence() if parts[ECE_TS.key][2] else "no runs yet", "", "calibration",
+                  parts[ECE_TS.key][2])]
 
 
 def ood_claim(results, progress, spec) -> Claim:
@@ -606,7 +614,7 @@ def ood_claim(results, progress, spec) -> Claim:
         comps_s = _compare_blocks(results, progress, blocks, spec.label, spec.baseline, col)
         ds = decide(comps_s, 0, spec.min_fraction)
         body += ["- " + outcome_sentence(comps_s, ds, f"MSP AUROC against {s}", spec.label, spec.baseline)]
-    return Claim(name, heading, d, d.evidence(), "\n".join(body))
+    return Claim(name, heading, d, d.evidence(), "\n".join(body), "ood", comps)
 
 
 def _collapsed(run: T.Run) -> bool:
@@ -622,7 +630,7 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     mine = [r for r in every if r.block in blocks and r.label in (ce_l, ge_l)]
     if not mine:
         return Claim(name, heading, Decision(NO_DATA, 0, 0, 0, 0, False), "no runs yet",
-                     f"No runs yet of {ce_l} or {ge_l} in {_blocks_text(blocks)}."), []
+                     f"No runs yet of {ce_l} or {ge_l} in {_blocks_text(blocks)}.", "lr_robustness"), []
     by: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for r in mine:
         by[(r.block, r.setting)][r.label][r.config.get(field)][r.seed] = r
@@ -714,7 +722,7 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
                {lab: {lr: [(err.value(r.metrics), _collapsed(r)) for r in seeds.values()]
                       for lr, seeds in by[(block, setting)][lab].items()}
                 for lab in (ce_l, ge_l) if by[(block, setting)].get(lab)}) for block, setting in keys]
-    return Claim(name, heading, decision, evidence, "\n".join(md)), panels
+    return Claim(name, heading, decision, evidence, "\n".join(md), "lr_robustness", worst_comps), panels
 
 
 def collapse_table(runs: Sequence[T.Run], field: str, results: T.Results) -> str:
@@ -780,12 +788,14 @@ def build_verdict(results: T.Results, spec: VerdictSpec) -> Verdict:
     progress = grid_progress(results)
     claims = []
     if spec.few_labels:
-        claims.append(accuracy_claim(results, progress, spec, spec.few_labels, "Accuracy with few labels",
-                                     "Claim: accuracy with few labels", "balanced small-data regimes", [_mixed_part]))
+        claims.append(dataclasses.replace(accuracy_claim(
+            results, progress, spec, spec.few_labels, "Accuracy with few labels", "Claim: accuracy with few labels",
+            "balanced small-data regimes", [_mixed_part]), key="few_labels"))
     if spec.imbalance:
-        claims.append(accuracy_claim(results, progress, spec, spec.imbalance, "Accuracy under class imbalance",
-                                     "Claim: accuracy under class imbalance", "long-tailed regimes",
-                                     [_few_group_part, _mixed_part, _baselines_part]))
+        claims.append(dataclasses.replace(accuracy_claim(
+            results, progress, spec, spec.imbalance, "Accuracy under class imbalance",
+            "Claim: accuracy under class imbalance", "long-tailed regimes",
+            [_few_group_part, _mixed_part, _baselines_part]), key="imbalance"))
     if spec.blocks_for("calibration"):
         claims += calibration_claims(results, progress, spec)
     if spec.blocks_for("ood"):
@@ -797,11 +807,25 @@ def build_verdict(results: T.Results, spec: VerdictSpec) -> Verdict:
     return Verdict(spec, progress, claims, panels)
 
 
+def verdict_of(ctx: Context, spec: VerdictSpec) -> Verdict:
+    """The verdict of ``spec`` on the report's results, built once per report (several sections show it)."""
+    return ctx.derived("verdict", lambda: build_verdict(ctx.results, spec))
+
+
+def lr_plot(ctx: Context, spec: VerdictSpec) -> Path:
+    """The learning-rate robustness plot (written once per report; the verdict must have lr panels)."""
+    def draw() -> Path:
+        path = plots.lr_robustness(verdict_of(ctx, spec).lr_panels, ctx.plots_dir / "lr_robustness.png", spec.field)
+        ctx.files.append(path)
+        return path
+    return ctx.derived("plot:lr_robustness", draw)
+
+
 def verdict_sections(spec: VerdictSpec) -> list[Section]:
     """The verdict as report sections: study progress, the verdict table, then one section per claim (the
     learning-rate one with its plot). Pass to :func:`gence.report.sections.with_verdict`."""
     def get(ctx: Context) -> Verdict:
-        return ctx.derived("verdict", lambda: build_verdict(ctx.results, spec))
+        return verdict_of(ctx, spec)
 
     def progress_section(ctx: Context) -> str:
         return "## Study progress\n\n" + progress_markdown(get(ctx).progress)
@@ -817,8 +841,7 @@ def verdict_sections(spec: VerdictSpec) -> list[Section]:
                 return ""
             md = [f"## {heading}", "", *bodies]
             if heading.startswith("Claim: learning-rate") and v.lr_panels and ctx.with_plots:
-                path = plots.lr_robustness(v.lr_panels, ctx.plots_dir / "lr_robustness.png", spec.field)
-                ctx.files.append(path)
+                path = lr_plot(ctx, spec)
                 md += ["", f"![test error against {spec.field}, collapsed runs marked]({ctx.link(path)})"]
             return "\n".join(md)
         return section

@@ -1,0 +1,384 @@
+"""Convergence: validation curves per setting, and the convergence pilot (is a budget of E epochs enough?).
+
+:func:`convergence` (a default section) draws, for every setting whose runs stored a validation history
+(``extras["history"]`` entries with ``progress`` and ``val/error``; ``TrainConfig.eval_every``), validation
+error and NLL against training progress, one line per loss (mean over seeds, the seeds' range shaded), and a
+table per setting: final train error, distance of the training loss from its floor, and the change of
+validation error over the last 20% of training. It says nothing when no run has such a history.
+
+:func:`pilot_section` (also a default section) judges the runs that differ only in ``epochs`` (E and 2E)
+and the seed, by the rule of a grid file's ``[convergence]`` table (:class:`ConvergenceSpec`)::
+
+    [convergence]
+    train_error_below = 0.01          # train error at E below this (fraction) ...
+    floor_within = 0.05               # ... or train loss within this many nats of its floor
+    test_error_change_below = 0.003   # and |test error(2E) - test error(E)| below this (fraction)
+    losses = ["ce", "gence"]          # labels judged (default: every label of the setting)
+
+E passes for a setting when every judged loss meets both conditions (means over the seeds run at both E
+and 2E); the section gives per setting the smallest passing E. Without a ``[convergence]`` table (in the
+grid files stored in the database, or given) it says nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from gence.contract import canonical_json, key_fields
+from gence.report import plots
+from gence.report import tables as T
+from gence.report.columns import HISTORY, HISTORY_PROGRESS, METRIC, SOFT_TARGET_LOSSES
+from gence.report.stats import PairedDifference, mean_std, paired_difference
+
+PLATEAU_WINDOW = 0.2          # the last fraction of training over which the plateau measure is taken
+CURVE_METRICS = ("val_error", "val_nll")   # the panels of the convergence plot (METRIC names)
+PILOT_FIELD = "epochs"        # the budget the pilot doubles
+PILOT_FREE = ("seed", PILOT_FIELD, "loss", "loss_params")   # fields that may differ within a pilot setting
+_TOL = 1e-9
+
+if TYPE_CHECKING:   # the sections module lists these sections among its defaults, so it imports this one
+    from gence.report.sections import Context
+
+
+# ------------------------------------------------------------------------------------------ histories
+def eval_points(run: T.Run) -> list[dict]:
+    """The entries of a run's history with a validation evaluation (``progress`` and ``val/error``), in
+    order of progress; empty for runs without such a history (older runs, ``eval_every`` off)."""
+    history = run.extras.get(HISTORY) if isinstance(run.extras, dict) else None
+    if not isinstance(history, list):
+        return []
+    points = [h for h in history if isinstance(h, dict) and HISTORY_PROGRESS in h and METRIC["val_error"] in h]
+    return sorted(points, key=lambda h: float(h[HISTORY_PROGRESS]))
+
+
+def plateau_change(run: T.Run, window: float = PLATEAU_WINDOW) -> float:
+    """Validation error at the last evaluation minus that at the last evaluation at least ``window`` of
+    training before it (NaN when there is none): how much the run still improved at the end."""
+    points = eval_points(run)
+    if not points:
+        return math.nan
+    last = points[-1]
+    before = [h for h in points if float(h[HISTORY_PROGRESS]) <= float(last[HISTORY_PROGRESS]) - window + _TOL]
+    if not before:
+        return math.nan
+    return float(last[METRIC["val_error"]]) - float(before[-1][METRIC["val_error"]])
+
+
+def floor_gap(metrics: Mapping[str, float]) -> float:
+    """``train/loss − train/loss_floor`` (NaN when either is missing)."""
+    return float(metrics.get(METRIC["train_loss"], math.nan)) - float(metrics.get(METRIC["train_loss_floor"], math.nan))
+
+
+def curve(runs: Sequence[T.Run], metric: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Progress, mean, min and max over the runs of history metric ``metric`` at each evaluated progress."""
+    at: dict[float, list[float]] = defaultdict(list)
+    for r in runs:
+        for h in eval_points(r):
+            v = h.get(metric)
+            if v is not None and not math.isnan(float(v)):
+                at[round(float(h[HISTORY_PROGRESS]), 9)].append(float(v))
+    xs = sorted(at)
+    return (xs, [sum(at[x]) / len(at[x]) for x in xs], [min(at[x]) for x in xs], [max(at[x]) for x in xs])
+
+
+def _mean(values) -> float:
+    return mean_std(list(values))[0]
+
+
+def natural_order(name: str) -> list:
+    """Sort key that orders the numbers in a variant name by value (``epochs=5`` before ``epochs=10``)."""
+    return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(re.split(r"(\d+(?:\.\d+)?)", name))]
+
+
+def _soft(config: dict) -> bool:
+    return config.get("loss") in SOFT_TARGET_LOSSES
+
+
+def convergence(ctx: Context) -> str:
+    """The convergence section: per setting with validation histories, the plot and the table."""
+    results = ctx.results
+    md: list[str] = []
+    csv_rows = []
+    for setting in results.settings():
+        lines, styles = [], {}
+        colours = {}
+        for g in results.groups_of(setting):
+            for d, variant in enumerate(sorted(g.variants, key=natural_order)):
+                runs = [r for r in g.variants[variant] if eval_points(r)]
+                if not runs:
+                    continue
+                name = results.display(g.label) + (f" [{variant}]" if variant else "")
+                if results.multi_block():
+                    name += f" ({g.block})"
+                lines.append((name, runs))
+                styles[name] = (colours.setdefault((g.label, g.block), len(colours)), d)
+        if not lines:
+            continue
+        title = f"{setting[0]}, {setting[1]}, {setting[2]}"
+        rows = []
+        for name, runs in lines:
+            soft = any(_soft(r.config) for r in runs)
+            gap = _mean(floor_gap(r.metrics) for r in runs)
+            change = _mean(plateau_change(r) for r in runs)
+            final = _mean(eval_points(r)[-1][METRIC["val_error"]] for r in runs)
+            train_err = _mean(r.metrics.get(METRIC["train_error"], math.nan) for r in runs)
+            rows.append([name, str(len(runs)), T.fmt_num(train_err, 2, 100),
+                         T.fmt_num(gap, 3) + (" ‡" if soft and not math.isnan(gap) else ""),
+                         T.fmt_num(final, 2, 100), _signed(change, 2, 100)])
+            csv_rows.append([*setting, name, len(runs), train_err, gap, final, change])
+        md += [f"### {title}", "", T.markdown_table(
+            ["loss", "seeds", "final train error %", "train loss − floor (nats)", "final val error %",
+             f"Δ val error, last {PLATEAU_WINDOW:.0%} (pp)"], rows), ""]
+        if ctx.with_plots:
+            ctx.plots_dir.mkdir(parents=True, exist_ok=True)
+            panels = {name: {METRIC[m]: curve(runs, METRIC[m]) for m in CURVE_METRICS} for name, runs in lines}
+            path = plots.convergence_curves(panels, ctx.plots_dir / f"convergence_{T.slug(*setting)}.png", title,
+                                            [METRIC[m] for m in CURVE_METRICS], styles)
+            ctx.files.append(path)
+            md += [f"![validation error and NLL against training progress, {title}]({ctx.link(path)})", ""]
+    if not md:
+        return ""
+    head = ["## Convergence", "",
+            "Runs that evaluated the validation split during training (`eval_every`): validation error and NLL "
+            "against the fraction of training steps done, one line per loss (mean over seeds, the seeds' range "
+            "shaded). Tables: means over seeds of the final model's error on the un-augmented training subset, "
+            "of the last epoch's training loss minus its floor (the loss a model certain and right on every "
+            "training image would have had on the same batches: 0 for CE), of the final validation error, and "
+            f"of the change of validation error over the last {PLATEAU_WINDOW:.0%} of training (last evaluation "
+            f"minus the last one at least {PLATEAU_WINDOW:.0%} of the steps before it; near 0: a plateau).", ""]
+    if any("‡" in line for line in md):
+        head += ["‡ a soft-target loss (label smoothing): its attainable floor is higher than the stored "
+                 "`train/loss_floor`, so the gap shown overstates its distance from the floor.", ""]
+    return "\n".join(head + md + [ctx.csv("convergence.csv", ["dataset", "regime", "model", "loss", "seeds",
+                                                              "train_error", "train_loss_minus_floor",
+                                                              "final_val_error", "val_error_change_last_20pct"],
+                                          csv_rows)])
+
+
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else value if isinstance(value, str) else canonical_json(value)
+
+
+def _signed(x: float, digits: int, scale: float = 1.0) -> str:
+    return "–" if math.isnan(x) else f"{x * scale:+.{digits}f}".replace("-", "−")
+
+
+# ------------------------------------------------------------------------------------- the pilot rule
+class ConvergenceError(ValueError):
+    """A ``[convergence]`` table that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvergenceSpec:
+    """The convergence pilot's rule, from a grid file's ``[convergence]`` table (every key optional; see the
+    module docstring). Thresholds in raw units: fractions for errors, nats for the loss."""
+
+    train_error_below: float = 0.01
+    floor_within: float = 0.05
+    test_error_change_below: float = 0.003
+    losses: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "[convergence]") -> "ConvergenceSpec":
+        if not isinstance(table, Mapping):
+            raise ConvergenceError(f"{where} = {table!r}: expected a table")
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in names:
+                raise ConvergenceError(f"{where}: unknown key {key!r}; valid keys: {', '.join(names)}")
+            if key == "losses":
+                value = [value] if isinstance(value, str) else value
+                if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                    raise ConvergenceError(f"{where}.losses = {value!r}: expected a non-empty list of loss labels")
+                kwargs[key] = tuple(value)
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                    raise ConvergenceError(f"{where}.{key} = {value!r}: expected a positive number")
+                if key != "floor_within" and value >= 1:
+                    raise ConvergenceError(f"{where}.{key} = {value!r}: expected a fraction in (0, 1) "
+                                           "(0.01 = 1% error)")
+                kwargs[key] = float(value)
+        return cls(**kwargs)
+
+    def rule(self) -> str:
+        """The rule in words, for the report."""
+        return (f"E epochs pass for a setting when, for every judged loss, (mean train error at E < "
+                f"{100 * self.train_error_below:g}% or mean train loss − floor at E < {self.floor_within:g} nats) "
+                f"and |mean test error at 2E − mean test error at E| < {100 * self.test_error_change_below:g} pp, "
+                f"means over the seeds run at both E and 2E; judged losses: "
+                + (", ".join(f"`{lab}`" for lab in self.losses) if self.losses else "every loss of the setting")
+                + f". Only runs that differ in nothing but `{PILOT_FIELD}` and the seed are compared.")
+
+
+def spec_from_grids(grids: Sequence[dict]) -> ConvergenceSpec | None:
+    """The ``[convergence]`` table of the grid files stored in a database (the last one that has it)."""
+    found = None
+    for g in grids:
+        try:
+            table = tomllib.loads(g["text"]).get("convergence")
+        except tomllib.TOMLDecodeError:
+            continue
+        if table is not None:
+            found = ConvergenceSpec.from_table(table, f"grid {g.get('name')}: [convergence]")
+    return found
+
+
+@dataclasses.dataclass
+class PilotRow:
+    """One loss at budget ``epochs`` against its runs at twice that, over the seeds both have."""
+
+    label: str
+    epochs: int
+    seeds: int
+    train_error: float          # mean at E
+    floor_gap: float            # mean train loss − floor at E
+    test_error: float           # mean at E
+    test_error_double: float    # mean at 2E
+    change: PairedDifference    # test error 2E − E, seed by seed
+    soft: bool                  # a soft-target loss (its true floor is higher)
+    fits: bool                  # train error or floor condition
+    stable: bool                # test error change condition
+
+    @property
+    def passes(self) -> bool:
+        return self.fits and self.stable
+
+
+@dataclasses.dataclass
+class PilotSetting:
+    name: str                               # dataset / regime / model [other fields]
+    rows: list[PilotRow]
+    budgets: list[int]                      # every E with a 2E partner
+    passing: dict[int, bool]
+    missing: dict[int, list[str]]           # E -> judged losses without runs at E and 2E
+
+    @property
+    def smallest(self) -> int | None:
+        ok = [e for e in self.budgets if self.passing[e]]
+        return min(ok) if ok else None
+
+
+def _context(config: dict) -> str:
+    return canonical_json({k: v for k, v in key_fields(config).items() if k not in PILOT_FREE})
+
+
+def pilot(results: T.Results, spec: ConvergenceSpec) -> list[PilotSetting]:
+    """Apply the pilot rule to every group of runs that differ only in ``epochs`` and seed."""
+    by: dict[str, dict[str, dict[int, dict[int, T.Run]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    configs: dict[str, dict] = {}
+    for r in results.runs:
+        if r.label in results.same_as or not isinstance(r.config.get(PILOT_FIELD), int):
+            continue
+        ctx = _context(r.config)
+        configs.setdefault(ctx, {k: v for k, v in key_fields(r.config).items() if k not in PILOT_FREE})
+        by[ctx][r.label][r.config[PILOT_FIELD]][r.seed] = r
+    # name contexts by their setting, plus the fields in which contexts of one setting differ
+    per_setting: dict[tuple, list[str]] = defaultdict(list)
+    for ctx, c in configs.items():
+        if not any(2 * e in lab for lab in by[ctx].values() for e in lab):
+            continue   # no budget with a 2E partner: not part of the pilot (and not named)
+        per_setting[(c["dataset"], c["regime"], c["model"])].append(ctx)
+    out = []
+    for setting in sorted(per_setting, key=T.setting_order):
+        ctxs = per_setting[setting]
+        fields = sorted({k for ctx in ctxs for k in configs[ctx]})
+        varying = [f for f in fields if len({canonical_json(configs[ctx].get(f)) for ctx in ctxs}) > 1]
+        for ctx in sorted(ctxs):
+            labels = by[ctx]
+            budgets = sorted({e for lab in labels.values() for e in lab if 2 * e in lab})
+            if not budgets:
+                continue
+            name = " / ".join(setting) + "".join(f", {f}={_value(configs[ctx].get(f))}" for f in varying)
+            judged = list(spec.losses) if spec.losses else sorted(labels, key=T.label_order)
+            rows, passing, missing = [], {}, {}
+            for e in budgets:
+                ok, gone = True, []
+                for lab in sorted(labels, key=T.label_order):
+                    at_e, at_2e = labels[lab].get(e, {}), labels[lab].get(2 * e, {})
+                    seeds = sorted(set(at_e) & set(at_2e))
+                    if not seeds:
+                        continue
+                    row = pilot_row(lab, e, [at_e[s] for s in seeds], [at_2e[s] for s in seeds], spec)
+                    rows.append(row)
+                    if lab in judged:
+                        ok = ok and row.passes
+                for lab in judged:
+                    if not set(labels.get(lab, {}).get(e, {})) & set(labels.get(lab, {}).get(2 * e, {})):
+                        gone.append(lab)
+                passing[e] = ok and not gone
+                missing[e] = gone
+            out.append(PilotSetting(name, rows, budgets, passing, missing))
+    return out
+
+
+def pilot_row(label: str, epochs: int, at_e: Sequence[T.Run], at_2e: Sequence[T.Run], spec: ConvergenceSpec
+              ) -> PilotRow:
+    """One loss's numbers at E and 2E (runs in seed order, the same seeds) and whether it meets the rule."""
+    err = METRIC["error"]
+    train_error = _mean(r.metrics.get(METRIC["train_error"], math.nan) for r in at_e)
+    gap = _mean(floor_gap(r.metrics) for r in at_e)
+    change = paired_difference({r.seed: r.metrics.get(err, math.nan) for r in at_2e},
+                               {r.seed: r.metrics.get(err, math.nan) for r in at_e})
+    fits = train_error < spec.train_error_below or gap < spec.floor_within
+    stable = abs(change.mean) < spec.test_error_change_below
+    return PilotRow(label, epochs, len(at_e), train_error, gap, _mean(r.metrics.get(err, math.nan) for r in at_e),
+                    _mean(r.metrics.get(err, math.nan) for r in at_2e), change, any(_soft(r.config) for r in at_e),
+                    bool(fits), bool(stable))
+
+
+def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> str:
+    """The summary (smallest passing E per setting) and the per-setting tables."""
+    summary = [[s.name, ", ".join(map(str, s.budgets)),
+                f"**{s.smallest}**" if s.smallest is not None else "none of the tried budgets"] for s in settings]
+    md = ["Rule. " + spec.rule(), "", T.markdown_table(["setting", "budgets E with a 2E partner",
+                                                        "smallest passing E"], summary, ["l", "l", "l"]), ""]
+    for s in settings:
+        rows = []
+        for r in s.rows:
+            c = r.change
+            ci = f" [{_signed(c.low, 2, 100)}, {_signed(c.high, 2, 100)}]" if not math.isnan(c.low) else ""
+            rows.append([r.label, str(r.epochs), str(r.seeds), T.fmt_num(r.train_error, 2, 100),
+                         T.fmt_num(r.floor_gap, 3) + (" ‡" if r.soft and not math.isnan(r.floor_gap) else ""),
+                         T.fmt_num(r.test_error, 2, 100), T.fmt_num(r.test_error_double, 2, 100),
+                         _signed(c.mean, 2, 100) + ci, "yes" if r.fits else "no", "yes" if r.stable else "no"])
+        verdicts = []
+        for e in s.budgets:
+            text = f"E = {e}: **{'passes' if s.passing[e] else 'fails'}**"
+            if s.missing[e]:
+                text += " (no runs at both E and 2E of " + ", ".join(f"`{lab}`" for lab in s.missing[e]) + ")"
+            verdicts.append(text)
+        md += [f"### {s.name}", "", T.markdown_table(
+            ["loss", "E", "seeds", "train error % at E", "train loss − floor at E (nats)", "test error % at E",
+             "test error % at 2E", "Δ test error 2E − E (pp) [95% CI]", "fits", "stable"], rows,
+            ["l"] + ["r"] * 7 + ["l", "l"]), "", "; ".join(verdicts) + ".", ""]
+    if any(r.soft for s in settings for r in s.rows):
+        md += ["‡ a soft-target loss (label smoothing): its attainable floor is higher than the stored "
+               "`train/loss_floor`, so the floor condition is harder for it than it should be.", ""]
+    return "\n".join(md)
+
+
+def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], str]:
+    """The convergence pilot as a report section, by ``spec`` or, when None, the ``[convergence]`` table of
+    the grid files stored in the database; empty without a table or without runs at E and 2E."""
+    def section(ctx: Context) -> str:
+        use = spec if spec is not None else spec_from_grids(ctx.results.grids)
+        if use is None:
+            return ""
+        settings = pilot(ctx.results, use)
+        if not settings:
+            return (f"## Convergence pilot\n\nNo runs that differ only in `{PILOT_FIELD}` (E and 2E) and the "
+                    "seed yet.\n\nRule. " + use.rule())
+        csv = ctx.csv("convergence_pilot.csv", ["setting", "loss", "epochs", "seeds", "train_error",
+                                                "train_loss_minus_floor", "test_error", "test_error_2x",
+                                                "change_mean", "change_low", "change_high", "fits", "stable",
+                                                "setting_passes"],
+                      [[s.name, r.label, r.epochs, r.seeds, r.train_error, r.floor_gap, r.test_error,
+                        r.test_error_double, r.change.mean, r.change.low, r.change.high, int(r.fits),
+                        int(r.stable), int(s.passing[r.epochs])] for s in settings for r in s.rows])
+        return "## Convergence pilot\n\n" + pilot_markdown(settings, use) + "\n" + csv
+    return section

@@ -1,0 +1,135 @@
+"""The one-screen opening of a report with a verdict: per claim the pooled difference the verdict decides on
+(with its 95% interval), the same per dataset and the verdict; one figure per claim; hardware and compute.
+
+Everything shown is what :mod:`gence.report.verdict` already computed (its claims' comparisons and
+decisions, :func:`~gence.report.verdict.pooled_by_dataset`) and what :mod:`gence.report.plots` draws; the
+rules, methods and per-setting tables follow in the sections below it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from gence.report import plots
+from gence.report import tables as T
+from gence.report.sections import Context, Section, compute_lines
+from gence.report.verdict import (Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot, pooled_by_dataset,
+                                  setting_name, unit, verdict_of)
+
+HEADING = "## At a glance"
+
+
+def _cell(pooled, column) -> str:
+    if pooled is None or not pooled.k:
+        return "–"
+    r = pooled.random
+    return f"{fmt_estimate(r.mean, r.low, r.high, column)}{unit(column)} ({pooled.k})"
+
+
+def _column(claim: Claim):
+    return claim.decision.column or (claim.comparisons[0].column if claim.comparisons else None)
+
+
+def claims_table(claims: Sequence[Claim], label: str, baseline: str) -> str:
+    """Per claim: metric, pooled Δ over all its settings, per dataset, and the verdict."""
+    datasets = sorted({c.setting[0] for claim in claims for c in claim.comparisons if c.compared})
+    rows = []
+    for claim in claims:
+        col = _column(claim)
+        metric = ("worst-lr " if claim.key == "lr_robustness" else "") + (col.name if col else "–")
+        per = dict(pooled_by_dataset(claim.comparisons)) if col else {}
+        rows.append([claim.name, metric, _cell(claim.decision.pooled, col) if col else "–",
+                     *[_cell(per.get(ds), col) if col else "–" for ds in datasets], f"**{claim.decision.text}**"])
+    header = ["claim", "metric", f"{label} − {baseline}, all [95% CI] (settings)", *datasets, "verdict"]
+    return T.markdown_table(header, rows, ["l", "l"] + ["r"] * (1 + len(datasets)) + ["l"])
+
+
+def _forest_rows(comps: Sequence[Comparison], series: str, pooled, column) -> dict[str, dict]:
+    compared = [c for c in comps if c.compared]
+    several = len({c.block for c in compared}) > 1
+    rows: dict[str, dict] = {}
+    s = column.scale
+    for c in compared:
+        name = setting_name(c.setting) + (f" [{c.block}]" if several else "")
+        rows.setdefault(name, {})[series] = (c.result.mean * s, c.result.low * s, c.result.high * s)
+    if pooled is not None and pooled.k:
+        r = pooled.random
+        rows.setdefault("pooled", {})[series] = (r.mean * s, r.low * s, r.high * s)
+    return rows
+
+
+def forest_of(claims: Sequence[Claim], path: Path, title: str, label: str, baseline: str,
+              series: Sequence[str] | None = None) -> Path | None:
+    """Per-setting differences with intervals of one or more claims (one series each, named by ``series``,
+    default the claims' metric) and their pooled one."""
+    rows: dict[str, dict] = {}
+    column = None
+    for i, claim in enumerate(claims):
+        col = _column(claim)
+        if col is None:
+            continue
+        column = column or col
+        name_i = series[i] if series else col.name
+        for name, d in _forest_rows(claim.comparisons, name_i, claim.decision.pooled, col).items():
+            rows.setdefault(name, {}).update(d)
+    if not rows or column is None:
+        return None
+    ordered = [(n, d) for n, d in rows.items() if n != "pooled"] + ([("pooled", rows["pooled"])] if "pooled" in rows
+                                                                    else [])
+    direction = "higher is better" if column.higher_is_better else "lower is better"
+    what = column.name.replace(" %", "") + (f" ({column.unit})" if column.unit else "")
+    return plots.forest(ordered, path, title, f"{label} − {baseline}, {what}: mean over paired seeds, 95% CI; "
+                        f"{direction}")
+
+
+def opening_section(spec: VerdictSpec) -> Section:
+    """The opening as a report section (pass as ``opening`` to :func:`gence.report.sections.with_verdict`)."""
+    def section(ctx: Context) -> str:
+        v = verdict_of(ctx, spec)
+        if not v.claims:
+            return ""
+        label, base = spec.label, ctx.results.display(spec.baseline)
+        md = [HEADING, "",
+              f"`{label}` − `{base}` per claim: the pooled difference the verdict decides on (mean of the settings' "
+              "mean paired differences, t 95% interval over settings; the number of settings in brackets), the "
+              "same per dataset, and the verdict by the rules stated under 'Verdict' below.", "",
+              claims_table(v.claims, label, base), ""]
+        if ctx.with_plots:
+            md += figures(ctx, spec, v.claims, label, base)
+        md += [line + "  " for line in compute_lines(ctx.results)]
+        return "\n".join(md).rstrip()
+    return section
+
+
+def figures(ctx: Context, spec: VerdictSpec, claims: Sequence[Claim], label: str, base: str) -> list[str]:
+    """One figure per claim (the two calibration claims share one)."""
+    out: list[str] = []
+    ctx.plots_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(path: Path | None, what: str, new: bool = True) -> None:
+        if path is None:
+            return
+        if new:
+            ctx.files.append(path)
+        out.extend([f"![{what}]({ctx.link(path)})", ""])
+
+    by_key: dict[str, list[Claim]] = {}
+    for c in claims:
+        by_key.setdefault(c.key, []).append(c)
+    for key, mine in by_key.items():
+        name = mine[0].name
+        if key == "few_labels":
+            labels = [lab for lab in dict.fromkeys([spec.baseline, spec.label, spec.mixed])
+                      if lab and lab in ctx.results.labels()]
+            add(plots.error_vs_labels_panels(ctx.results, ctx.plots_dir / "glance_few_labels.png", labels),
+                f"{name}: test error against labelled images per class")
+        elif key == "lr_robustness":
+            if verdict_of(ctx, spec).lr_panels:
+                add(lr_plot(ctx, spec), f"{name}: test error against {spec.field}, collapsed runs marked", new=False)
+        else:
+            calibration = key == "calibration"
+            title = "Calibration: ECE before and after temperature scaling" if calibration else name
+            add(forest_of(mine, ctx.plots_dir / f"glance_{key}.png", title, label, base,
+                          ["before TS", "after TS"] if calibration and len(mine) == 2 else None),
+                f"{title}: per-setting differences with 95% intervals")
+    return out

@@ -1,0 +1,238 @@
+"""Convergence: the validation-curve section and the convergence pilot, on a database written by the runner
+with a fake run function whose histories and metrics are set by hand (expected numbers from the formulas
+below, not from the report's code); an old database without histories reports without the section."""
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pytest
+
+from gence.cli import main
+from gence.experiments import parse_grid, run_grid
+from gence.report import write_report
+from gence.report.convergence import ConvergenceError, ConvergenceSpec, plateau_change
+from gence.report.sections import DEFAULT_SECTIONS, with_pilot
+from gence.report.tables import Run
+
+CONVERGENCE = """
+[convergence]
+train_error_below = 0.01
+floor_within = 0.05
+test_error_change_below = 0.003
+losses = ["ce", "gence"]
+"""
+GRID = CONVERGENCE + """
+[[grid]]
+name = "pilot"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = ["ce", "gence", "label_smoothing"]
+sweep = { epochs = [5, 10, 20] }
+
+[[grid]]
+name = "other_lr"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = ["ce"]
+train = { epochs = 10, lr = 0.2 }
+"""
+# test error per (regime, loss) and epochs, + 0.001 * seed
+TEST = {("balanced:5", "ce"): {5: 0.30, 10: 0.29, 20: 0.289},          # 5->10: -1 pp, 10->20: -0.1 pp
+        ("balanced:5", "gence"): {5: 0.28, 10: 0.275, 20: 0.277},      # -0.5 pp, +0.2 pp
+        ("balanced:20", "ce"): {5: 0.30, 10: 0.29, 20: 0.289},
+        ("balanced:20", "gence"): {5: 0.20, 10: 0.19, 20: 0.195},      # 10->20: +0.5 pp: fails
+        }
+TRAIN_ERROR = {"ce": {5: 0.05, 10: 0.005, 20: 0.0}, "gence": {5: 0.1, 10: 0.02, 20: 0.01},
+               "label_smoothing": {5: 0.2, 10: 0.2, 20: 0.2}}
+GAP = {"ce": {5: 0.2, 10: 0.01, 20: 0.001}, "gence": {5: 0.5, 10: 0.03, 20: 0.02},
+       "label_smoothing": {5: 0.9, 10: 0.8, 20: 0.7}}
+FLOOR = {"ce": 0.0, "gence": 0.7, "label_smoothing": 0.0}
+
+
+def val_error(p: float, seed: int) -> float:
+    return 0.5 * (1 - p) ** 2 + 0.1 + 0.01 * seed
+
+
+def eval_epochs(epochs: int) -> list[int]:
+    step = 2 if epochs <= 10 else 3
+    return sorted({*range(step, epochs + 1, step), epochs})
+
+
+def fake_run(config):
+    e, seed, loss, regime = config["epochs"], config["seed"], config["loss"], config["regime"]
+    if config["lr"] == 0.2:
+        test = 0.5
+    else:
+        test = TEST.get((regime, loss), {5: 0.3, 10: 0.2, 20: 0.1})[e]
+    m = {"test/error": test + 0.001 * seed, "val/error": 0.2, "val/nll": 0.5,
+         "train/error": TRAIN_ERROR[loss][e], "train/loss": GAP[loss][e] + FLOOR[loss],
+         "train/loss_floor": FLOOR[loss]}
+    history = []
+    for epoch in range(1, e + 1):
+        h = {"epoch": epoch, "loss": 1.0 / epoch, "lr": 0.1, "seconds": float(epoch)}
+        if epoch in eval_epochs(e):
+            p = epoch / e
+            h.update({"progress": p, "val/error": val_error(p, seed), "val/nll": 2 * val_error(p, seed),
+                      "val/ece": 0.05})
+        history.append(h)
+    return m, {"history": history}
+
+
+def old_run(config):
+    """A run stored before histories had validation points."""
+    m, _ = fake_run(config)
+    return {k: v for k, v in m.items() if not k.startswith("train/")}, {"history": {"loss": [1.0]}}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("convergence")
+    grid = parse_grid(textwrap.dedent(GRID), name="conv-grid")   # the grid loader accepts [convergence]
+    path = tmp / "runs.sqlite"
+    s = run_grid(grid.runs, path, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
+    assert s.failed == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(db, tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv-out")
+    return write_report(db, out), out
+
+
+def section(md: str, heading: str) -> str:
+    start = md.index(heading + "\n")
+    rest = md[start + len(heading) + 1:]
+    nxt = rest.find("\n## ")
+    return rest if nxt < 0 else rest[:nxt]
+
+
+def sub(md: str, heading: str) -> str:
+    start = md.index(heading + "\n")
+    rest = md[start + len(heading) + 1:]
+    nxt = rest.find("\n### ")
+    return rest if nxt < 0 else rest[:nxt]
+
+
+def fmt_signed(x: float) -> str:
+    return f"{x:+.2f}".replace("-", "−")
+
+
+def expected_plateau(epochs: int, seed: int) -> float:
+    pts = [ep / epochs for ep in eval_epochs(epochs)]
+    before = [p for p in pts if p <= 0.8 + 1e-9]
+    return val_error(1.0, seed) - val_error(before[-1], seed)
+
+
+def test_plateau_change_by_hand():
+    # eval at progress 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0 (20 epochs, every 3rd and the last)
+    run = Run("k", {"seed": 0}, "ce", {}, fake_run({"epochs": 20, "seed": 0, "loss": "ce", "regime": "balanced:5",
+                                                     "lr": 0.1})[1], 0.0, "cpu", {})
+    assert plateau_change(run) == pytest.approx(val_error(1.0, 0) - val_error(0.75, 0))
+    assert plateau_change(run) == pytest.approx(0.1 - (0.5 * 0.0625 + 0.1))
+    no_history = Run("k", {}, "ce", {}, {"history": {"loss": [1.0]}}, 0.0, "cpu", {})
+    assert math.isnan(plateau_change(no_history))
+
+
+def test_convergence_tables_and_plots(report):
+    rep, out = report
+    md = section(rep.markdown, "## Convergence")
+    table = sub(md, "### digits, balanced:5, small_cnn")
+    for loss in ("ce", "gence", "label_smoothing"):
+        for e in (5, 10, 20):
+            line = next(x for x in table.splitlines() if x.startswith(f"| {loss} [epochs={e}] (pilot) |"))
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[1] == "3"
+            assert cells[2] == f"{100 * TRAIN_ERROR[loss][e]:.2f}"
+            assert cells[3].split()[0] == f"{GAP[loss][e]:.3f}"
+            assert cells[3].endswith("‡") == (loss == "label_smoothing")
+            assert cells[4] == f"{100 * sum(val_error(1.0, s) for s in range(3)) / 3:.2f}"
+            change = sum(expected_plateau(e, s) for s in range(3)) / 3
+            assert cells[5] == fmt_signed(100 * change)
+    assert "soft-target loss (label smoothing)" in md
+    pngs = sorted(p.name for p in (out / "plots").glob("convergence_*.png"))
+    assert pngs == ["convergence_digits_balanced-20_small_cnn.png", "convergence_digits_balanced-5_small_cnn.png"]
+    for p in (out / "plots").glob("convergence_*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p in rep.files
+    assert "convergence_digits_balanced-5_small_cnn.png" in md
+
+
+def test_pilot_picks_the_smallest_passing_budget(report):
+    md = section(report[0].markdown, "## Convergence pilot")
+    assert "train error at E < 1%" in md and "< 0.05 nats" in md and "< 0.3 pp" in md
+    assert "| digits / balanced:5 / small_cnn | 5, 10 | **10** |" in md
+    assert "| digits / balanced:20 / small_cnn | 5, 10 | none of the tried budgets |" in md
+    # the lr=0.2 block differs in more than epochs: no setting of its own, never paired
+    assert "lr=" not in md
+    five = sub(md, "### digits / balanced:5 / small_cnn")
+    assert "E = 5: **fails**; E = 10: **passes**." in five
+    twenty = sub(md, "### digits / balanced:20 / small_cnn")
+    assert "E = 5: **fails**; E = 10: **fails**." in twenty
+    # gence at E=10 in balanced:5: train error 2% fails, but the loss is 0.03 nats from its floor
+    line = next(x for x in five.splitlines() if x.startswith("| gence | 10 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "3" and cells[3] == "2.00" and cells[4] == "0.030"
+    assert cells[5] == f"{100 * (0.275 + 0.001):.2f}" and cells[6] == f"{100 * (0.277 + 0.001):.2f}"
+    assert cells[7].startswith("+0.20") and cells[8:] == ["yes", "yes"]
+    line = next(x for x in five.splitlines() if x.startswith("| ce | 5 |"))
+    assert line.endswith("| no | no |")   # 5% train error, 0.2 nats from the floor; -1 pp at 2E
+    # label_smoothing fails everywhere but is not judged; shown with the floor note
+    assert next(x for x in five.splitlines() if x.startswith("| label_smoothing | 10 |")).endswith("| no | no |")
+
+
+def test_judging_every_loss_and_other_thresholds(db, tmp_path):
+    every = ConvergenceSpec()   # defaults: every loss of the setting judged -> label_smoothing fails all
+    md = section(write_report(db, tmp_path / "a", sections=with_pilot(every), with_plots=False).markdown,
+                 "## Convergence pilot")
+    assert "| digits / balanced:5 / small_cnn | 5, 10 | none of the tried budgets |" in md
+    loose = ConvergenceSpec(train_error_below=0.2, test_error_change_below=0.011, losses=("ce", "gence"))
+    md = section(write_report(db, tmp_path / "b", sections=with_pilot(loose), with_plots=False).markdown,
+                 "## Convergence pilot")
+    assert "| digits / balanced:5 / small_cnn | 5, 10 | **5** |" in md
+    assert "| digits / balanced:20 / small_cnn | 5, 10 | **5** |" in md
+
+
+def test_old_database_reports_without_convergence_sections(tmp_path):
+    grid = parse_grid(textwrap.dedent(GRID.replace(CONVERGENCE, "")), name="old")
+    path = tmp_path / "old.sqlite"
+    run_grid(grid.runs, path, run_fn=old_run, progress=False, grid_text=(grid.name, None, grid.text))
+    rep = write_report(path, tmp_path / "out")
+    assert "## Convergence" not in rep.markdown and "## Per" not in rep.markdown
+    assert "## Summary" in rep.markdown
+    assert not list((tmp_path / "out" / "plots").glob("convergence_*"))
+    # with a [convergence] table but runs without train metrics: nothing fits, and says so
+    md = write_report(path, tmp_path / "out2", sections=with_pilot(ConvergenceSpec()), with_plots=False).markdown
+    assert "| digits / balanced:5 / small_cnn | 5, 10 | none of the tried budgets |" in md
+
+
+def test_convergence_table_errors_name_the_key():
+    with pytest.raises(ConvergenceError, match=r"unknown key 'floor'.*valid keys: train_error_below"):
+        ConvergenceSpec.from_table({"floor": 0.1})
+    with pytest.raises(ConvergenceError, match=r"\[convergence\]\.train_error_below = 2: expected a fraction"):
+        ConvergenceSpec.from_table({"train_error_below": 2})
+    with pytest.raises(ConvergenceError, match=r"floor_within = -1: expected a positive number"):
+        ConvergenceSpec.from_table({"floor_within": -1})
+    with pytest.raises(ConvergenceError, match=r"losses = \[\]: expected a non-empty list"):
+        ConvergenceSpec.from_table({"losses": []})
+    assert ConvergenceSpec.from_table({"losses": "ce", "floor_within": 1}) == ConvergenceSpec(floor_within=1.0,
+                                                                                             losses=("ce",))
+
+
+def test_report_command_takes_the_table_of_a_given_grid(db, tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text("[convergence]\ntrain_error_below = 0.2\ntest_error_change_below = 0.011\n"
+                    'losses = ["ce", "gence"]\n')
+    out = tmp_path / "rep"
+    assert main(["report", str(db), "-o", str(out), "--convergence", str(grid)]) == 0
+    md = (out / "README.md").read_text()
+    assert "| digits / balanced:20 / small_cnn | 5, 10 | **5** |" in md
+    assert f"--convergence {grid}" in md
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochs = 1\n")
+    assert main(["report", str(db), "-o", str(out), "--convergence", str(bad)]) == 2
+    assert "has no [convergence] table" in capsys.readouterr().err
