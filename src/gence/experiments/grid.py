@@ -46,6 +46,33 @@ key). Such runs are in ``Grid.tuned`` (their candidate runs precomputed), not ``
 until every tuning run is stored done or failed (see the runner). Checked before any run: ``from`` names
 other blocks of the file without ``tune``, each sweeping ``field``; the block itself does not sweep it;
 every run has tuning runs; no candidate run is one of its own tuning runs (give the blocks other seeds).
+
+A block that sweeps a field may let the runner extend the sweep while its winner sits at an edge::
+
+    sweep = { lr = [0.025, 0.05, 0.1, 0.2, 0.4] }
+    extend = { field = "lr", factor = 2.0, max_steps = 3, metric = "val/error" }   # defaults: 2.0, 3, val/error
+
+The block's runs that differ only in ``field`` and seed form a group (an :class:`ExtendGroup`: same
+dataset and params, regime, model and params, loss, params and label, every other setting). Once every run
+of a group's values is stored done or failed, the best value is chosen as ``tune`` chooses
+(:func:`choose_value`: lowest mean ``metric`` over the done runs, ties by val/nll then the smaller value;
+failed runs ignored). If it is the smallest value tried, the runner adds runs at smallest / ``factor``
+(one per seed of the group); if the largest, at largest * ``factor``; and decides again, until the best is
+inside or ``max_steps`` values were added in that direction (or the next value breaks the field's rules,
+e.g. momentum >= 1): the final winner is then *at an edge*, which the runner's summary, ``gence bench``
+and ``gence bench --list`` say (``AT EDGE``), and which anyone can recompute with
+:func:`extension_state` (e.g. a report from the grid text stored in the database). A value whose runs
+all failed (a diverging lr) is tried but never wins, so it bounds the search. Added values are rounded
+to 12 significant digits (0.1 x 3 is 0.3), and an added run is the ordinary run with that value: the
+block's config with it, the key it would have had listed in the sweep, stored under the block's name.
+The decision is replayed from the stored runs each time (never stored itself), so a killed runner, a
+second worker or a second process never loses or repeats one. Rules, checked before any run: ``field``
+is a real-valued TrainConfig field swept by every run of the block, with values > 0 and at least 2 of
+them per group; ``factor`` > 1; ``max_steps`` an integer >= 0; a block with ``tune`` cannot extend. A
+``tune`` block taking ``from`` an extending block waits until the extension of each group it is tuned on
+has settled, and its tuning runs then include the added runs (``TunedSpec.extending``). Groups are in
+``Grid.extensions``; under ``--shard`` each group is decided (and its added runs run) by one shard, from
+that shard's database, like tuned runs: merge the shard databases and run the shards again until none waits.
 """
 from __future__ import annotations
 

@@ -18,6 +18,10 @@
   in the database (another shard's, or running in another process) stay waiting: they are counted in
   the summary and run by a later invocation once the database has them (for shards: ``gence merge``
   the shard databases into each shard's database, then run the shards again).
+- Extending sweeps (blocks with ``extend``) are decided the same way: whenever a run of a sweep ends, its
+  state is recomputed from the database (:func:`gence.experiments.grid.extension_state`) and the runs it
+  adds are queued; a tuned run on that block waits until the sweep has settled. ``RunnerSummary.extensions``
+  holds every sweep's final state (``at_edge``: the winner is still at an edge after ``max_steps``).
 
 The run function is injectable: ``run_fn(config: dict) -> (metrics: dict, extras)``, given as a callable
 or as ``"module:function"`` (it must be importable by name when ``workers > 1``). The default,
