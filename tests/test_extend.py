@@ -17,6 +17,7 @@ hand below from the optima alone:
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -314,7 +315,6 @@ def test_state_is_a_function_of_the_stored_rows_only():
     g = next(g for g in grid.extensions if g.label == "ce")
 
     def metrics(lr):
-        import math
         return {"val/error": (math.log2(lr)) ** 2, "val/nll": 0.0}
     table = {s.key: ("done", metrics(v)) for v, s in g.swept}
     st = extension_state(g, {})
