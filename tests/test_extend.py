@@ -418,7 +418,7 @@ def test_list_shows_waiting_then_added_values_then_the_edge(tmp_path, fake, caps
     assert "1 sweep(s) AT AN EDGE after their last extension" in err
     assert main(["bench", str(path), "--db", str(db), "--list"]) == 0
     out = capsys.readouterr().out
-    assert out.count("AT EDGE ") == 1 and out.count("extended ") == 3
+    assert out.count("AT EDGE ") == 1 and out.count("extended ") == 2 and out.count("settled ") == 1
     assert "lr=0.8 wins inside the values tried (added 0.8, 1.6)" in out
     assert f"{N_SWEPT + N_ADDED + N_MAIN} run(s) ({N_ADDED} added by extension, 1 sweep(s) at an edge after " \
            f"max_steps)" in out
