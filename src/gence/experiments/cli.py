@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from gence.experiments.db import ResultsDB
-from gence.experiments.grid import Grid, GridError, load_demo_grid, load_grid, parse_shard, shard, tune_state
+from gence.experiments.grid import (Grid, GridError, describe_group, extension_state, load_demo_grid, load_grid,
+                                    parse_shard, shard, tune_state)
 from gence.experiments.runner import auto_workers, describe, run_grid
 
 DEFAULT_DB = "runs/gence.sqlite"
@@ -27,8 +28,10 @@ def add_bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
     bench.add_argument("--shard", metavar="I/N",
                        help="run only the I-th of N disjoint parts (1-based); runs of blocks with 'tune' run "
-                            "once this shard's database holds their tuning runs finished, so merge the shard "
-                            "databases into each shard's database and run the shards again")
+                            "once this shard's database holds their tuning runs finished, and sweeps of blocks "
+                            "with 'extend' (each decided by one shard) extend once it holds their runs, so merge "
+                            "the shard databases into each shard's database and run the shards again, until "
+                            "none waits")
     bench.add_argument("--retry-failed", action="store_true", help="run again the runs stored as failed")
     bench.add_argument("--data-dir", help="dataset directory for every run (does not change run keys)")
     bench.add_argument("--device", help="device for every run, e.g. cpu or cuda (does not change run keys)")
@@ -77,6 +80,8 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     # Tuned runs are sharded among themselves; a shard runs its tuned runs once its own database holds
     # every tuning run finished (merge the shards' databases into each shard's, then run it again).
     tuned = shard(grid.tuned, *shard_spec) if shard_spec else grid.tuned
+    # Extending sweeps likewise: each is decided (and its added runs run) by one shard, from its database.
+    extensions = shard(grid.extensions, *shard_spec) if shard_spec else grid.extensions
     runtime = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
     if args.workers == "auto":
         workers = auto_workers(list(runs) + list(tuned), runtime)
@@ -96,10 +101,24 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
         if Path(args.db).exists():
             with ResultsDB(args.db) as db:
                 status = db.statuses()
-                rows = db.states({k for t in tuned for k in t.tuning_keys})
+                rows = db.states({k for t in tuned for k in t.tuning_keys} | {k for g in extensions for k in g.keys})
         for spec in runs:
             print(f"{status.get(spec.key, 'todo'):8s} {spec.key[:12]} {describe(spec)}")
-        counts = {"wait": 0, "failed": 0}
+        counts = {"wait": 0, "failed": 0, "added": 0, "undecided": 0, "edge": 0}
+        for g in extensions:
+            st = extension_state(g, rows)
+            field = g.extend.field
+            swept = {s.key for _, s in g.swept}
+            for value, spec in st.runs:
+                if spec.key not in swept:
+                    counts["added"] += 1
+                    print(f"{status.get(spec.key, 'todo'):8s} {spec.key[:12]} {describe(spec)} "
+                          f"(extension {field}={value!r} of {g.grid})")
+            tag = {"wait": "extend?", "failed": "extend!"}.get(
+                st.kind, "AT EDGE" if st.at_edge else "extended" if st.added else "settled")
+            counts["undecided"] += st.kind == "wait"
+            counts["edge"] += st.at_edge
+            print(f"{tag:8s} {'-' * 12} {describe_group(g.config, g.label)} [{g.grid}]: {st.message}")
         for t in tuned:
             st = tune_state(t, rows)
             field = t.tune.field
@@ -109,7 +128,8 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
             elif st.kind == "wait":
                 counts["wait"] += 1
                 print(f"{'waiting':8s} {'-' * 12} {describe(t)} (waiting for tuning of {field} on "
-                      f"{', '.join(t.tune.sources)}: {st.finished}/{st.total} tuning runs finished)")
+                      f"{', '.join(t.tune.sources)}: {st.finished}/{st.total} tuning runs finished"
+                      + (f"; {st.message}" if st.message else "") + ")")
             else:
                 counts["failed"] += 1
                 print(f"{'untuned':8s} {'-' * 12} {describe(t)} ({st.message})")
@@ -119,18 +139,25 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
             extra.append(f"{counts['wait']} waiting for tuning")
         if counts["failed"]:
             extra.append(f"{counts['failed']} failed to tune")
-        print(f"{len(runs) + len(tuned)} run(s)" + (f" ({', '.join(extra)})" if extra else "")
+        if counts["added"]:
+            extra.append(f"{counts['added']} added by extension")
+        if counts["undecided"]:
+            extra.append(f"{counts['undecided']} sweep(s) waiting to decide extension")
+        if counts["edge"]:
+            extra.append(f"{counts['edge']} sweep(s) at an edge after max_steps")
+        print(f"{len(runs) + len(tuned) + counts['added']} run(s)" + (f" ({', '.join(extra)})" if extra else "")
               + (f" (shard {args.shard} of {total})" if shard_spec else ""))
         return BenchOutcome(0, grid)
     where = grid.path or "built-in demo grid"
     print(f"gence bench: {len(runs) + len(tuned)} run(s)"
           + (f" ({len(tuned)} with a tuned {', '.join(sorted({t.tune.field for t in tuned}))})" if tuned else "")
+          + (f", {len(extensions)} sweep(s) that may extend" if extensions else "")
           + f" from {where}"
           + (f", shard {args.shard}" if shard_spec else "") + f", {workers} worker(s) -> {args.db}", file=sys.stderr)
     try:
         summary = run_grid(runs, args.db, workers=workers, threads=args.threads, retry_failed=args.retry_failed,
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
-                           grid_text=(grid.name, grid.path, grid.text), tuned=tuned)
+                           grid_text=(grid.name, grid.path, grid.text), tuned=tuned, extensions=extensions)
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)
@@ -138,11 +165,18 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     print(f"gence bench: {summary.line()}", file=sys.stderr)
     for what, message in summary.untunable:
         print(f"gence bench: not run (failed to tune): {what}: {message}", file=sys.stderr)
+    for what, st in summary.extensions:
+        if st.added or st.at_edge or st.kind == "failed":
+            print(f"gence bench: sweep {what}: {st.message}", file=sys.stderr)
     failed = bool(summary.failed or summary.untunable)
     if shard_spec:
         print("gence bench: shard done; `gence merge` the shard databases, then `gence report`", file=sys.stderr)
         if summary.waiting:
             print(f"gence bench: {summary.waiting} tuned run(s) of this shard wait for tuning runs of other "
+                  f"shards: `gence merge` every shard database into this one ({args.db}) and run this "
+                  f"shard again", file=sys.stderr)
+        if summary.undecided:
+            print(f"gence bench: {summary.undecided} extending sweep(s) of this shard wait for runs of other "
                   f"shards: `gence merge` every shard database into this one ({args.db}) and run this "
                   f"shard again", file=sys.stderr)
     return BenchOutcome(1 if failed else 0, grid, complete=not shard_spec)

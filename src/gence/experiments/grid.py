@@ -46,11 +46,39 @@ key). Such runs are in ``Grid.tuned`` (their candidate runs precomputed), not ``
 until every tuning run is stored done or failed (see the runner). Checked before any run: ``from`` names
 other blocks of the file without ``tune``, each sweeping ``field``; the block itself does not sweep it;
 every run has tuning runs; no candidate run is one of its own tuning runs (give the blocks other seeds).
+
+A block that sweeps a field may let the runner extend the sweep while its winner sits at an edge::
+
+    sweep = { lr = [0.025, 0.05, 0.1, 0.2, 0.4] }
+    extend = { field = "lr", factor = 2.0, max_steps = 3, metric = "val/error" }   # defaults: 2.0, 3, val/error
+
+The block's runs that differ only in ``field`` and seed form a group (an :class:`ExtendGroup`: same
+dataset and params, regime, model and params, loss, params and label, every other setting). Once every run
+of a group's values is stored done or failed, the best value is chosen as ``tune`` chooses
+(:func:`choose_value`: lowest mean ``metric`` over the done runs, ties by val/nll then the smaller value;
+failed runs ignored). If it is the smallest value tried, the runner adds runs at smallest / ``factor``
+(one per seed of the group); if the largest, at largest * ``factor``; and decides again, until the best is
+inside or ``max_steps`` values were added in that direction (or the next value breaks the field's rules,
+e.g. momentum >= 1): the final winner is then *at an edge*, which the runner's summary, ``gence bench``
+and ``gence bench --list`` say (``AT EDGE``), and which anyone can recompute with
+:func:`extension_state` (e.g. a report from the grid text stored in the database). A value whose runs
+all failed (a diverging lr) is tried but never wins, so it bounds the search. Added values are rounded
+to 12 significant digits (0.1 x 3 is 0.3), and an added run is the ordinary run with that value: the
+block's config with it, the key it would have had listed in the sweep, stored under the block's name.
+The decision is replayed from the stored runs each time (never stored itself), so a killed runner, a
+second worker or a second process never loses or repeats one. Rules, checked before any run: ``field``
+is a real-valued TrainConfig field swept by every run of the block, with values > 0 and at least 2 of
+them per group; ``factor`` > 1; ``max_steps`` an integer >= 0; a block with ``tune`` cannot extend. A
+``tune`` block taking ``from`` an extending block waits until the extension of each group it is tuned on
+has settled, and its tuning runs then include the added runs (``TunedSpec.extending``). Groups are in
+``Grid.extensions``; under ``--shard`` each group is decided (and its added runs run) by one shard, from
+that shard's database, like tuned runs: merge the shard databases and run the shards again until none waits.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -76,8 +104,12 @@ TOP_KEYS = {"train": "shared TrainConfig settings", "grid": "one block or an arr
             "override": "array of conditional settings", "description": "free text",
             "verdict": "table read by the report's verdict (kept as is, not validated here)",
             "convergence": "table read by the report's convergence pilot (kept as is, not validated here)"}
-BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train", "tune")
+BLOCK_KEYS = ("name", "datasets", "regimes", "models", "losses", "seeds", "sweep", "train", "tune", "extend")
 TUNE_KEYS = ("from", "field", "metric")
+EXTEND_KEYS = ("field", "factor", "max_steps", "metric")
+DEFAULT_EXTEND_FACTOR = 2.0
+DEFAULT_EXTEND_MAX_STEPS = 3
+EXTEND_DIGITS = 12  # extension values are rounded to this many significant digits (0.1 x 3 is 0.3)
 DEFAULT_TUNE_METRIC = "val/error"
 TUNE_TIE_BREAK = TIE_BREAK
 LOSS_KEYS = ("name", "params", "label", "seeds", "train", "sweep")
@@ -120,12 +152,56 @@ class TuneSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtendSpec:
+    """A block's ``extend = { field = "lr", factor = 2.0, max_steps = 3, metric = "val/error" }``."""
+
+    field: str
+    factor: float = DEFAULT_EXTEND_FACTOR
+    max_steps: int = DEFAULT_EXTEND_MAX_STEPS
+    metric: str = DEFAULT_TUNE_METRIC
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtendGroup:
+    """The runs of a block with ``extend`` that differ only in the extended field and the seed.
+
+    ``swept`` holds (value, run) for every run of the sweep; ``down`` and ``up`` the ladder of values the
+    runner may add, nearest first (``smallest / factor**k`` and ``largest * factor**k`` for k = 1 ..
+    ``max_steps``), each with one run per seed of the group (keyed like an ordinary run with that value).
+    A ladder is shorter than ``max_steps`` when its next value is not a valid value of the field
+    (``down_blocked`` / ``up_blocked`` say why)."""
+
+    grid: str
+    label: str
+    extend: ExtendSpec
+    seeds: tuple[int, ...]
+    swept: tuple[tuple[Any, RunSpec], ...]
+    down: tuple[tuple[Any, tuple[RunSpec, ...]], ...]
+    up: tuple[tuple[Any, tuple[RunSpec, ...]], ...]
+    down_blocked: str = ""
+    up_blocked: str = ""
+
+    @property
+    def config(self) -> dict:
+        """A config of the group (its first swept run's), for display."""
+        return self.swept[0][1].config
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key the group's decision may read: swept runs and the whole ladder."""
+        return tuple(s.key for _, s in self.swept) + tuple(s.key for _, specs in self.down + self.up
+                                                          for s in specs)
+
+
+@dataclasses.dataclass(frozen=True)
 class TunedSpec:
     """A run of a block with ``tune`` whose ``field`` is not known until its tuning runs are finished.
 
     ``candidates`` holds, for every value of ``field`` found among the tuning runs, the fully resolved run
     with that value (so its key is the key of an ordinary run with that value); ``tuning`` holds the
-    (key, value) of every run of the ``from`` blocks with the same dataset, model and loss."""
+    (key, value) of every swept run of the ``from`` blocks with the same dataset, model and loss;
+    ``extending`` the groups of those runs in ``from`` blocks with ``extend`` (their extension runs join
+    the tuning runs once the extension is settled), and ``candidates`` then covers their ladders too."""
 
     config: dict                              # the first candidate's config (for display)
     label: str
@@ -133,10 +209,12 @@ class TunedSpec:
     tune: TuneSpec
     tuning: tuple[tuple[str, Any], ...]
     candidates: tuple[tuple[Any, RunSpec], ...]
+    extending: tuple[ExtendGroup, ...] = ()
 
     @property
     def tuning_keys(self) -> tuple[str, ...]:
-        return tuple(k for k, _ in self.tuning)
+        """Every key the tuned value may depend on: the swept tuning runs and the extending groups' runs."""
+        return tuple(k for k, _ in self.tuning) + tuple(k for g in self.extending for k in g.keys)
 
 
 @dataclasses.dataclass
@@ -146,6 +224,7 @@ class Grid:
     text: str
     runs: list[RunSpec]                       # ordinary runs (their keys never depend on other runs)
     tuned: list[TunedSpec] = dataclasses.field(default_factory=list)  # runs of blocks with ``tune``
+    extensions: list[ExtendGroup] = dataclasses.field(default_factory=list)  # groups of blocks with ``extend``
     verdict: dict | None = None               # the file's [verdict] table, raw (gence.report.verdict reads it)
 
 
@@ -452,6 +531,39 @@ class _Loader:
                             f"(lower is better)")
         return TuneSpec(sources=tuple(sources), field=field, metric=metric)
 
+    def extend(self, value: Any, where: str, block: dict) -> ExtendSpec:
+        """Check a block's ``extend`` table (the values themselves are checked per group, see parse_grid)."""
+        _check_keys(value, EXTEND_KEYS, where)
+        if block["tune"] is not None:
+            raise GridError(f"{where}: a block with 'tune' cannot 'extend' (its field takes one tuned value); "
+                            f"extend the block it is tuned on")
+        floats = sorted(f for f, d in self.fields.items() if isinstance(d, float) and f not in AXIS_FIELDS)
+        if "field" not in value:
+            raise GridError(f"{where}: missing 'field' (the swept TrainConfig field to extend, e.g. 'lr'); "
+                            f"fields with numeric values: {', '.join(floats)}")
+        field = value["field"]
+        if not isinstance(field, str) or field not in floats:
+            raise GridError(f"{where}.field = {field!r}: not a TrainConfig field with real-number values that "
+                            f"can be extended; valid fields: {', '.join(floats)}")
+        if field not in block["swept_all"]:
+            raise GridError(f"{where}.field = {field!r}: not swept by every run of this block (swept by all "
+                            f"its losses: {_choices(block['swept_all']) or 'none'}); sweep it, e.g. "
+                            f"sweep = {{ {field} = [0.025, 0.05, 0.1, 0.2, 0.4] }}")
+        factor = value.get("factor", DEFAULT_EXTEND_FACTOR)
+        if (not isinstance(factor, (int, float)) or isinstance(factor, bool) or not math.isfinite(factor)
+                or factor <= 1):
+            raise GridError(f"{where}.factor = {factor!r}: expected a finite number > 1 (the next value is the "
+                            f"smallest / factor or the largest * factor)")
+        steps = value.get("max_steps", DEFAULT_EXTEND_MAX_STEPS)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise GridError(f"{where}.max_steps = {steps!r}: expected an integer >= 0 (extensions in each "
+                            f"direction at most)")
+        metric = value.get("metric", DEFAULT_TUNE_METRIC)
+        if not isinstance(metric, str) or not metric:
+            raise GridError(f"{where}.metric = {metric!r}: expected a metric key such as 'val/error' "
+                            f"(lower is better)")
+        return ExtendSpec(field=field, factor=float(factor), max_steps=steps, metric=metric)
+
     def overrides(self, value: Any) -> list[tuple[dict, dict]]:
         if value is None:
             return []
@@ -541,6 +653,7 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
         block_train = loader.check_train(block.get("train", {}), f"{w}.train")
         block_sweep = loader.sweep(block.get("sweep"), f"{w}.sweep")
         swept = set(block_sweep[0]) | {k for loss in losses if loss["sweep"] for k in loss["sweep"][0]}
+        swept_all = set.intersection(*(set((loss["sweep"] or block_sweep)[0]) for loss in losses))
         items = []
         for ds, regime, model, loss in itertools.product(datasets, regimes, models, losses):
             for seed in loss["seeds"] or seeds:
@@ -560,7 +673,7 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
                                  f"loss={loss['label']} seed={seed}")
                     items.append((config, loss["label"], run_where))
         parsed.append({"name": block_name, "where": w, "tune": block.get("tune"), "items": items,
-                       "swept": swept})
+                       "swept": swept, "swept_all": swept_all, "extend": block.get("extend")})
 
     def resolve(config: dict, run_where: str) -> dict:
         try:
@@ -571,6 +684,8 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
     # Ordinary blocks first, in file order: their runs, keys and order do not depend on any tuning.
     tunes = {p["name"]: loader.tune(p["tune"], f"{p['where']}.tune", p, parsed)
              for p in parsed if p["tune"] is not None}
+    extends = {p["name"]: loader.extend(p["extend"], f"{p['where']}.extend", p)
+               for p in parsed if p["extend"] is not None}
     runs: dict[str, RunSpec] = {}
     block_runs: dict[str, list[RunSpec]] = {}
     for p in parsed:
@@ -583,16 +698,26 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
             mine.append(spec)
             if spec.key not in runs:
                 runs[spec.key] = spec
+    groups: dict[str, list[ExtendGroup]] = {}
+    for p in parsed:
+        if p["extend"] is not None:
+            groups[p["name"]] = _extend_groups(p["name"], p["where"], extends[p["name"]], block_runs[p["name"]],
+                                               resolve)
+    extensions = [g for gs in groups.values() for g in gs]
     tuned: dict[tuple, TunedSpec] = {}
     for p in parsed:
         if p["tune"] is None:
             continue
         tune = tunes[p["name"]]
         index: dict[str, list[tuple[str, Any]]] = {}
+        ext_index: dict[str, list[ExtendGroup]] = {}
         for src in tune.sources:
             for spec in block_runs[src]:
                 index.setdefault(tuning_ident(spec.config, spec.label), []).append(
                     (spec.key, spec.config.get(tune.field)))
+            for g in groups.get(src, []):
+                if g.extend.field == tune.field:  # another field's extension does not change this choice
+                    ext_index.setdefault(tuning_ident(g.config, g.label), []).append(g)
         for config, label, run_where in p["items"]:
             probe = resolve(config, run_where)
             tuning = index.get(tuning_ident(probe, label))
@@ -604,8 +729,10 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
                                 f"model and loss to tune {tune.field!r} on (same dataset/params/classes, model/"
                                 f"params, loss/params and label); labels there for this dataset and model: "
                                 f"{', '.join(near) or 'none'}")
-            tuning_keys = {k for k, _ in tuning}
-            values = sorted({canonical_json(v): v for _, v in tuning}.values(), key=value_order)
+            extending = tuple(ext_index.get(tuning_ident(probe, label), ()))
+            ladder = [(s.key, v) for g in extending for v, specs in g.down + g.up for s in specs]
+            tuning_keys = {k for k, _ in tuning + ladder}
+            values = sorted({canonical_json(v): v for _, v in tuning + ladder}.values(), key=value_order)
             candidates = []
             for value in values:
                 cfg = resolve({**config, tune.field: value}, f"{run_where} {tune.field}={value!r}")
@@ -616,13 +743,66 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
                                     f"(or regimes) than the blocks it is tuned on")
                 candidates.append((value, spec))
             t = TunedSpec(config=candidates[0][1].config, label=label, grid=p["name"], tune=tune,
-                          tuning=tuple(tuning), candidates=tuple(candidates))
+                          tuning=tuple(tuning), candidates=tuple(candidates), extending=extending)
             tuned.setdefault(tuple(s.key for _, s in candidates), t)
     verdict = doc.get("verdict")
     if verdict is not None and not isinstance(verdict, dict):
         raise GridError(f"{where}: verdict = {verdict!r}: expected a [verdict] table")
     return Grid(name=grid_name, path=path, text=text, runs=list(runs.values()), tuned=list(tuned.values()),
-                verdict=verdict)
+                extensions=extensions, verdict=verdict)
+
+
+def _extend_groups(block: str, where: str, ext: ExtendSpec, specs: list[RunSpec], resolve) -> list[ExtendGroup]:
+    """A block's runs grouped by everything but ``ext.field`` and the seed, each with its ladder of values."""
+    field = ext.field
+    members: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        ident = canonical_json([{k: v for k, v in spec.config.items() if k not in (field, "seed")}, spec.label])
+        members.setdefault(ident, []).append(spec)
+    out = []
+    for runs in members.values():
+        first = runs[0]
+        run_where = f"{where}: runs {describe_group(first.config, first.label)}"
+        values = sorted({canonical_json(s.config[field]): s.config[field] for s in runs}.values(), key=value_order)
+        bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0]
+        if bad:
+            raise GridError(f"{run_where}: sweep {field} = {values!r}: extend needs numbers > 0 (it multiplies "
+                            f"and divides by the factor); got {bad[0]!r}")
+        if len(values) < 2:
+            raise GridError(f"{run_where}: sweep {field} = {values!r}: extend needs at least 2 swept values (a "
+                            f"winner at an edge means something only next to another value)")
+        base: dict[int, dict] = {}
+        for s in runs:
+            base.setdefault(s.config["seed"], s.config)
+        seeds = tuple(base)
+        ladders, blocked = [], []
+        for start, step in ((values[0], 1.0 / ext.factor), (values[-1], ext.factor)):
+            ladder, why, value = [], "", start
+            for _ in range(ext.max_steps):
+                value = float(f"{value * step:.{EXTEND_DIGITS}g}")
+                problem = field_problem(field, value)
+                if problem is not None:
+                    why = f"the next value {field}={value!r} is not valid: {problem}"
+                    break
+                try:
+                    row = tuple(RunSpec(key=run_key(cfg), config=cfg, label=first.label, grid=block)
+                                for cfg in (resolve({**base[seed], field: value}, f"{run_where} {field}={value!r}")
+                                            for seed in seeds))
+                except GridError as exc:
+                    why = f"the next value {field}={value!r} is not valid: {exc}"
+                    break
+                ladder.append((value, row))
+            ladders.append(tuple(ladder))
+            blocked.append(why)
+        out.append(ExtendGroup(grid=block, label=first.label, extend=ext, seeds=seeds,
+                               swept=tuple((s.config[field], s) for s in runs), down=ladders[0], up=ladders[1],
+                               down_blocked=blocked[0], up_blocked=blocked[1]))
+    return out
+
+
+def describe_group(config: dict, label: str) -> str:
+    """dataset regime model label of a group of runs (the runner's ``describe`` without the seed)."""
+    return f"{config.get('dataset')} {config.get('regime')} {config.get('model')} {label}"
 
 
 # ------------------------------------------------------------------------------------------- tuning
@@ -676,15 +856,108 @@ class TuneState:
     message: str = ""
 
 
+@dataclasses.dataclass
+class ExtensionState:
+    """Where an :class:`ExtendGroup` stands, a pure function of the stored runs (:func:`extension_state`).
+
+    ``kind``: ``wait`` (runs of the current values unfinished: ``pending``; the runner runs them), ``settled``
+    (``best`` is the winner; ``edge`` is ``"low"``/``"high"`` when it is still the smallest/largest value
+    because the ladder in that direction is used up, else None) or ``failed`` (no run has the metric).
+    ``runs``: (value, run) of every value so far, the sweep's and the ``added`` ones (value order);
+    ``finished``/``total`` count those runs; ``message`` says it in words."""
+
+    kind: str
+    runs: list[tuple[Any, RunSpec]]
+    added: tuple
+    finished: int
+    total: int
+    pending: list[RunSpec] = dataclasses.field(default_factory=list)
+    best: Any = None
+    edge: str | None = None
+    message: str = ""
+
+    @property
+    def at_edge(self) -> bool:
+        """True when the final winner is the smallest or largest value tried (extensions used up)."""
+        return self.kind == "settled" and self.edge is not None
+
+
+def _finished(key: str, rows: dict, unfinished) -> bool:
+    return key not in unfinished and rows.get(key, ("todo",))[0] in ("done", "failed")
+
+
+def extension_state(g: ExtendGroup, rows: dict[str, tuple[str, dict | None]],
+                    unfinished: set[str] = frozenset()) -> ExtensionState:
+    """Replay the extension of ``g`` on the stored runs (``rows``/``unfinished`` as for :func:`tune_state`).
+
+    Start with the swept values. While every run of the current values is finished: choose the best value
+    as tuning does (:func:`choose_value`: lowest mean metric over the done runs, ties by val/nll then the
+    smaller value; failed runs ignored, so a value whose runs all failed is tried but never wins); when it
+    is the smallest value and the down ladder has a next value, add it (all seeds); likewise the largest
+    and the up ladder; otherwise settle. The same rows always give the same state, so a killed or
+    parallel runner recomputes it from the database and never loses or repeats a decision."""
+    field, ext = g.extend.field, g.extend
+    n_down = n_up = 0
+    while True:
+        runs = list(g.swept) + [(v, s) for v, specs in g.down[:n_down] + g.up[:n_up] for s in specs]
+        runs.sort(key=lambda vs: value_order(vs[0]))
+        added = tuple(sorted([v for v, _ in g.down[:n_down]] + [v for v, _ in g.up[:n_up]], key=value_order))
+        pending = [s for _, s in runs if not _finished(s.key, rows, unfinished)]
+        finished, total = len(runs) - len(pending), len(runs)
+        done_note = f"added {field}=" + ", ".join(repr(v) for v in added) if added else "nothing added yet"
+        if pending:
+            return ExtensionState("wait", runs, added, finished, total, pending=pending,
+                                  message=f"waiting to decide extension of {field} ({done_note}; "
+                                          f"{finished}/{total} runs finished)")
+        choice = choose_value([(v, rows[s.key][1]) for v, s in runs if rows[s.key][0] == "done"], ext.metric)
+        if choice is None:
+            return ExtensionState("failed", runs, added, finished, total,
+                                  message=f"cannot decide extension of {field}: no run has metric "
+                                          f"{ext.metric!r} (every run failed?)")
+        values = [v for v, _ in runs]
+        best = choice.value
+        if best == values[0] and n_down < len(g.down):
+            n_down += 1
+            continue
+        if best == values[-1] and n_up < len(g.up):
+            n_up += 1
+            continue
+        edge = "low" if best == values[0] else "high" if best == values[-1] else None
+        added_note = ("added " + ", ".join(repr(v) for v in added)) if added else "no extension needed"
+        if edge is None:
+            message = f"{field}={best!r} wins inside the values tried ({added_note})"
+        else:
+            n = n_down if edge == "low" else n_up
+            blocked = g.down_blocked if edge == "low" else g.up_blocked
+            word = "smallest" if edge == "low" else "largest"
+            message = (f"AT EDGE: {field}={best!r} is still the {word} value tried after {n} extension(s) "
+                       f"{'down' if edge == 'low' else 'up'}" + (f" ({blocked})" if blocked and n < ext.max_steps
+                                                                 else f" (max_steps = {ext.max_steps})")
+                       + f"; {added_note}")
+        return ExtensionState("settled", runs, added, finished, total, best=best, edge=edge, message=message)
+
+
 def tune_state(t: TunedSpec, rows: dict[str, tuple[str, dict | None]], unfinished: set[str] = frozenset()
                ) -> TuneState:
     """``rows``: key -> (status, metrics) from the database; ``unfinished``: keys this process still has to
     run (queued, in flight, or failed runs to retry). A tuning run counts as finished when it is stored
-    done or failed and not in ``unfinished``; failed ones are ignored when choosing."""
-    total = len(t.tuning)
-    finished = [(k, v) for k, v in t.tuning if k not in unfinished and rows.get(k, ("todo",))[0] in ("done", "failed")]
-    if len(finished) < total:
-        return TuneState("wait", len(finished), total)
+    done or failed and not in ``unfinished``; failed ones are ignored when choosing. With ``extending``
+    groups, the run waits until each has settled (:func:`extension_state`); their added runs then count
+    as tuning runs."""
+    tuning = list(t.tuning)
+    waiting = []
+    for g in t.extending:
+        st = extension_state(g, rows, unfinished)
+        if st.kind == "wait":
+            waiting.append(g)
+        swept = {s.key for _, s in g.swept}
+        tuning += [(s.key, v) for v, s in st.runs if s.key not in swept]
+    total = len(tuning)
+    finished = [(k, v) for k, v in tuning if _finished(k, rows, unfinished)]
+    if waiting or len(finished) < total:
+        message = (f"extension of {t.tune.field} undecided in {len(waiting)} group(s) of "
+                   f"{', '.join(sorted({g.grid for g in waiting}))}" if waiting else "")
+        return TuneState("wait", len(finished), total, message=message)
     done = [(v, rows[k][1]) for k, v in finished if rows[k][0] == "done"]
     choice = choose_value(done, t.tune.metric)
     if choice is None:

@@ -18,6 +18,10 @@
   in the database (another shard's, or running in another process) stay waiting: they are counted in
   the summary and run by a later invocation once the database has them (for shards: ``gence merge``
   the shard databases into each shard's database, then run the shards again).
+- Extending sweeps (blocks with ``extend``) are decided the same way: whenever a run of a sweep ends, its
+  state is recomputed from the database (:func:`gence.experiments.grid.extension_state`) and the runs it
+  adds are queued; a tuned run on that block waits until the sweep has settled. ``RunnerSummary.extensions``
+  holds every sweep's final state (``at_edge``: the winner is still at an edge after ``max_steps``).
 
 The run function is injectable: ``run_fn(config: dict) -> (metrics: dict, extras)``, given as a callable
 or as ``"module:function"`` (it must be importable by name when ``workers > 1``). The default,
@@ -52,7 +56,8 @@ from tqdm.auto import tqdm
 
 from gence.contract import KEY_EXCLUDED_FIELDS, TrainConfig
 from gence.experiments.db import ResultsDB, hardware_string, software_versions
-from gence.experiments.grid import RunSpec, TunedSpec, tune_state
+from gence.experiments.grid import (ExtendGroup, ExtensionState, RunSpec, TunedSpec, describe_group,
+                                    extension_state, tune_state)
 from gence.train import fit
 
 RunFunction = Callable[[dict], "tuple[dict, Any]"]
@@ -102,6 +107,8 @@ class RunnerSummary:
     held_elsewhere: int = 0     # claimed by another live process
     waiting: int = 0            # tuned runs whose tuning runs are not finished (another shard/process)
     untunable: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # tuned runs: every tuning run failed
+    extension_runs: int = 0     # runs added by extensions and queued by this invocation
+    extensions: list[tuple[str, ExtensionState]] = dataclasses.field(default_factory=list)  # (group, final state)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (label/config, last error line)
 
@@ -118,7 +125,27 @@ class RunnerSummary:
                          f"run again once the database has them)")
         if self.untunable:
             parts.append(f"{len(self.untunable)} could not be tuned (every tuning run failed)")
+        if self.extensions:
+            extended = sum(1 for _, st in self.extensions if st.added)
+            parts.append(f"{extended} of {len(self.extensions)} extending sweep(s) extended"
+                         + (f" ({self.extension_runs} run(s) added here)" if self.extension_runs else ""))
+        if self.undecided:
+            parts.append(f"{self.undecided} sweep(s) waiting to decide extension (runs not finished here: "
+                         f"another shard or process; run again once the database has them)")
+        if self.at_edge:
+            parts.append(f"{len(self.at_edge)} sweep(s) AT AN EDGE after their last extension")
         return ", ".join(parts) + f" in {self.seconds:.1f} s"
+
+
+    @property
+    def undecided(self) -> int:
+        """Extending sweeps still waiting for runs when this invocation ended."""
+        return sum(1 for _, st in self.extensions if st.kind == "wait")
+
+    @property
+    def at_edge(self) -> list[tuple[str, str]]:
+        """(sweep, message) for each extending sweep whose final winner is at an edge after max_steps."""
+        return [(what, st.message) for what, st in self.extensions if st.at_edge]
 
 
 def describe(spec: RunSpec) -> str:
@@ -224,10 +251,11 @@ def auto_workers(specs: Sequence[RunSpec], runtime: dict | None = None, *, max_w
 
 
 class _Scheduler:
-    """The runs still to do in this invocation: a queue of ready specs, and tuned runs that wait."""
+    """The runs still to do in this invocation: a queue of ready specs, tuned runs that wait, and
+    extending sweeps (``ExtendGroup``) not yet settled, whose next runs are queued as they are decided."""
 
     def __init__(self, db: ResultsDB, specs: list[RunSpec], tuned: list[TunedSpec], retry_failed: bool,
-                 summary: RunnerSummary):
+                 summary: RunnerSummary, extensions: Sequence[ExtendGroup] = ()):
         self.db, self.retry_failed, self.summary = db, retry_failed, summary
         status = db.statuses()
         self.queue: deque[RunSpec] = deque()
@@ -237,8 +265,19 @@ class _Scheduler:
         for spec in specs:
             self._add(spec, status.get(spec.key))
         self.waiting = list(tuned)
-        self.tuning_keys = {k for t in self.waiting for k in t.tuning_keys}
-        self.released: list[tuple[TunedSpec, str]] = []   # (tuned run, outcome) for the progress bar
+        self.groups = list(extensions)
+        if retry_failed:  # an extension run stored failed is run again before its sweep is decided further
+            ladder = {s.key: s for g in self.groups for _, specs in g.down + g.up for s in specs}
+            for key, st in db.statuses(list(ladder)).items():
+                if st == "failed":
+                    self._add(ladder[key], st)
+        self.released: list[tuple[TunedSpec | None, str]] = []   # (tuned run, outcome) for the progress bar
+        self._watch()
+
+    def _watch(self) -> None:
+        """The keys whose outcome may release a tuned run or decide an extension."""
+        self.tuning_keys = ({k for t in self.waiting for k in t.tuning_keys}
+                            | {k for g in self.groups for k in g.keys})
 
     def _add(self, spec: RunSpec, st: str | None) -> bool:
         if spec.key in self.known:
@@ -264,14 +303,18 @@ class _Scheduler:
         return key in self.tuning_keys
 
     def release(self) -> int:
-        """Queue the tuned runs whose tuning runs are all finished; returns how many were queued."""
-        if not self.waiting:
+        """Queue the runs extensions have decided to add, and the tuned runs whose tuning runs (and
+        extensions) are all finished; returns how many were queued."""
+        if not self.waiting and not self.groups:
             return 0
         rows = self.db.states(self.tuning_keys)
+        queued = self._extend(rows)
+        if not self.waiting:
+            self._watch()
+            return queued
         states = [(t, tune_state(t, rows, self.unfinished)) for t in self.waiting]
         ready_keys = [st.spec.key for _, st in states if st.kind == "ready"]
         stored = {k: v[0] for k, v in self.db.states(ready_keys).items()} if ready_keys else {}
-        queued = 0
         still = []
         for t, st in states:
             if st.kind == "wait":
@@ -284,7 +327,26 @@ class _Scheduler:
                 queued += added
                 self.released.append((t, "queued" if added else "skipped"))
         self.waiting = still
-        self.tuning_keys = {k for t in self.waiting for k in t.tuning_keys}
+        self._watch()
+        return queued
+
+    def _extend(self, rows: dict) -> int:
+        """Queue the undecided sweeps' next runs (never their swept runs: those are in the run list, or
+        another shard's); drop the settled sweeps."""
+        queued = 0
+        still = []
+        for g in self.groups:
+            st = extension_state(g, rows, self.unfinished)
+            if st.kind != "wait":
+                continue
+            still.append(g)
+            swept = {s.key for _, s in g.swept}
+            for spec in st.pending:
+                if spec.key not in swept and self._add(spec, rows.get(spec.key, (None,))[0]):
+                    queued += 1
+                    self.summary.extension_runs += 1
+                    self.released.append((None, "extension"))
+        self.groups = still
         return queued
 
 
@@ -292,13 +354,15 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
              threads: int | None = None, retry_failed: bool = False, run_fn: RunFunction | str | None = None, progress: bool = True,
              runtime: dict | None = None, lease_seconds: float = 600.0,
              grid_text: tuple[str, str | None, str] | None = None,
-             tuned: Sequence[TunedSpec] = ()) -> RunnerSummary:
+             tuned: Sequence[TunedSpec] = (), extensions: Sequence[ExtendGroup] = ()) -> RunnerSummary:
     """Run every spec not yet done in ``db_path``; see the module docstring for the guarantees.
 
     ``threads``: torch threads per run (default: unchanged with one worker, cores // workers otherwise).
     ``runtime``: settings applied at run time that do not change a run's key (``data_dir``, ``device``).
     ``grid_text``: (name, path, TOML text) stored in the database for the report header.
-    ``tuned``: runs of blocks with ``tune`` (``Grid.tuned``), run once their tuning runs are finished."""
+    ``tuned``: runs of blocks with ``tune`` (``Grid.tuned``), run once their tuning runs are finished.
+    ``extensions``: sweeps of blocks with ``extend`` (``Grid.extensions``); their added runs are queued as
+    soon as they are decided, and ``RunnerSummary.extensions`` holds each one's state at the end."""
     runtime = dict(runtime or {})
     for key in runtime:
         if key not in RUNTIME_FIELDS:
@@ -308,17 +372,23 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
         raise ValueError(f"workers = {workers}: expected >= 1")
     specs = list(specs)
     tuned = list(tuned)
+    extensions = list(extensions)
     summary = RunnerSummary(planned=len(specs) + len(tuned))
     start = time.perf_counter()
     db = ResultsDB(db_path, lease_seconds=lease_seconds)
     try:
         if grid_text is not None:
             db.add_grid(*grid_text)
-        sched = _Scheduler(db, specs, tuned, retry_failed, summary)
+        sched = _Scheduler(db, specs, tuned, retry_failed, summary, extensions)
         bar = _progress_bar(len(sched.queue) + len(sched.waiting), progress)
 
         def account_released():
             for t, what in sched.released:
+                if what == "extension":
+                    if bar is not None:
+                        bar.total += 1
+                        bar.refresh()
+                    continue
                 if what == "untunable":
                     msg = f"not run: {describe(t)}: {[m for d, m in summary.untunable if d == describe(t)][-1]}"
                     if bar is not None:
@@ -381,6 +451,10 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
             _run_workers(sched, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, threads,
                          record, account_released)
         summary.waiting = len(sched.waiting)
+        if extensions:
+            rows = db.states({k for g in extensions for k in g.keys})
+            summary.extensions = [(describe_group(g.config, g.label), extension_state(g, rows, sched.unfinished))
+                                  for g in extensions]
         if bar is not None:
             bar.close()
     finally:
