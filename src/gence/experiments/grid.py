@@ -525,10 +525,7 @@ class _Loader:
         if field in block["swept"]:
             raise GridError(f"{where}.field = {field!r}: this block sweeps {field!r} too; a tuned field takes "
                             f"one value, remove it from the block's sweep")
-        metric = value.get("metric", DEFAULT_TUNE_METRIC)
-        if not isinstance(metric, str) or not metric:
-            raise GridError(f"{where}.metric = {metric!r}: expected a metric key such as 'val/error' "
-                            f"(lower is better)")
+        metric = _check_metric(value.get("metric", DEFAULT_TUNE_METRIC), where)
         return TuneSpec(sources=tuple(sources), field=field, metric=metric)
 
     def extend(self, value: Any, where: str, block: dict) -> ExtendSpec:
@@ -558,10 +555,7 @@ class _Loader:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise GridError(f"{where}.max_steps = {steps!r}: expected an integer >= 0 (extensions in each "
                             f"direction at most)")
-        metric = value.get("metric", DEFAULT_TUNE_METRIC)
-        if not isinstance(metric, str) or not metric:
-            raise GridError(f"{where}.metric = {metric!r}: expected a metric key such as 'val/error' "
-                            f"(lower is better)")
+        metric = _check_metric(value.get("metric", DEFAULT_TUNE_METRIC), where)
         return ExtendSpec(field=field, factor=float(factor), max_steps=steps, metric=metric)
 
     def overrides(self, value: Any) -> list[tuple[dict, dict]]:
@@ -596,6 +590,13 @@ class _Loader:
                         (TypeError, ValueError), f"{where}.model_params")
             config["model_params"] = merged
         config.update(settings)
+
+
+def _check_metric(metric: Any, where: str) -> str:
+    """The metric a ``tune`` or ``extend`` decision minimises: a non-empty metric key."""
+    if not isinstance(metric, str) or not metric:
+        raise GridError(f"{where}.metric = {metric!r}: expected a metric key such as 'val/error' (lower is better)")
+    return metric
 
 
 def _check_once(kind: str, name: str, params: dict, check, checked: set, errors: tuple, where: str) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -217,15 +216,8 @@ class ConvergenceSpec:
 
 def spec_from_grids(grids: Sequence[dict]) -> ConvergenceSpec | None:
     """The ``[convergence]`` table of the grid files stored in a database (the last one that has it)."""
-    found = None
-    for g in grids:
-        try:
-            table = tomllib.loads(g["text"]).get("convergence")
-        except tomllib.TOMLDecodeError:
-            continue
-        if table is not None:
-            found = ConvergenceSpec.from_table(table, f"grid {g.get('name')}: [convergence]")
-    return found
+    found = T.last_grid_table(grids, "convergence")
+    return None if found is None else ConvergenceSpec.from_table(*found)
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ import math
 import tomllib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from gence.experiments.db import KEY_EXCLUDED_FIELDS, ResultsDB, canonical_json
 from gence.experiments.grid import TuneSpec, tuning_ident, value_order
@@ -654,3 +654,17 @@ def to_csv_text(header, rows) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
+
+
+def last_grid_table(grids: Sequence[dict], key: str) -> tuple[Mapping, str] | None:
+    """The top-level ``[key]`` table of the grid files stored in a database (the last one that has it,
+    unreadable files skipped), with where it came from (``"grid NAME: [key]"``) for error messages."""
+    found = None
+    for g in grids:
+        try:
+            table = tomllib.loads(g["text"]).get(key)
+        except tomllib.TOMLDecodeError:
+            continue
+        if table is not None:
+            found = (table, f"grid {g.get('name')}: [{key}]")
+    return found

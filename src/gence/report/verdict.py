@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -134,15 +133,8 @@ class VerdictSpec:
 
 def spec_from_grids(grids: Sequence[dict]) -> VerdictSpec | None:
     """The ``[verdict]`` table of the grid files stored in a database (the last one that has it)."""
-    found = None
-    for g in grids:
-        try:
-            table = tomllib.loads(g["text"]).get("verdict")
-        except tomllib.TOMLDecodeError:
-            continue
-        if table is not None:
-            found = VerdictSpec.from_table(table, f"grid {g.get('name')}: [verdict]")
-    return found
+    found = T.last_grid_table(grids, "verdict")
+    return None if found is None else VerdictSpec.from_table(*found)
 
 
 # ------------------------------------------------------------------------------------ grid progress
