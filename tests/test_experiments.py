@@ -21,6 +21,8 @@ from gence.experiments import ResultsDB, load_grid, parse_grid, run_grid, shard
 from gence.experiments.db import run_key
 from gence.experiments.grid import GridError, load_demo_grid
 
+import helpers  # tests/helpers.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE_RUN = '''
@@ -298,12 +300,7 @@ def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, mon
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+_alive = helpers.pid_alive
 
 
 def test_two_workers_share_one_db_without_duplicates(tmp_path, fake, monkeypatch):

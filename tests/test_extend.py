@@ -34,6 +34,8 @@ from gence.experiments import parse_grid, run_grid
 from gence.experiments.db import run_key
 from gence.experiments.grid import GridError, extension_state
 
+import helpers  # tests/helpers.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE = '''
@@ -121,19 +123,10 @@ def fake(tmp_path, monkeypatch):
 
 
 def grid_file(tmp_path, text=GRID) -> Path:
-    path = tmp_path / "grid.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
+    return helpers.grid_file(tmp_path, text)
 
 
-def rows(db) -> list[dict]:
-    """Rows read straight from SQLite, independently of the library."""
-    con = sqlite3.connect(db)
-    out = [{"key": k, "status": s, "grid": g, "label": lab, "config": json.loads(c),
-            "metrics": json.loads(m) if m else None}
-           for k, s, g, lab, c, m in con.execute("SELECT key, status, grid, label, config, metrics FROM runs")]
-    con.close()
-    return out
+rows = helpers.stored_rows
 
 
 def content(db) -> dict:
@@ -382,12 +375,7 @@ def test_sigkill_mid_extension_then_rerun_stores_each_run_once(tmp_path, fake, m
     assert content(fresh) == content(db)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+_alive = helpers.pid_alive
 
 
 def test_list_shows_waiting_then_added_values_then_the_edge(tmp_path, fake, capsys):

@@ -24,6 +24,8 @@ from gence.experiments.db import run_key
 from gence.experiments.grid import GridError, choose_value
 from gence.report import write_report
 
+import helpers  # tests/helpers.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 FAKE = '''
@@ -98,19 +100,10 @@ def fake(tmp_path, monkeypatch):
 
 
 def grid_file(tmp_path, text=GRID) -> Path:
-    path = tmp_path / "grid.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
+    return helpers.grid_file(tmp_path, text)
 
 
-def rows(db) -> list[dict]:
-    """Rows read straight from SQLite, independently of the library."""
-    con = sqlite3.connect(db)
-    out = [{"key": k, "status": s, "grid": g, "label": lab, "config": json.loads(c),
-            "metrics": json.loads(m) if m else None}
-           for k, s, g, lab, c, m in con.execute("SELECT key, status, grid, label, config, metrics FROM runs")]
-    con.close()
-    return out
+rows = helpers.stored_rows
 
 
 def expected_lr(all_rows, label, metric="val/error") -> float:
