@@ -1,0 +1,88 @@
+"""What a user meets at the command line: one-line errors naming the flag, the value and what is valid;
+exit code 2 for a usage error; no traceback; nothing stored lost."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from gence.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:   # argparse's own usage errors and --help
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--epochs", "-3"], "gence train: --epochs -3: expected an integer > 0"),
+    (["--batch-size", "0"], "gence train: --batch-size 0: expected an integer > 0"),
+    (["--lr", "-1"], "gence train: --lr -1.0: expected a finite number > 0"),
+    (["--momentum", "1.5"], "gence train: --momentum 1.5: expected a number in [0, 1)"),
+    (["--epochs", "2", "--warmup-epochs", "5"], "gence train: --warmup-epochs 5.0: expected a number <= --epochs 2"),
+    (["--regime", "balanced:0"], "gence train: --regime balanced:0: balanced: n_per_class must be an integer >= 1"),
+    (["--ood", "nope"], "gence train: --ood nope: unknown OOD set"),
+    (["--ood", "heldout"], "gence train: --ood heldout: needs --classes"),
+    (["--threads", "0"], "gence train: --threads 0: expected an integer >= 1"),
+])
+def test_train_rejects_a_bad_value_naming_its_flag(capsys, argv, expected):
+    code, out, err = run_cli(capsys, "train", "--no-progress", *argv)
+    assert code == 2
+    assert one_line(err).startswith(expected)
+    assert "TrainConfig" not in err and out == ""
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--dataset", "cifar11"], "gence train: --dataset 'cifar11': unknown dataset; expected one of: "),
+    (["--model", "nonet"], "gence train: --model 'nonet': unknown model; expected one of: "),
+    (["--loss", "noloss"], "gence train: --loss 'noloss': unknown loss; expected one of: "),
+])
+def test_train_rejects_an_unknown_name_listing_the_valid_ones(capsys, argv, expected):
+    code, _, err = run_cli(capsys, "train", "--no-progress", "--epochs", "1", *argv)
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(expected)
+    valid = {"--dataset": "digits", "--model": "small_cnn", "--loss": "gence"}[argv[0]]
+    assert valid in line.split("expected one of: ")[1].split(", ")
+
+
+def test_train_missing_data_dir_names_the_flag(capsys, monkeypatch):
+    monkeypatch.delenv("GENCE_DATA", raising=False)
+    code, _, err = run_cli(capsys, "train", "--no-progress", "--dataset", "mnist")
+    assert code == 2
+    line = one_line(err)
+    assert "--data-dir DIR" in line and "GENCE_DATA" in line and "data_dir=" not in line
+
+
+def test_train_regime_larger_than_the_data_says_which_flag_to_lower(capsys):
+    # digits: class 0 has 178 images, 59 of them in the test split -> 119 for training + validation;
+    # balanced:100 with 50 validation images per class needs 150.
+    code, _, err = run_cli(capsys, "train", "--no-progress", "--regime", "balanced:100")
+    assert code == 2
+    line = one_line(err)
+    assert "--n-val-per-class 50" in line and "lower --n-val-per-class" in line
+    assert "n_val_per_class=" not in line
+
+
+def test_train_help_shows_each_default_once_and_helps_every_optimisation_flag(capsys):
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0
+    assert "(default: None)" not in out
+    assert out.count("$GENCE_DATA") == 1
+    flat = " ".join(out.split("options:")[1].split())
+    for flag, default in [("--lr LR", "0.05"), ("--epochs EPOCHS", "30"), ("--batch-size BATCH_SIZE", "128"),
+                          ("--momentum MOMENTUM", "0.9"), ("--weight-decay WEIGHT_DECAY", "0.0005"),
+                          ("--warmup-epochs WARMUP_EPOCHS", "1.0"), ("--seed SEED", "0")]:
+        help_text = flat.split(f" {flag} ")[1].split(" --")[0]
+        assert f"(default: {default})" in help_text, (flag, help_text)
