@@ -86,3 +86,47 @@ def test_train_help_shows_each_default_once_and_helps_every_optimisation_flag(ca
                           ("--warmup-epochs WARMUP_EPOCHS", "1.0"), ("--seed SEED", "0")]:
         help_text = flat.split(f" {flag} ")[1].split(" --")[0]
         assert f"(default: {default})" in help_text, (flag, help_text)
+
+
+def _results_db(path) -> None:
+    """An empty results database, written by the package's own writer."""
+    from gence.experiments.db import ResultsDB
+    with ResultsDB(path) as db:
+        db.conn.execute("SELECT 1")
+
+
+def test_report_of_a_file_that_is_not_a_database_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notadb.toml").write_text("x = 1\n")
+    code, out, err = run_cli(capsys, "report", "notadb.toml")
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("gence report: notadb.toml: not a results database")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notadb.toml"]   # no report/ folder
+
+
+def test_merge_with_an_input_that_is_not_a_database_creates_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notadb.toml").write_text("x = 1\n")
+    code, out, err = run_cli(capsys, "merge", "out.sqlite", "notadb.toml")
+    assert code == 2 and out == ""
+    assert one_line(err).startswith("gence merge: notadb.toml: not a results database")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notadb.toml"]   # no empty out.sqlite
+
+
+def test_merge_into_a_file_that_is_not_a_database_leaves_it_untouched(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _results_db(tmp_path / "a.sqlite")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    code, _, err = run_cli(capsys, "merge", "notes.txt", "a.sqlite")
+    assert code == 2
+    assert one_line(err).startswith("gence merge: notes.txt (OUTPUT): not a results database")
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
+def test_merge_of_a_missing_input_names_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "merge", "out.sqlite", "missing.sqlite")
+    assert code == 2
+    assert one_line(err) == "gence merge: missing.sqlite: does not exist"
+    assert list(tmp_path.iterdir()) == []

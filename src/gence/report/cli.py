@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from gence.experiments.db import database_problem
 from gence.report.convergence import ConvergenceError, ConvergenceSpec
 from gence.report.opening import opening_section
 from gence.report.sections import DEFAULT_SECTIONS, with_pilot, with_verdict
@@ -97,8 +98,10 @@ def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, An
 
 
 def report_main(args: argparse.Namespace) -> int:
-    if not Path(args.db).exists():
-        print(f"gence report: results database {args.db} does not exist", file=sys.stderr)
+    problem = database_problem(args.db)
+    if problem is not None:
+        print(f"gence report: {args.db}: {problem}; expected a results database written by `gence bench`",
+              file=sys.stderr)
         return 2
     spec = None
     try:
