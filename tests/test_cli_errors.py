@@ -130,3 +130,25 @@ def test_merge_of_a_missing_input_names_it(capsys, tmp_path, monkeypatch):
     assert code == 2
     assert one_line(err) == "gence merge: missing.sqlite: does not exist"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_without_matplotlib_stops_before_it_trains(capsys, tmp_path, monkeypatch):
+    """A partial install (no matplotlib) is told so before any run, not after all of them."""
+    import sys
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code, out, err = run_cli(capsys, "bench", "--db", "runs.sqlite", "--quiet")
+    assert code == 1 and out == ""
+    line = one_line(err)
+    assert "need matplotlib" in line and "pip install matplotlib" in line and "--no-report" in line
+    assert list(tmp_path.iterdir()) == []   # nothing trained, no database
+
+
+def test_pyproject_makes_what_the_main_job_needs_a_base_dependency():
+    import tomllib
+    from pathlib import Path
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    base = {d.split(";")[0].split(">")[0].split("=")[0].strip().lower() for d in project["dependencies"]}
+    assert {"matplotlib", "pillow"} <= base
+

@@ -47,6 +47,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=report_main)
 
 
+def missing_dependency() -> str | None:
+    """What the report needs that is not installed (its plots need matplotlib), as a line to print, or None;
+    checked before anything runs, so a benchmark never trains for a report it cannot write."""
+    try:
+        import matplotlib.figure  # noqa: F401  (imported here only to check; the plots import it where used)
+    except ImportError:
+        return ("the report's plots need matplotlib, which is not installed here: pip install matplotlib "
+                "(it is a dependency of gence; a partial install lacks it)")
+    return None
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The command that writes this report again: what was asked, defaults left out."""
     parts = ["gence", "report", args.db, "-o", args.out]
@@ -99,6 +110,9 @@ def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, An
 
 def report_main(args: argparse.Namespace) -> int:
     problem = database_problem(args.db)
+    if problem is None and (missing := missing_dependency()) is not None:
+        print(f"gence report: {missing}", file=sys.stderr)
+        return 1
     if problem is not None:
         print(f"gence report: {args.db}: {problem}; expected a results database written by `gence bench`",
               file=sys.stderr)
