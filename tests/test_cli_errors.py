@@ -152,3 +152,19 @@ def test_pyproject_makes_what_the_main_job_needs_a_base_dependency():
     base = {d.split(";")[0].split(">")[0].split("=")[0].strip().lower() for d in project["dependencies"]}
     assert {"matplotlib", "pillow"} <= base
 
+
+def test_readme_installs_only_what_can_be_installed():
+    """gence is not on PyPI: the README never says `pip install gence[...]`, and every extra its commands
+    name exists in pyproject.toml."""
+    import re
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not re.search(r"pip install ['\"]?gence\b", readme)
+    named = re.findall(r"pip install -e ['\"]?\.\[([a-z,]+)\]", readme)
+    assert named, "the README's commands install the clone"
+    for group in named:
+        assert set(group.split(",")) <= set(extras), group
+    assert "pip wheel . " in readme   # how to install elsewhere
