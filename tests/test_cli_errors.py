@@ -168,3 +168,15 @@ def test_readme_installs_only_what_can_be_installed():
     for group in named:
         assert set(group.split(",")) <= set(extras), group
     assert "pip wheel . " in readme   # how to install elsewhere
+
+
+def test_gence_alone_runs_nothing_and_names_the_main_job(capsys, tmp_path, monkeypatch):
+    import gence.bench
+    ran = []
+    monkeypatch.setattr(gence.bench, "bench_main", lambda args: ran.append(args) or 0)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys)
+    assert code == 2 and not ran and list(tmp_path.iterdir()) == []
+    assert err.rstrip().splitlines()[-1] == "gence: no COMMAND given (the main job is `gence bench`)"
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "`gence bench` runs the default benchmark" in " ".join(out.split())
