@@ -180,3 +180,20 @@ def test_gence_alone_runs_nothing_and_names_the_main_job(capsys, tmp_path, monke
     assert err.rstrip().splitlines()[-1] == "gence: no COMMAND given (the main job is `gence bench`)"
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "`gence bench` runs the default benchmark" in " ".join(out.split())
+
+
+def test_gence_loss_arguments_after_weight_are_keyword_only():
+    """CrossEntropyLoss's positional order is (weight, size_average, ignore_index, reduce, reduction, ...):
+    GenCELoss(None, None, 1) written for it must fail naming the positional arguments, not bind None to
+    ignore_index and 1 to reduction."""
+    import torch
+    from gence import GenCELoss, gen_cross_entropy
+    with pytest.raises(TypeError, match="positional argument"):
+        GenCELoss(None, None, 1)
+    with pytest.raises(TypeError, match="positional argument"):
+        gen_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), None, None, 1)
+    # weight stays positional, as in CrossEntropyLoss; with generative_weight=0 the loss is cross-entropy
+    w = torch.tensor([1.0, 2.0, 0.5])
+    logits, target = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]), torch.tensor([0, 1])
+    expected = torch.nn.CrossEntropyLoss(w)(logits, target)
+    assert torch.allclose(GenCELoss(w, generative_weight=0.0)(logits, target), expected)
