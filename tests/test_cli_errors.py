@@ -197,3 +197,32 @@ def test_gence_loss_arguments_after_weight_are_keyword_only():
     logits, target = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]), torch.tensor([0, 1])
     expected = torch.nn.CrossEntropyLoss(w)(logits, target)
     assert torch.allclose(GenCELoss(w, generative_weight=0.0)(logits, target), expected)
+
+
+def test_properness_writes_its_report_next_to_the_database_not_into_docs(capsys, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+    stored = Path(__file__).parent.parent / "results" / "properness.sqlite"
+    (tmp_path / "store").mkdir()
+    shutil.copy(stored, tmp_path / "store" / "p.sqlite")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "properness", "--report-only", "--db", "store/p.sqlite")
+    assert code == 0, err
+    assert not (tmp_path / "docs").exists()
+    page = (tmp_path / "store" / "properness.md").read_text()
+    assert "gence properness --db store/p.sqlite" in page
+    assert "report written to store/properness.md" in out
+
+
+def test_properness_report_only_on_an_empty_database_writes_no_page(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _results_db(tmp_path / "empty.sqlite")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run_cli(capsys, "properness", "--report-only", "--db", "empty.sqlite")
+    assert code == 2 and out == ""
+    line = one_line(err)
+    assert line.startswith("gence properness: --report-only --db empty.sqlite: holds no run of the properness study")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    code, _, err = run_cli(capsys, "properness", "--report-only", "--db", "missing.sqlite")
+    assert code == 2 and one_line(err) == "gence properness: --report-only --db missing.sqlite: does not exist"
+    assert not (tmp_path / "missing.sqlite").exists()
