@@ -226,3 +226,45 @@ def test_properness_report_only_on_an_empty_database_writes_no_page(capsys, tmp_
     code, _, err = run_cli(capsys, "properness", "--report-only", "--db", "missing.sqlite")
     assert code == 2 and one_line(err) == "gence properness: --report-only --db missing.sqlite: does not exist"
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+NOISE_GRID = """
+[train]
+epochs = 1
+[grid]
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["mlp"]
+losses = ["ce"]
+seeds = [0]
+"""
+
+
+def test_bench_with_nothing_left_to_run_prints_no_empty_bar_and_leaves_no_empty_folder(capsys, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.toml").write_text(NOISE_GRID)
+    for _ in range(2):
+        code, _, err = run_cli(capsys, "bench", "g.toml", "--db", "r.sqlite", "--no-report", "--workers", "1")
+        assert code == 0, err
+    assert "0run" not in err and "?run/s" not in err
+    assert "1 already done" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml", "r.sqlite"]
+
+
+def _warns(config):
+    import warnings
+    warnings.warn("the optimum reached the bound", RuntimeWarning)
+    return {"m": 1.0}, None
+
+
+def test_a_warning_of_a_run_is_one_line_naming_the_run(capsys, tmp_path):
+    from gence.experiments.grid import parse_grid
+    from gence.experiments.runner import describe, run_grid
+    grid = parse_grid(NOISE_GRID)
+    summary = run_grid(grid.runs, tmp_path / "r.sqlite", run_fn=_warns, progress=True)
+    assert summary.done == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if "optimum" in line]
+    assert lines == [f"warning: {describe(grid.runs[0])}: RuntimeWarning: the optimum reached the bound"]
+    assert "warnings.warn(" not in err   # no echoed source line

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import sys
+import warnings
 
 import torch
 
@@ -220,7 +221,9 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = fit(config, progress=not args.no_progress, checkpoint=args.checkpoint)
+        with warnings.catch_warnings(record=True) as caught:  # printed after the progress bar, one line each
+            warnings.simplefilter("default")
+            result = fit(config, progress=not args.no_progress, checkpoint=args.checkpoint)
     except (ValueError, FileNotFoundError) as exc:
         # what fit rejects before it trains: a name no registry knows, data that is not there, a regime
         # the data cannot fill, a parameter a model or loss does not take
@@ -232,6 +235,8 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"gence train: the run failed: {exc}", file=sys.stderr)
         return 1
+    for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+        print(f"gence train: warning: {message}", file=sys.stderr)
     print(f"{config.dataset} {config.regime}, {config.model}, loss {config.loss}, {config.epochs} epochs, "
           f"seed {config.seed} ({result.extras['hardware']})")
     print(format_metrics(result.metrics))
