@@ -142,10 +142,10 @@ def test_reliability_plot_from_stored_bins_and_into_a_given_axes(tmp_path):
     fig.savefig(tmp_path / "two.png")
 
 
-def test_plotting_without_matplotlib_names_the_extra(monkeypatch):
+def test_plotting_without_matplotlib_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"pip install gence\[plot\]"):
+    with pytest.raises(ImportError, match=r"pip install matplotlib"):
         plot_reliability(np.array([[0.5, 0.5]]), [0])
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from gence.experiments.cli import add_bench_arguments, run_bench
-from gence.report.cli import write_for
+from gence.report.cli import missing_dependency, write_for
 
 DEFAULT_REPORT_DIR = "report"
 
@@ -30,6 +30,9 @@ def register(subparsers) -> None:
 
 
 def bench_main(args: argparse.Namespace) -> int:
+    if not (args.no_report or args.list or args.shard) and (missing := missing_dependency()) is not None:
+        print(f"gence bench: {missing}; or pass --no-report to only run", file=sys.stderr)
+        return 1
     outcome = run_bench(args)
     if not outcome.complete or args.no_report:
         return outcome.code

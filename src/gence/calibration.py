@@ -6,7 +6,7 @@ Fit the temperature on a held-out validation split, never on the test split:
     scaler = TemperatureScaler(T)
     test_probs = scaler(test_logits).softmax(dim=1)
 
-The plotting functions need matplotlib (``pip install gence[plot]``), imported only when they run.
+The plotting functions need matplotlib (a dependency of gence), imported only when they run.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _matplotlib_figure():
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError("reliability diagrams need matplotlib: pip install gence[plot]") from exc
+        raise ImportError("reliability diagrams need matplotlib: pip install matplotlib") from exc
     return Figure
 
 

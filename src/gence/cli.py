@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gence",
         description="Generative Cross-Entropy: train, benchmark and report.",
+        epilog="The main job: `gence bench` runs the default benchmark (the built-in digits demo grid) into "
+               "runs/gence.sqlite and writes report/. `gence COMMAND --help` describes each command.",
     )
     from gence import __version__
 
@@ -43,12 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        # `gence` alone runs the main job, the default benchmark, when it exists.
-        if "bench" in parser._subparsers._group_actions[0].choices:  # type: ignore[union-attr]
-            args = parser.parse_args(["bench"] + (argv or []))
-        else:
-            parser.print_help()
-            return 0
+        # `gence` alone is a usage error: the help, on stderr, names the main job; it runs nothing.
+        parser.print_help(sys.stderr)
+        print("\ngence: no COMMAND given (the main job is `gence bench`)", file=sys.stderr)
+        return 2
     return int(args.func(args) or 0)
 
 

@@ -124,7 +124,7 @@ def _pil_image():
     try:
         from PIL import Image  # optional dependency, imported only when image files are decoded
     except ImportError as exc:
-        raise ImportError("decoding image files (JPEG, PNG) needs pillow: pip install gence[bench]") from exc
+        raise ImportError("decoding image files (JPEG, PNG) needs pillow: pip install pillow") from exc
     return Image
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sqlite3
 import sys
 from pathlib import Path
 
-from gence.experiments.db import ResultsDB
+from gence.experiments.db import ResultsDB, database_problem
 from gence.experiments.grid import (Grid, GridError, describe_group, extension_state, load_demo_grid, load_grid,
                                     parse_shard, shard, tune_state)
 from gence.experiments.runner import auto_workers, describe, run_grid
@@ -183,21 +184,33 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
 
 
 def merge_main(args: argparse.Namespace) -> int:
-    missing = [p for p in args.inputs if not Path(p).exists()]
-    if missing:
-        print(f"gence merge: input database(s) not found: {', '.join(missing)}", file=sys.stderr)
+    """Check every database first (inputs readable, output a results database or absent), so a mistake
+    creates nothing and changes nothing; an output created here is removed again when a merge fails."""
+    problems = [f"{p}: {problem}" for p in args.inputs if (problem := database_problem(p)) is not None]
+    output = Path(args.output)
+    if output.exists() and output.stat().st_size and (problem := database_problem(output)) is not None:
+        problems.insert(0, f"{output} (OUTPUT): {problem}")
+    if any(Path(p).resolve() == output.resolve() for p in args.inputs if Path(p).exists()):
+        problems.append(f"{output}: given as OUTPUT and as an INPUT; cannot merge a database into itself")
+    if problems:
+        print("gence merge: " + "; ".join(problems), file=sys.stderr)
         return 2
-    with ResultsDB(args.output) as db:
-        for path in args.inputs:
-            try:
+    created = not output.exists()
+    try:
+        with ResultsDB(output) as db:
+            for path in args.inputs:
                 stats = db.merge_from(path)
-            except ValueError as exc:
-                print(f"gence merge: {exc}", file=sys.stderr)
-                return 2
-            print(f"{path}: " + ", ".join(f"{v} {k}" for k, v in stats.items()))
-            if stats["conflicts"]:
-                print(f"gence merge: warning: {stats['conflicts']} run(s) in {path} were already stored "
-                      f"with different metrics; the first stored row was kept", file=sys.stderr)
-        counts = db.counts()
+                print(f"{path}: " + ", ".join(f"{v} {k}" for k, v in stats.items()))
+                if stats["conflicts"]:
+                    print(f"gence merge: warning: {stats['conflicts']} run(s) in {path} were already stored "
+                          f"with different metrics; the first stored row was kept", file=sys.stderr)
+            counts = db.counts()
+    except (ValueError, sqlite3.DatabaseError) as exc:
+        if created:
+            for leftover in (output, Path(f"{output}-wal"), Path(f"{output}-shm")):
+                leftover.unlink(missing_ok=True)
+        print(f"gence merge: {exc}" + ("" if created else f"; runs merged before it stay in {output}"),
+              file=sys.stderr)
+        return 1
     print(f"{args.output}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 0

@@ -38,7 +38,7 @@ import torch
 import gence
 from gence.contract import KEY_EXCLUDED_FIELDS, canonical_json, run_key
 
-__all__ = ["ResultsDB", "SCHEMA_VERSION", "canonical_json", "run_key", "KEY_EXCLUDED_FIELDS", "hardware_string",
+__all__ = ["ResultsDB", "database_problem", "SCHEMA_VERSION", "canonical_json", "run_key", "KEY_EXCLUDED_FIELDS", "hardware_string",
            "software_versions", "code_revision", "utcnow"]
 
 SCHEMA_VERSION = 1
@@ -145,6 +145,27 @@ def _pid_alive(pid: int) -> bool:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def database_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a results database (``"does not exist"``, ``"not a results database
+    (...)"``), or None; opens it read-only, so it changes nothing and creates nothing."""
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a folder, not a results database"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return f"not a results database (SQLite: {exc})"
+    if "runs" not in tables:
+        return "not a results database (an SQLite file without a runs table)"
+    return None
 
 
 class ResultsDB:

@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -175,7 +176,11 @@ def _execute(db: ResultsDB, spec: RunSpec, run_fn: RunFunction, runtime: dict, r
         kwargs["checkpoint"] = checkpoint_path(db.path, spec.key)
     start = time.perf_counter()
     try:
-        metrics, extras = run_fn(config, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:  # one line each, not mid-progress-bar with source
+            warnings.simplefilter("default")
+            metrics, extras = run_fn(config, **kwargs)
+        for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+            tqdm.write(f"warning: {describe(spec)}: {message}", file=sys.stderr)
     except KeyboardInterrupt:
         db.release(spec.key)  # the checkpoint stays: the next invocation resumes from it
         raise
@@ -459,6 +464,10 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
             bar.close()
     finally:
         db.close()
+    try:  # the checkpoints folder, when no run left a checkpoint in it
+        checkpoint_path(db_path, "-").parent.rmdir()
+    except OSError:
+        pass
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -468,7 +477,7 @@ def _in_main_thread() -> bool:
 
 
 def _progress_bar(total: int, enabled: bool):
-    if not enabled:
+    if not enabled or total == 0:  # nothing left to run: no "0run [00:00, ?run/s]" line
         return None
     return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
 

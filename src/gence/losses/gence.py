@@ -349,6 +349,7 @@ def gen_cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Optional[Tensor] = None,
+    *,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
@@ -356,7 +357,8 @@ def gen_cross_entropy(
     distributed: bool = False,
     process_group: Optional["dist.ProcessGroup"] = None,
 ) -> Tensor:
-    r"""Generative cross-entropy, with the arguments and shapes of ``F.cross_entropy``.
+    r"""Generative cross-entropy, with the arguments and shapes of ``F.cross_entropy`` (those after
+    ``weight`` keyword-only: ``F.cross_entropy``'s positional order has the deprecated ``size_average`` there).
 
     For the batch's log-probabilities ``l = log_softmax(input)`` and ``S[k] = logsumexp_j l[j, k]``
     over the counted samples j of the batch::
@@ -534,12 +536,15 @@ class GenCELoss(nn.Module):
 
     ``L_i = w[y_i] * (lam * logsumexp_j log q(y_i|x_j) - log q(y_i|x_i))`` over the batch, lam =
     ``generative_weight`` (1 = GenCE, 0 = cross-entropy). See :func:`gen_cross_entropy` for every
-    argument; ``weight`` is registered as a buffer so it follows ``.to(device)``.
+    argument; ``weight`` is registered as a buffer so it follows ``.to(device)``. Every argument after
+    ``weight`` is keyword-only: ``nn.CrossEntropyLoss``'s positional order puts the deprecated
+    ``size_average`` second, so a positional call written for it would bind its values to other arguments.
     """
 
     def __init__(
         self,
         weight: Optional[Tensor] = None,
+        *,
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,

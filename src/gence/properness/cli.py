@@ -1,12 +1,15 @@
-"""`gence properness`: run the known-posterior study (resumable) and write docs/properness.md."""
+"""`gence properness`: run the known-posterior study (resumable) and write its report next to the database
+(``--out`` elsewhere; the committed page is ``--db results/properness.sqlite --out docs/properness.md``)."""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
 import time
+from pathlib import Path
 
-from gence.properness.report import write_report
+from gence.experiments.db import ResultsDB, database_problem
+from gence.properness.report import study_rows, write_report
 from gence.properness.study import default_sweep, quick_sweep, run_study
 
 
@@ -21,8 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--db", default="runs/gence.sqlite",
                    help="results database (default: %(default)s, shared with `gence bench`)")
     p.add_argument("--out", default=None,
-                   help="report file; plots go to the folder of the same name without .md "
-                        "(default: docs/properness.md, or runs/properness-quick.md with --quick)")
+                   help="report file; plots go to the folder of the same name without .md (default: "
+                        "properness.md, or properness-quick.md with --quick, in the folder of --db)")
     p.add_argument("--quick", action="store_true",
                    help="a seconds-long version of the sweep (1 seed, few settings, few steps)")
     p.add_argument("--workers", type=int, default=2,
@@ -37,8 +40,17 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"gence properness: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
+    if args.report_only:
+        problem = database_problem(args.db)
+        if problem is None:
+            with ResultsDB(args.db) as db:
+                if not study_rows(db):
+                    problem = "holds no run of the properness study; run `gence properness` without --report-only"
+        if problem is not None:
+            print(f"gence properness: --report-only --db {args.db}: {problem}", file=sys.stderr)
+            return 2
     sweep = quick_sweep() if args.quick else default_sweep()
-    out = args.out or ("runs/properness-quick.md" if args.quick else "docs/properness.md")
+    out = args.out or str(Path(args.db).parent / ("properness-quick.md" if args.quick else "properness.md"))
     command = "gence properness" + (" --quick" if args.quick else "")
     if args.db != "runs/gence.sqlite":
         command += f" --db {shlex.quote(args.db)}"

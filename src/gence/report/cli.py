@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from gence.experiments.db import database_problem
 from gence.report.convergence import ConvergenceError, ConvergenceSpec
 from gence.report.opening import opening_section
 from gence.report.sections import DEFAULT_SECTIONS, with_pilot, with_verdict
@@ -44,6 +45,17 @@ def register(subparsers) -> None:
     p.add_argument("--select-by", default=DEFAULT_SELECT_BY,
                    help=f"validation metric that picks each loss's best swept setting (default: {DEFAULT_SELECT_BY})")
     p.set_defaults(func=report_main)
+
+
+def missing_dependency() -> str | None:
+    """What the report needs that is not installed (its plots need matplotlib), as a line to print, or None;
+    checked before anything runs, so a benchmark never trains for a report it cannot write."""
+    try:
+        import matplotlib.figure  # noqa: F401  (imported here only to check; the plots import it where used)
+    except ImportError:
+        return ("the report's plots need matplotlib, which is not installed here: pip install matplotlib "
+                "(it is a dependency of gence; a partial install lacks it)")
+    return None
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -97,8 +109,13 @@ def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, An
 
 
 def report_main(args: argparse.Namespace) -> int:
-    if not Path(args.db).exists():
-        print(f"gence report: results database {args.db} does not exist", file=sys.stderr)
+    problem = database_problem(args.db)
+    if problem is None and (missing := missing_dependency()) is not None:
+        print(f"gence report: {missing}", file=sys.stderr)
+        return 1
+    if problem is not None:
+        print(f"gence report: {args.db}: {problem}; expected a results database written by `gence bench`",
+              file=sys.stderr)
         return 2
     spec = None
     try:

@@ -15,7 +15,7 @@ def _figure(**kwargs):
     try:  # optional dependency: imported where used
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover
-        raise ImportError("the report's plots need matplotlib: pip install 'gence[plot]'") from exc
+        raise ImportError("the report's plots need matplotlib: pip install matplotlib") from exc
     return Figure(**kwargs)
 
 
