@@ -47,13 +47,13 @@ def import_ray():
 def check_resources(cpus_per_run: float, gpus_per_run: float, max_in_flight: int | None) -> None:
     """ValueError naming the argument when a Ray resource request is not one Ray can schedule."""
     if not (isinstance(cpus_per_run, (int, float)) and cpus_per_run > 0 and math.isfinite(cpus_per_run)):
-        raise ValueError(f"cpus_per_run = {cpus_per_run!r}: expected a number > 0 (fractions allowed)")
+        raise ValueError(f"cpus_per_run (--cpus-per-run) = {cpus_per_run!r}: expected a number > 0 (fractions allowed)")
     if not (isinstance(gpus_per_run, (int, float)) and gpus_per_run >= 0 and math.isfinite(gpus_per_run)):
-        raise ValueError(f"gpus_per_run = {gpus_per_run!r}: expected a number >= 0 (fractions allowed)")
+        raise ValueError(f"gpus_per_run (--gpus-per-run) = {gpus_per_run!r}: expected a number >= 0 (fractions allowed)")
     if gpus_per_run > 1 and gpus_per_run != int(gpus_per_run):
-        raise ValueError(f"gpus_per_run = {gpus_per_run!r}: above 1 it must be a whole number of GPUs")
+        raise ValueError(f"gpus_per_run (--gpus-per-run) = {gpus_per_run!r}: above 1 it must be a whole number of GPUs")
     if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
-        raise ValueError(f"max_in_flight = {max_in_flight!r}: expected an integer >= 1")
+        raise ValueError(f"max_in_flight (--max-in-flight) = {max_in_flight!r}: expected an integer >= 1")
 
 
 def ray_task(run_fn, config: dict, checkpoint: str | None, threads: int) -> tuple[RunOutcome, str, dict]:
@@ -79,7 +79,7 @@ class RayExecutor:
                  threads: int | None = None, init_kwargs: dict | None = None):
         check_resources(cpus_per_run, gpus_per_run, max_in_flight)
         if threads is not None and threads < 1:
-            raise ValueError(f"threads = {threads!r}: expected an integer >= 1")
+            raise ValueError(f"threads (--threads) = {threads!r}: expected an integer >= 1")
         self.ray = import_ray()
         self.address = address
         self.cpus_per_run, self.gpus_per_run = cpus_per_run, gpus_per_run
