@@ -47,9 +47,11 @@ def import_ray():
 def check_resources(cpus_per_run: float, gpus_per_run: float, max_in_flight: int | None) -> None:
     """ValueError naming the argument when a Ray resource request is not one Ray can schedule."""
     if not (isinstance(cpus_per_run, (int, float)) and cpus_per_run > 0 and math.isfinite(cpus_per_run)):
-        raise ValueError(f"cpus_per_run (--cpus-per-run) = {cpus_per_run!r}: expected a number > 0 (fractions allowed)")
+        raise ValueError(f"cpus_per_run (--cpus-per-run) = {cpus_per_run!r}: expected a number > 0 "
+                         f"(fractions allowed)")
     if not (isinstance(gpus_per_run, (int, float)) and gpus_per_run >= 0 and math.isfinite(gpus_per_run)):
-        raise ValueError(f"gpus_per_run (--gpus-per-run) = {gpus_per_run!r}: expected a number >= 0 (fractions allowed)")
+        raise ValueError(f"gpus_per_run (--gpus-per-run) = {gpus_per_run!r}: expected a number >= 0 "
+                         f"(fractions allowed)")
     if gpus_per_run > 1 and gpus_per_run != int(gpus_per_run):
         raise ValueError(f"gpus_per_run (--gpus-per-run) = {gpus_per_run!r}: above 1 it must be a whole number of GPUs")
     if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
