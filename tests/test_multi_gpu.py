@@ -22,7 +22,7 @@ FAKE = '''
 import json, multiprocessing, os, time
 
 def run(config):
-    time.sleep(0.3)
+    time.sleep(1.0)  # long enough that every spawned worker is up before the runs are gone
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write(json.dumps({"worker": multiprocessing.current_process().name,
                             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
@@ -113,7 +113,7 @@ def test_each_worker_sees_its_gpu(fake, tmp_path, monkeypatch, parent_env, expec
                        progress=False)
     assert summary.done == 8
     got = seen(log)
-    assert len(got) >= 2  # 8 runs of 0.3 s on 4 workers: more than one worker ran
+    assert len(got) >= 2  # 8 runs of 1 s on 4 workers: more than one worker ran
     for worker, gpus in got.items():
         assert gpus == {expected[worker]}, worker
 
