@@ -295,7 +295,7 @@ def test_timm_missing_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
-    with pytest.raises(ImportError, match=r"timm:resnet18.*pip install gence\[timm\]"):
+    with pytest.raises(ImportError, match=r"timm:resnet18.*pip install timm"):
         models.build("timm:resnet18", 3, 10, 32)
-    with pytest.raises(ImportError, match=r"gence\[timm\]"):
+    with pytest.raises(ImportError, match=r"pip install timm"):
         models.check_params("timm:resnet18")

@@ -14,6 +14,7 @@ from pathlib import Path
 from gence.experiments.db import ResultsDB, database_problem
 from gence.experiments.grid import (Grid, GridError, describe_group, extension_state, load_demo_grid, load_grid,
                                     parse_shard, shard, tune_state)
+from gence.experiments.ray_backend import RayExecutor
 from gence.experiments.runner import auto_workers, describe, run_grid
 
 DEFAULT_DB = "runs/gence.sqlite"
@@ -42,6 +43,23 @@ def add_bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--run-fn", metavar="MODULE:FUNCTION",
                        help="run function instead of gence.train.fit: called as f(config: dict) and "
                             "returns (metrics: dict, extras); for your own training code")
+    bench.add_argument("--workers-per-gpu", type=int, default=1, metavar="K",
+                       help="with runs that may use a GPU: K workers share each visible GPU (each worker sees "
+                            "one GPU, round robin; --workers auto then means K per GPU) (default: 1)")
+    bench.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local: worker processes on this machine (default); ray: each run is a Ray task, "
+                            "on a local Ray cluster or the one --address names (needs Ray: pip install ray)")
+    bench.add_argument("--address", help="ray: the cluster to join, e.g. auto (a node of a cluster started with "
+                                         "`ray start`) or ray://HOST:10001 (default: start a local cluster)")
+    bench.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
+                       help="ray: CPUs each run reserves; also its torch threads (default: 1)")
+    bench.add_argument("--gpus-per-run", type=float, default=0.0, metavar="F",
+                       help="ray: GPUs each run reserves, fractions pack runs on one GPU, e.g. 0.25 (default: 0)")
+    bench.add_argument("--max-in-flight", type=int, metavar="N",
+                       help="ray: runs submitted at once (default: as many as the cluster's CPUs and GPUs hold)")
+    bench.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="ray: a directory every node sees where runs save their state, so a run cut short "
+                            "resumes (default: none, such a run restarts)")
 
 
 def register(subparsers) -> None:
@@ -85,7 +103,7 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     extensions = shard(grid.extensions, *shard_spec) if shard_spec else grid.extensions
     runtime = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v is not None}
     if args.workers == "auto":
-        workers = auto_workers(list(runs) + list(tuned), runtime)
+        workers = auto_workers(list(runs) + list(tuned), runtime, workers_per_gpu=max(1, args.workers_per_gpu))
     else:
         try:
             workers = int(args.workers)
@@ -97,6 +115,33 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     if args.threads is not None and args.threads < 1:
         print(f"gence bench: --threads {args.threads}: expected an integer >= 1", file=sys.stderr)
         return BenchOutcome(2, grid)
+    if args.workers_per_gpu < 1:
+        print(f"gence bench: --workers-per-gpu {args.workers_per_gpu}: expected an integer >= 1", file=sys.stderr)
+        return BenchOutcome(2, grid)
+    executor = None
+    if args.backend == "ray" and not args.list:
+        if args.workers != "auto" or args.workers_per_gpu != 1:
+            print("gence bench: --workers and --workers-per-gpu are for --backend local; with --backend ray "
+                  "use --cpus-per-run, --gpus-per-run and --max-in-flight", file=sys.stderr)
+            return BenchOutcome(2, grid)
+        try:
+            executor = RayExecutor(address=args.address, cpus_per_run=args.cpus_per_run,
+                                   gpus_per_run=args.gpus_per_run, max_in_flight=args.max_in_flight,
+                                   checkpoint_dir=args.checkpoint_dir, threads=args.threads)
+        except ValueError as exc:
+            print(f"gence bench: {exc}", file=sys.stderr)
+            return BenchOutcome(2, grid)
+        except ImportError as exc:
+            print(f"gence bench: --backend ray: {exc}", file=sys.stderr)
+            return BenchOutcome(2, grid)
+    elif args.backend == "local":
+        given = [f"--{n.replace('_', '-')}" for n, default in (("address", None), ("cpus_per_run", 1.0),
+                                                              ("gpus_per_run", 0.0), ("max_in_flight", None),
+                                                              ("checkpoint_dir", None))
+                 if getattr(args, n) != default]
+        if given:
+            print(f"gence bench: {', '.join(given)}: only with --backend ray", file=sys.stderr)
+            return BenchOutcome(2, grid)
     if args.list:
         status, rows = {}, {}
         if Path(args.db).exists():
@@ -154,11 +199,14 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
           + (f" ({len(tuned)} with a tuned {', '.join(sorted({t.tune.field for t in tuned}))})" if tuned else "")
           + (f", {len(extensions)} sweep(s) that may extend" if extensions else "")
           + f" from {where}"
-          + (f", shard {args.shard}" if shard_spec else "") + f", {workers} worker(s) -> {args.db}", file=sys.stderr)
+          + (f", shard {args.shard}" if shard_spec else "")
+          + (f", Ray tasks ({args.address or 'local cluster'}, {args.cpus_per_run:g} CPU / {args.gpus_per_run:g} GPU "
+             f"each)" if executor else f", {workers} worker(s)") + f" -> {args.db}", file=sys.stderr)
     try:
         summary = run_grid(runs, args.db, workers=workers, threads=args.threads, retry_failed=args.retry_failed,
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
-                           grid_text=(grid.name, grid.path, grid.text), tuned=tuned, extensions=extensions)
+                           grid_text=(grid.name, grid.path, grid.text), tuned=tuned, extensions=extensions,
+                           workers_per_gpu=args.workers_per_gpu, executor=executor)
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)

@@ -50,7 +50,7 @@ import traceback
 import warnings
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -162,6 +162,46 @@ def _raise_interrupt(signum, frame):  # SIGTERM -> release the claim like Ctrl-C
     raise _Interrupted(f"signal {signum}")
 
 
+@dataclasses.dataclass
+class RunOutcome:
+    """What one call of a run function gave: ``status`` done (``metrics``, ``extras``) or failed
+    (``error``: the traceback, ``line``: its last line, short), and how long it took."""
+
+    status: str
+    seconds: float
+    metrics: dict | None = None
+    extras: Any = None
+    error: str | None = None
+    line: str | None = None
+
+
+def call_run_fn(run_fn: RunFunction, config: dict, checkpoint: Path | None) -> RunOutcome:
+    """Call ``run_fn`` on ``config`` (with ``checkpoint=`` when given); an exception becomes a failed
+    outcome with its traceback, KeyboardInterrupt passes through. Used by local workers and Ray tasks."""
+    kwargs = {} if checkpoint is None else {"checkpoint": checkpoint}
+    start = time.perf_counter()
+    try:
+        metrics, extras = run_fn(config, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a failed run is a result too: store why, go on with the next
+        return RunOutcome("failed", time.perf_counter() - start, error=traceback.format_exc(),
+                          line=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+    return RunOutcome("done", time.perf_counter() - start, metrics={k: float(v) for k, v in metrics.items()},
+                      extras=extras)
+
+
+def store_outcome(db: ResultsDB, key: str, outcome: RunOutcome, hardware: str, versions: dict,
+                  checkpoint: Path | None) -> None:
+    """Store a claimed run's outcome in one commit, then delete its checkpoint."""
+    if outcome.status == "done":
+        db.finish(key, metrics=outcome.metrics, extras=outcome.extras, wall_seconds=outcome.seconds,
+                  hardware=hardware, versions=versions)
+    else:
+        db.fail(key, error=outcome.error, wall_seconds=outcome.seconds, hardware=hardware, versions=versions)
+    _remove(checkpoint)
+
+
 def _execute(db: ResultsDB, spec: RunSpec, run_fn: RunFunction, runtime: dict, retry_failed: bool,
              hardware: dict, versions: dict) -> tuple[str, str | None, float]:
     """Claim and run one spec. Returns (outcome, error line, seconds); outcome in done/failed/held."""
@@ -171,30 +211,18 @@ def _execute(db: ResultsDB, spec: RunSpec, run_fn: RunFunction, runtime: dict, r
     device = config.get("device")
     if device not in hardware:
         hardware[device] = hardware_string(device)
-    kwargs = {}
-    if _takes_checkpoint(run_fn):
-        kwargs["checkpoint"] = checkpoint_path(db.path, spec.key)
-    start = time.perf_counter()
+    checkpoint = checkpoint_path(db.path, spec.key) if _takes_checkpoint(run_fn) else None
     try:
         with warnings.catch_warnings(record=True) as caught:  # one line each, not mid-progress-bar with source
             warnings.simplefilter("default")
-            metrics, extras = run_fn(config, **kwargs)
+            outcome = call_run_fn(run_fn, config, checkpoint)
         for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
             tqdm.write(f"warning: {describe(spec)}: {message}", file=sys.stderr)
     except KeyboardInterrupt:
         db.release(spec.key)  # the checkpoint stays: the next invocation resumes from it
         raise
-    except Exception as exc:  # a failed run is a result too: store why, go on with the next
-        seconds = time.perf_counter() - start
-        db.fail(spec.key, error=traceback.format_exc(), wall_seconds=seconds, hardware=hardware[device],
-                versions=versions)
-        _remove(kwargs.get("checkpoint"))
-        return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:300], seconds
-    seconds = time.perf_counter() - start
-    db.finish(spec.key, metrics={k: float(v) for k, v in metrics.items()}, extras=extras,
-              wall_seconds=seconds, hardware=hardware[device], versions=versions)
-    _remove(kwargs.get("checkpoint"))
-    return "done", None, seconds
+    store_outcome(db, spec.key, outcome, hardware[device], versions, checkpoint)
+    return outcome.status, outcome.line, outcome.seconds
 
 
 def _remove(path: Path | None) -> None:
@@ -204,8 +232,11 @@ def _remove(path: Path | None) -> None:
 
 
 def _worker(db_path: str, tasks, run_fn, runtime: dict, retry_failed: bool, lease: float,
-            threads: int | None, events, parent_pid: int) -> None:
-    """Run the specs the parent hands out on ``tasks`` (one at a time) until it sends None."""
+            threads: int | None, events, parent_pid: int, gpu: str | None = None) -> None:
+    """Run the specs the parent hands out on ``tasks`` (one at a time) until it sends None; ``gpu``: the
+    one GPU this worker sees (set before anything initialises CUDA)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which sends SIGTERM
     _die_with_parent()
@@ -244,18 +275,54 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auto_workers(specs: Sequence[RunSpec], runtime: dict | None = None, *, max_workers: int = 8) -> int:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may give its workers: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set,
+    else ``0 .. device_count-1``; empty without CUDA."""
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()][:torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _devices(specs: Sequence[RunSpec], runtime: dict) -> set[str]:
+    return {str(runtime.get("device", s.config.get("device", "auto"))) for s in specs}
+
+
+def uses_gpu(specs: Sequence[RunSpec], runtime: dict | None = None) -> bool:
+    """Whether any run may use a GPU of :func:`visible_gpus` (device ``auto``, ``cuda`` or ``cuda:N``)."""
+    devices = _devices(specs, runtime or {})
+    return bool(visible_gpus()) and any(d == "auto" or d.startswith("cuda") for d in devices)
+
+
+def gpu_assignment(workers: int, workers_per_gpu: int, gpus: Sequence[str]) -> list[str]:
+    """The GPU each of ``workers`` workers sees: ``workers_per_gpu`` consecutive workers per GPU, then the
+    next GPU, round robin once every GPU has its share (4 workers, 2 per GPU, GPUs 0 and 1: 0 0 1 1)."""
+    if workers_per_gpu < 1:
+        raise ValueError(f"workers_per_gpu = {workers_per_gpu}: expected an integer >= 1")
+    if not gpus:
+        raise ValueError("gpu_assignment: no GPUs to assign")
+    return [str(gpus[(i // workers_per_gpu) % len(gpus)]) for i in range(workers)]
+
+
+def auto_workers(specs: Sequence[RunSpec], runtime: dict | None = None, *, max_workers: int = 8,
+                 workers_per_gpu: int = 1) -> int:
     """One worker per usable core (at most ``max_workers``, each dataset is loaded once per worker) when
-    every run is on the CPU; one worker when any run may use a GPU, which the workers would share."""
+    every run is on the CPU; ``workers_per_gpu`` per visible GPU when any run may use a GPU (each worker
+    then sees its own GPU, see :func:`gpu_assignment`)."""
     runtime = runtime or {}
-    devices = {str(runtime.get("device", s.config.get("device", "auto"))) for s in specs}
-    if devices - {"cpu"}:
-        if not (devices <= {"cpu", "auto"} and not torch.cuda.is_available()):
-            return 1
+    if any(d.startswith("cuda:") for d in _devices(specs, runtime)):
+        return 1  # a GPU pinned by index: the workers would share it
+    if uses_gpu(specs, runtime):
+        return max(1, min(len(visible_gpus()) * workers_per_gpu, len(specs)))
+    devices = _devices(specs, runtime)
+    if devices - {"cpu", "auto"}:  # cuda asked for without a GPU here: the runs fail, one worker says so
+        return 1
     return max(1, min(usable_cores(), max_workers, len(specs)))
 
 
-class _Scheduler:
+class Scheduler:
     """The runs still to do in this invocation: a queue of ready specs, tuned runs that wait, and
     extending sweeps (``ExtendGroup``) not yet settled, whose next runs are queued as they are decided."""
 
@@ -355,11 +422,35 @@ class _Scheduler:
         return queued
 
 
+@dataclasses.dataclass
+class Dispatch:
+    """What an :class:`Executor` gets from :func:`run_grid`: the scheduler of ready runs, the database (the
+    executor claims each run before it starts and stores its outcome, the only writer), the run settings,
+    and the callbacks that count an outcome (``record(outcome, key, error_line, seconds)``) and account for
+    runs the scheduler released (``account_released()``, after each ``sched.release()``)."""
+
+    sched: "Scheduler"
+    db: ResultsDB
+    run_fn: RunFunction | str | None
+    runtime: dict
+    retry_failed: bool
+    record: Callable[[str, str, str | None, float], None]
+    account_released: Callable[[], None]
+    bar: Any = None
+
+
+class Executor(Protocol):
+    """Runs the runs of a :class:`Dispatch` until its scheduler has none left."""
+
+    def run(self, dispatch: Dispatch) -> None: ...
+
+
 def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: int = 1,
              threads: int | None = None, retry_failed: bool = False, run_fn: RunFunction | str | None = None, progress: bool = True,
              runtime: dict | None = None, lease_seconds: float = 600.0,
              grid_text: tuple[str, str | None, str] | None = None,
-             tuned: Sequence[TunedSpec] = (), extensions: Sequence[ExtendGroup] = ()) -> RunnerSummary:
+             tuned: Sequence[TunedSpec] = (), extensions: Sequence[ExtendGroup] = (),
+             workers_per_gpu: int = 1, executor: "Executor | None" = None) -> RunnerSummary:
     """Run every spec not yet done in ``db_path``; see the module docstring for the guarantees.
 
     ``threads``: torch threads per run (default: unchanged with one worker, cores // workers otherwise).
@@ -367,7 +458,11 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     ``grid_text``: (name, path, TOML text) stored in the database for the report header.
     ``tuned``: runs of blocks with ``tune`` (``Grid.tuned``), run once their tuning runs are finished.
     ``extensions``: sweeps of blocks with ``extend`` (``Grid.extensions``); their added runs are queued as
-    soon as they are decided, and ``RunnerSummary.extensions`` holds each one's state at the end."""
+    soon as they are decided, and ``RunnerSummary.extensions`` holds each one's state at the end.
+    ``workers_per_gpu``: with ``workers > 1`` and runs that may use a GPU (device ``auto`` or ``cuda``),
+    each worker sees one GPU (``CUDA_VISIBLE_DEVICES``), this many workers per GPU (:func:`gpu_assignment`).
+    ``executor``: runs the runs elsewhere instead of local processes (e.g.
+    :class:`gence.experiments.ray_backend.RayExecutor`); ``workers`` and ``threads`` are then ignored."""
     runtime = dict(runtime or {})
     for key in runtime:
         if key not in RUNTIME_FIELDS:
@@ -375,6 +470,8 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
                              f"changing which run it is")
     if workers < 1:
         raise ValueError(f"workers = {workers}: expected >= 1")
+    if workers_per_gpu < 1:
+        raise ValueError(f"workers_per_gpu = {workers_per_gpu}: expected >= 1")
     specs = list(specs)
     tuned = list(tuned)
     extensions = list(extensions)
@@ -384,7 +481,7 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     try:
         if grid_text is not None:
             db.add_grid(*grid_text)
-        sched = _Scheduler(db, specs, tuned, retry_failed, summary, extensions)
+        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions)
         bar = _progress_bar(len(sched.queue) + len(sched.waiting), progress)
 
         def account_released():
@@ -424,7 +521,9 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
 
         sched.release()
         account_released()
-        if workers == 1 or len(sched.queue) + len(sched.waiting) <= 1:
+        if executor is not None:
+            executor.run(Dispatch(sched, db, run_fn, runtime, retry_failed, record, account_released, bar))
+        elif workers == 1 or len(sched.queue) + len(sched.waiting) <= 1:
             fn = resolve_run_fn(run_fn)
             versions = software_versions()
             hardware: dict = {}
@@ -453,8 +552,12 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
                 if in_main:
                     signal.signal(signal.SIGTERM, previous)
         else:
+            devices = _devices(list(specs) + list(tuned), runtime)
+            gpus = (gpu_assignment(workers, workers_per_gpu, visible_gpus())
+                    if uses_gpu(list(specs) + list(tuned), runtime)
+                    and not any(d.startswith("cuda:") for d in devices) else [None] * workers)
             _run_workers(sched, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, threads,
-                         record, account_released)
+                         record, account_released, gpus)
         summary.waiting = len(sched.waiting)
         if extensions:
             rows = db.states({k for g in extensions for k in g.keys})
@@ -482,8 +585,8 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
 
 
-def _run_workers(sched: _Scheduler, db_path, run_fn, runtime, retry_failed, lease, workers, threads, record,
-                 account_released) -> None:
+def _run_workers(sched: Scheduler, db_path, run_fn, runtime, retry_failed, lease, workers, threads, record,
+                 account_released, gpus: Sequence[str | None]) -> None:
     """Hand runs to ``workers`` processes one at a time (never more outstanding than workers), so runs
     that become ready while others train (tuned runs after their tuning runs) are taken at once."""
     if callable(run_fn) and getattr(run_fn, "__module__", None) == "__main__":
@@ -493,7 +596,8 @@ def _run_workers(sched: _Scheduler, db_path, run_fn, runtime, retry_failed, leas
     events = ctx.Queue()
     tasks = ctx.Queue()
     procs = [ctx.Process(target=_worker, name=f"gence-worker-{i}",
-                         args=(db_path, tasks, run_fn, runtime, retry_failed, lease, threads, events, os.getpid()))
+                         args=(db_path, tasks, run_fn, runtime, retry_failed, lease, threads, events, os.getpid(),
+                               gpus[i]))
              for i in range(workers)]
     for p in procs:
         p.start()

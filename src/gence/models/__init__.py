@@ -19,7 +19,7 @@ A user's network needs no registration: a model name ``"package.module:function"
 ``image_size`` (only when its signature names it: an (H, W) tuple, or None for feature vectors) and the
 model's params; ``"timm:NAME"`` is
 ``timm.create_model(NAME, num_classes=..., in_chans=..., **params)`` (timm is an optional extra,
-``pip install gence[timm]``; pass e.g. ``img_size`` or ``pretrained`` as params). See :func:`is_reference`.
+``pip install timm``; pass e.g. ``img_size`` or ``pretrained`` as params). See :func:`is_reference`.
 """
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ def _timm(name: str):
     try:
         import timm  # optional dependency: only "timm:NAME" models need it
     except ImportError as exc:
-        raise ImportError(f"model {name!r} needs timm, an optional extra: pip install gence[timm] "
-                          f"(or pip install timm)") from exc
+        raise ImportError(f"model {name!r} needs timm, an optional dependency: pip install timm "
+                          f"(from a clone, the extra: pip install -e '.[timm]')") from exc
     return timm
 
 
