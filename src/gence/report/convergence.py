@@ -216,8 +216,7 @@ class ConvergenceSpec:
 
 def spec_from_grids(grids: Sequence[dict]) -> ConvergenceSpec | None:
     """The ``[convergence]`` table of the grid files stored in a database (the last one that has it)."""
-    found = T.last_grid_table(grids, "convergence")
-    return None if found is None else ConvergenceSpec.from_table(*found)
+    return T.table_from_grids(grids, "convergence", ConvergenceSpec.from_table)
 
 
 @dataclasses.dataclass

@@ -668,3 +668,9 @@ def last_grid_table(grids: Sequence[dict], key: str) -> tuple[Mapping, str] | No
         if table is not None:
             found = (table, f"grid {g.get('name')}: [{key}]")
     return found
+
+
+def table_from_grids(grids: Sequence[dict], key: str, parse: Any) -> Any:
+    """``parse(table, where)`` of :func:`last_grid_table`, or None when no stored grid has ``[key]``."""
+    found = last_grid_table(grids, key)
+    return None if found is None else parse(*found)

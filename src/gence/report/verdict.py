@@ -133,8 +133,7 @@ class VerdictSpec:
 
 def spec_from_grids(grids: Sequence[dict]) -> VerdictSpec | None:
     """The ``[verdict]`` table of the grid files stored in a database (the last one that has it)."""
-    found = T.last_grid_table(grids, "verdict")
-    return None if found is None else VerdictSpec.from_table(*found)
+    return T.table_from_grids(grids, "verdict", VerdictSpec.from_table)
 
 
 # ------------------------------------------------------------------------------------ grid progress
