@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     parser.add_argument("--emit-json", metavar="PATH", help=argparse.SUPPRESS)  # used for --baseline
     args = parser.parse_args(argv)
 
+    if not Path(args.db).is_file():
+        print(f"reproduce_run: {args.db}: no such results database", file=sys.stderr)
+        return 2
     con = sqlite3.connect(args.db)
     con.row_factory = sqlite3.Row
     if args.key:
