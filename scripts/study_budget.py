@@ -1,0 +1,152 @@
+"""The compute a grid will take on this machine, from measured costs: the study's budget line.
+
+    python scripts/study_budget.py configs/study.toml --pilot results/pilot.sqlite [--workers 2] \
+        > results/study/budget.txt
+
+Per run: its SGD steps (epochs x ceil(n_train / batch)) times the seconds per step of its (dataset, model,
+amp). Seconds per step come from the pilot's stored runs of the same dataset and model (wall time / steps,
+median; this includes every evaluation the run makes, at the pilot's eval_every, and the slowdown of two
+runs sharing the machine). A (dataset, model) the pilot did not train is scaled from the pilot's model
+of that dataset by the ratio of training-step times measured here, in this process, on random batches of
+the dataset's shape (interleaved repeats, one thread, bf16 autocast as the runs use), so both are measured
+under the same load. Sweeps with ``extend`` are counted as planned, plus (second total) every rung the
+runner may add, one way per group (an lr can sit at one edge only). Tuned runs count once each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from gence import models
+from gence.data.regimes import parse_regime
+from gence.experiments.grid import load_grid
+
+SHAPES = {"cifar10": (3, 32), "fashion_mnist": (1, 28), "mnist": (1, 28)}   # (channels, side)
+
+
+def model_ident(config: dict) -> str:
+    params = config.get("model_params") or {}
+    return config["model"] + "".join(f"-{k}{v}" for k, v in sorted(params.items()))
+
+
+def steps_of(config: dict, num_classes: int = 10) -> int:
+    n = sum(parse_regime(config["regime"]).counts(num_classes))
+    per_epoch = n // config["batch_size"] if config.get("drop_last") else math.ceil(n / config["batch_size"])
+    return config.get("steps") or config["epochs"] * per_epoch
+
+
+def pilot_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float]]:
+    """(dataset, model, amp) -> (a, b): a run of s steps takes a + b * s seconds, fitted by least squares to
+    the pilot's finished runs when they have two budgets or more (a: the evaluations, whose number does
+    not grow with the budget), else a = 0 and b the median seconds per step."""
+    per = defaultdict(list)
+    for config, wall in sqlite3.connect(db).execute("select config, wall_seconds from runs where status='done'"):
+        config = json.loads(config)
+        per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append((steps_of(config), wall))
+    out = {}
+    for k, v in per.items():
+        if len({s for s, _ in v}) > 1:
+            b, a = np.polyfit([s for s, _ in v], [w for _, w in v], 1)
+            out[k] = (max(float(a), 0.0), float(b))
+        else:
+            out[k] = (0.0, statistics.median(w / s for s, w in v))
+    return out
+
+
+def step_seconds(config: dict, repeats: int = 5, steps: int = 20) -> list[float]:
+    """Seconds per training step (forward, backward, SGD) of ``config``'s model on random batches."""
+    c, side = SHAPES[config["dataset"]]
+    torch.manual_seed(0)
+    model = models.build(config["model"], c, 10, image_size=side, **(config.get("model_params") or {}))
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(config["batch_size"], c, side, side).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (config["batch_size"],))
+    out = []
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.get("amp"))):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if r:  # the first repeat warms up
+            out.append((time.perf_counter() - start) / steps)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config")
+    p.add_argument("--pilot", default="results/pilot.sqlite")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    grid = load_grid(args.config)
+    costs = pilot_costs(args.pilot)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"$ python scripts/study_budget.py {' '.join(argv)}   (commit {commit or 'unknown'})")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; seconds per step from {args.pilot}")
+
+    configs = [s.config for s in grid.runs] + [t.config for t in grid.tuned]
+    ladder = [g for g in grid.extensions]
+    # (dataset, model, amp) of every run; pilot cost, else scaled from the pilot's model of that dataset
+    needed = sorted({(c["dataset"], model_ident(c), bool(c.get("amp"))) for c in configs})
+    example = {(c["dataset"], model_ident(c), bool(c.get("amp"))): c for c in configs}
+    per_step = {}
+    for key in needed:
+        if key in costs:
+            per_step[key] = (*costs[key], "pilot")
+            continue
+        refs = [k for k in costs if k[0] == key[0] and k[2] == key[2]]
+        if not refs:
+            raise SystemExit(f"study_budget: no pilot run of {key[0]} (amp={key[2]}) to scale {key[1]} from")
+        ref = refs[0]
+        ref_config = dict(example[key], model=ref[1].split("-")[0], model_params={})
+        a, b = [], []
+        for _ in range(3):  # interleaved: both under the same load
+            a += step_seconds(example[key])
+            b += step_seconds(ref_config)
+        ratio = statistics.median(a) / statistics.median(b)
+        per_step[key] = (costs[ref][0] * ratio, costs[ref][1] * ratio, f"{ratio:.2f} x pilot's {ref[1]} (measured here)")
+    print("\nseconds a run of s steps takes (dataset, model, amp): a + b * s")
+    for key, (a, b, how) in per_step.items():
+        print(f"  {key[0]:14s} {key[1]:16s} amp={key[2]!s:5s} a {a:6.0f} s, b {b:.3f} s  ({how})")
+
+    def seconds(c):
+        a, b, _ = per_step[(c["dataset"], model_ident(c), bool(c.get("amp")))]
+        return a + b * steps_of(c)
+
+    by_block = defaultdict(lambda: [0, 0.0])
+    for c, grid_name in [(s.config, s.grid) for s in grid.runs] + [(t.config, t.grid) for t in grid.tuned]:
+        by_block[grid_name][0] += 1
+        by_block[grid_name][1] += seconds(c)
+    extra = 0.0
+    for g in ladder:
+        extra += max(sum(seconds(s.config) for s in specs) for specs in
+                     [[s for _, ss in g.down for s in ss], [s for _, ss in g.up for s in ss]])
+    total = sum(s for _, s in by_block.values())
+    print(f"\n{'block':28s} {'runs':>5s} {'worker-h':>9s}")
+    for name, (n, s) in by_block.items():
+        print(f"{name:28s} {n:5d} {s / 3600:9.1f}")
+    n_runs = sum(n for n, _ in by_block.values())
+    print(f"\n{n_runs} runs as planned: {total / 3600:.1f} worker-hours = {total / 3600 / args.workers:.1f} h "
+          f"with {args.workers} workers")
+    print(f"every possible extension rung added: +{extra / 3600:.1f} worker-hours "
+          f"(at most {(total + extra) / 3600 / args.workers:.1f} h with {args.workers} workers)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
