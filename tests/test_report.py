@@ -18,7 +18,9 @@ from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.experiments.db import run_key
 from gence.report import load_results, write_report
+from gence.report import tables as T
 from gence.report.sections import DEFAULT_SECTIONS, text
+from gence.report.verdict import signed
 
 GRID = """
 [train]
@@ -263,3 +265,18 @@ def test_reusable_writer_and_report_cli(report, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Test error %" in printed and "| digits | small_cnn | balanced:5 |" in printed
     assert main(["report", str(tmp_path / "missing.sqlite"), "-o", str(tmp_path / "x")]) == 2
+
+
+# ----------------------------------------------------------------------------------- number formatting
+def test_a_value_that_rounds_to_zero_has_no_minus_sign():
+    assert T.fmt_num(-0.001, 2) == "0.00"
+    assert T.fmt_num(-0.001, 2, signed=True) == "+0.00"
+    assert T.fmt_num(-0.00004, 2, 100) == "0.00"           # -0.004 after the scale
+    assert T.fmt_num(-0.0004, 3) == "0.000" and T.fmt_num(-0.04, 1) == "0.0"
+    assert T.fmt_mean_std(-0.001, 0.002, 1, 2) == "0.00 ± 0.00"
+    assert signed(-0.001) == "+0.00" and signed(-0.0049, 2) == "+0.00"
+    # what does not round to zero keeps its sign: '-' plain, '−' (U+2212) in a signed difference
+    assert T.fmt_num(-0.006, 2) == "-0.01" and T.fmt_num(-0.006, 2, signed=True) == "−0.01"
+    assert T.fmt_num(0.004, 2, signed=True) == "+0.00" and T.fmt_num(1.255, 1, signed=True) == "+1.3"
+    assert T.fmt_num(float("nan"), 2, signed=True) == "–" and T.fmt_num(None) == "–"
+

@@ -320,7 +320,8 @@ def decide(comparisons: Sequence[Comparison], grid_settings: int, min_fraction: 
 
 # ----------------------------------------------------------------------------------------- formatting
 def signed(x: float, digits: int = 2) -> str:
-    return "–" if math.isnan(x) else f"{x:+.{digits}f}".replace("-", "−")
+    """A difference with its sign (``+0.12``, ``−0.40``; ``+0.00`` for one that rounds to zero), ``–`` for NaN."""
+    return T.fmt_num(x, digits, signed=True)
 
 
 def unit(column: Column) -> str:
