@@ -8,6 +8,8 @@ import pytest
 
 from gence.cli import main
 
+import helpers  # tests/helpers.py
+
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     try:
@@ -268,3 +270,38 @@ def test_a_warning_of_a_run_is_one_line_naming_the_run(capsys, tmp_path):
     lines = [line for line in err.replace("\r", "\n").splitlines() if "optimum" in line]
     assert lines == [f"warning: {describe(grid.runs[0])}: RuntimeWarning: the optimum reached the bound"]
     assert "warnings.warn(" not in err   # no echoed source line
+
+
+# ------------------------------------------------------------------------ gence bench without a data directory
+def _bench_grid(tmp_path, dataset: str, ood: str = '["gaussian_noise"]', block: str = "x"):
+    """A one-run grid (1 epoch, 5 labels per class, an MLP): seconds when it trains."""
+    return helpers.grid_file(tmp_path, f"""
+        [train]
+        epochs = 1
+        batch_size = 32
+        n_val_per_class = 2
+        ood = {ood}
+
+        [[grid]]
+        name = "{block}"
+        datasets = [{dataset}]
+        regimes = ["balanced:5"]
+        models = [{{ name = "mlp", params = {{ hidden = [16] }} }}]
+        losses = ["ce"]
+        seeds = [0]
+        """)
+
+
+def test_bench_failure_lines_name_the_flag_not_the_python_argument(capsys, tmp_path, monkeypatch):
+    """A user's dataset without its files is left to its own error (its params may name an absolute path):
+    the run fails, and the line the runner prints names --data-dir as gence train's does."""
+    monkeypatch.delenv("GENCE_DATA", raising=False)
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '{ name = "folder" }', ood="[]")
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report", "--workers", "1")
+    assert code == 1
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert failed == ["failed: folder balanced:5 mlp ce seed=0: ValueError: dataset 'folder' needs its files: pass "
+                      "root=PATH (a dataset param), --data-dir DIR or set GENCE_DATA"]
+    assert "data_dir=" not in err and "Traceback" not in err
+    assert [r["status"] for r in helpers.stored_rows(db)] == ["failed"]

@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from gence.contract import runtime_flags
 from gence.experiments.db import ResultsDB, database_problem
 from gence.experiments.grid import (Grid, GridError, describe_group, extension_state, load_demo_grid, load_grid,
                                     parse_shard, shard, tune_state)
@@ -206,7 +207,7 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
         summary = run_grid(runs, args.db, workers=workers, threads=args.threads, retry_failed=args.retry_failed,
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
                            grid_text=(grid.name, grid.path, grid.text), tuned=tuned, extensions=extensions,
-                           workers_per_gpu=args.workers_per_gpu, executor=executor)
+                           workers_per_gpu=args.workers_per_gpu, executor=executor, show_error=runtime_flags)
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)
