@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from gence.cli import main
+from gence.experiments import load_grid, run_grid
 
 import helpers  # tests/helpers.py
 
@@ -290,6 +291,67 @@ def _bench_grid(tmp_path, dataset: str, ood: str = '["gaussian_noise"]', block: 
         losses = ["ce"]
         seeds = [0]
         """)
+
+
+def _no_run_stored(db, before: list[dict]) -> bool:
+    return (not db.exists() and before == []) or helpers.stored_rows(db) == before
+
+
+def test_bench_without_a_data_directory_stops_before_anything_is_stored(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("GENCE_DATA", raising=False)
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '"fashion_mnist"')
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report")
+    assert code == 2 and out == ""
+    assert one_line(err) == ("gence bench: --data-dir: dataset 'fashion_mnist' (grid block 'x') needs a data "
+                             "directory; pass --data-dir DIR or set GENCE_DATA")
+    assert not db.exists()          # nothing claimed, no failed rows that the next call would skip
+    # an OOD set read from files counts too; a database already there is left as it was
+    run_grid(load_grid(_bench_grid(tmp_path, '"digits"', ood='["gaussian_noise"]', block="kept")).runs, db,
+             run_fn=lambda config: ({"test/error": 0.5}, {}), progress=False)
+    before = helpers.stored_rows(db)
+    grid = _bench_grid(tmp_path, '"digits"', ood='["uniform_noise", "mnist"]', block="with-ood")
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report")
+    assert code == 2
+    assert one_line(err) == ("gence bench: --data-dir: OOD set 'mnist' of dataset 'digits' (grid block "
+                             "'with-ood') needs a data directory; pass --data-dir DIR or set GENCE_DATA")
+    assert len(before) == 1 and _no_run_stored(db, before)
+    # --list still lists, with the same line as a warning
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--list")
+    assert code == 0 and "todo" in out and "1 run(s)" in out
+    assert one_line(err) == ("gence bench: warning: --data-dir: OOD set 'mnist' of dataset 'digits' (grid block "
+                             "'with-ood') needs a data directory; pass --data-dir DIR or set GENCE_DATA")
+    assert _no_run_stored(db, before)
+    # a grid whose data needs no directory (digits is in the package, the noise sets are made) still runs
+    fresh = tmp_path / "digits.sqlite"
+    grid = _bench_grid(tmp_path, '"digits"', ood='["gaussian_noise", "uniform_noise"]')
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(fresh), "--quiet", "--no-report",
+                           "--workers", "1", "--threads", "1")
+    assert code == 0, err
+    rows = helpers.stored_rows(fresh)
+    assert [(r["status"], r["config"]["dataset"], r["config"]["ood"]) for r in rows] == [
+        ("done", "digits", ["gaussian_noise", "uniform_noise"])]
+
+
+def test_bench_without_a_data_directory_needs_none_for_runs_it_will_not_run(capsys, tmp_path, monkeypatch):
+    """Runs stored done (or failed, without --retry-failed) are skipped, so they need no data directory."""
+    monkeypatch.delenv("GENCE_DATA", raising=False)
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '"mnist"', block="m")
+
+    def fails(config):
+        raise RuntimeError("fake failure")
+
+    run_grid(load_grid(grid).runs, db, run_fn=fails, progress=False)
+    before = helpers.stored_rows(db)
+    assert [r["status"] for r in before] == ["failed"]
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report")
+    assert code == 0 and "1 failed earlier and skipped" in err
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report", "--retry-failed")
+    assert code == 2
+    assert one_line(err) == ("gence bench: --data-dir: dataset 'mnist' (grid block 'm') needs a data directory; "
+                             "pass --data-dir DIR or set GENCE_DATA")
+    assert helpers.stored_rows(db) == before
 
 
 def test_bench_failure_lines_name_the_flag_not_the_python_argument(capsys, tmp_path, monkeypatch):
