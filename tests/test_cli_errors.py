@@ -7,6 +7,9 @@ import sqlite3
 import pytest
 
 from gence.cli import main
+from gence.experiments import load_grid, run_grid
+
+import helpers  # tests/helpers.py
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -268,3 +271,99 @@ def test_a_warning_of_a_run_is_one_line_naming_the_run(capsys, tmp_path):
     lines = [line for line in err.replace("\r", "\n").splitlines() if "optimum" in line]
     assert lines == [f"warning: {describe(grid.runs[0])}: RuntimeWarning: the optimum reached the bound"]
     assert "warnings.warn(" not in err   # no echoed source line
+
+
+# ------------------------------------------------------------------------ gence bench without a data directory
+def _bench_grid(tmp_path, dataset: str, ood: str = '["gaussian_noise"]', block: str = "x"):
+    """A one-run grid (1 epoch, 5 labels per class, an MLP): seconds when it trains."""
+    return helpers.grid_file(tmp_path, f"""
+        [train]
+        epochs = 1
+        batch_size = 32
+        n_val_per_class = 2
+        ood = {ood}
+
+        [[grid]]
+        name = "{block}"
+        datasets = [{dataset}]
+        regimes = ["balanced:5"]
+        models = [{{ name = "mlp", params = {{ hidden = [16] }} }}]
+        losses = ["ce"]
+        seeds = [0]
+        """)
+
+
+def _no_run_stored(db, before: list[dict]) -> bool:
+    return (not db.exists() and before == []) or helpers.stored_rows(db) == before
+
+
+def test_bench_without_a_data_directory_stops_before_anything_is_stored(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("GENCE_DATA", raising=False)
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '"fashion_mnist"')
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report")
+    assert code == 2 and out == ""
+    assert one_line(err) == ("gence bench: --data-dir: dataset 'fashion_mnist' (grid block 'x') needs a data "
+                             "directory; pass --data-dir DIR or set GENCE_DATA")
+    assert not db.exists()          # nothing claimed, no failed rows that the next call would skip
+    # an OOD set read from files counts too; a database already there is left as it was
+    run_grid(load_grid(_bench_grid(tmp_path, '"digits"', ood='["gaussian_noise"]', block="kept")).runs, db,
+             run_fn=lambda config: ({"test/error": 0.5}, {}), progress=False)
+    before = helpers.stored_rows(db)
+    grid = _bench_grid(tmp_path, '"digits"', ood='["uniform_noise", "mnist"]', block="with-ood")
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report")
+    assert code == 2
+    assert one_line(err) == ("gence bench: --data-dir: OOD set 'mnist' of dataset 'digits' (grid block "
+                             "'with-ood') needs a data directory; pass --data-dir DIR or set GENCE_DATA")
+    assert len(before) == 1 and _no_run_stored(db, before)
+    # --list still lists, with the same line as a warning
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--list")
+    assert code == 0 and "todo" in out and "1 run(s)" in out
+    assert one_line(err) == ("gence bench: warning: --data-dir: OOD set 'mnist' of dataset 'digits' (grid block "
+                             "'with-ood') needs a data directory; pass --data-dir DIR or set GENCE_DATA")
+    assert _no_run_stored(db, before)
+    # a grid whose data needs no directory (digits is in the package, the noise sets are made) still runs
+    fresh = tmp_path / "digits.sqlite"
+    grid = _bench_grid(tmp_path, '"digits"', ood='["gaussian_noise", "uniform_noise"]')
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(fresh), "--quiet", "--no-report",
+                           "--workers", "1", "--threads", "1")
+    assert code == 0, err
+    rows = helpers.stored_rows(fresh)
+    assert [(r["status"], r["config"]["dataset"], r["config"]["ood"]) for r in rows] == [
+        ("done", "digits", ["gaussian_noise", "uniform_noise"])]
+
+
+def test_bench_without_a_data_directory_needs_none_for_runs_it_will_not_run(capsys, tmp_path, monkeypatch):
+    """Runs stored done (or failed, without --retry-failed) are skipped, so they need no data directory."""
+    monkeypatch.delenv("GENCE_DATA", raising=False)
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '"mnist"', block="m")
+
+    def fails(config):
+        raise RuntimeError("fake failure")
+
+    run_grid(load_grid(grid).runs, db, run_fn=fails, progress=False)
+    before = helpers.stored_rows(db)
+    assert [r["status"] for r in before] == ["failed"]
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report")
+    assert code == 0 and "1 failed earlier and skipped" in err
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report", "--retry-failed")
+    assert code == 2
+    assert one_line(err) == ("gence bench: --data-dir: dataset 'mnist' (grid block 'm') needs a data directory; "
+                             "pass --data-dir DIR or set GENCE_DATA")
+    assert helpers.stored_rows(db) == before
+
+
+def test_bench_failure_lines_name_the_flag_not_the_python_argument(capsys, tmp_path, monkeypatch):
+    """A user's dataset without its files is left to its own error (its params may name an absolute path):
+    the run fails, and the line the runner prints names --data-dir as gence train's does."""
+    monkeypatch.delenv("GENCE_DATA", raising=False)
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '{ name = "folder" }', ood="[]")
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report", "--workers", "1")
+    assert code == 1
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert failed == ["failed: folder balanced:5 mlp ce seed=0: ValueError: dataset 'folder' needs its files: pass "
+                      "root=PATH (a dataset param), --data-dir DIR or set GENCE_DATA"]
+    assert "data_dir=" not in err and "Traceback" not in err
+    assert [r["status"] for r in helpers.stored_rows(db)] == ["failed"]

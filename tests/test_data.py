@@ -385,6 +385,29 @@ def test_available_lists_every_name_with_a_description():
     assert gd.ood_names() == list(gd.ood_available())
 
 
+def test_which_datasets_and_ood_sets_need_a_data_directory():
+    # digits ships in the package and gaussians is generated; the others read files from data_dir or
+    # $GENCE_DATA (each check below is what load_dataset does without a directory: see the loop at the end)
+    assert gd.needs_data_dir("digits") is False and gd.needs_data_dir("gaussians") is False
+    assert gd.needs_data_dir("mnist") is True and gd.needs_data_dir("cifar10") is True
+    assert gd.needs_data_dir("Fashion-MNIST") is True                      # spelled as load_dataset takes it
+    # a user's data names its files in its params (possibly an absolute path): its own error, not this rule
+    assert [gd.needs_data_dir(n) for n in ("folder", "arrays", "csv")] == [False, False, False]
+    assert gd.ood_needs_data_dir("gaussian_noise") is False and gd.ood_needs_data_dir("uniform_noise") is False
+    assert gd.ood_needs_data_dir("heldout") is False                        # the in-distribution's own data
+    assert gd.ood_needs_data_dir("svhn") is True and gd.ood_needs_data_dir("digits") is False
+    assert gd.ood_needs_data_dir("folder:/abs/tree") is False and gd.ood_needs_data_dir("arrays:x.npz") is False
+    with pytest.raises(ValueError, match="unknown dataset name='mnits'"):
+        gd.needs_data_dir("mnits")
+    with pytest.raises(ValueError, match="unknown OOD set 'noise'"):
+        gd.ood_needs_data_dir("noise")
+    for name in ("digits", "gaussians"):
+        gd.load_dataset(name, n_test=10) if name == "gaussians" else gd.load_dataset(name)   # no directory
+    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"):
+        with pytest.raises(ValueError, match="needs a data directory"):
+            gd.load_dataset(name)
+
+
 def test_names_are_case_and_dash_insensitive_with_aliases():
     assert gd.load_dataset("Digits").name == "digits"
     for spelling in ("fashion-mnist", "FashionMNIST", "FASHION_MNIST"):

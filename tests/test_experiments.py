@@ -208,6 +208,72 @@ def test_bench_cli_reports_config_error_before_running(tmp_path, capsys):
     assert not db.exists()
 
 
+TWO_BLOCKS = """
+[train]
+epochs = 1
+
+[[grid]]
+name = "few"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["small_cnn"]
+seeds = [0]
+losses = ["ce", "gence"]
+
+[[grid]]
+name = "more"
+datasets = ["digits"]
+regimes = ["balanced:10"]
+models = ["mlp"]
+seeds = [0, 1]
+losses = ["ce"]
+"""
+
+
+@pytest.mark.parametrize("match, needles", [
+    # a typo'd value: named with the values that exist for its key (over every block)
+    ("{regime = 'balanced:50'}", ["override[1]: match {'regime': 'balanced:50'} matches no run",
+                                  "regime 'balanced:50' is in no run", "'balanced:10', 'balanced:5'"]),
+    ("{seed = 7}", ["override[1]: match {'seed': 7} matches no run", "seed 7 is in no run", "0, 1"]),
+    ("{grid = 'Few'}", ["override[1]: match {'grid': 'Few'}", "grid 'Few' is in no run", "'few', 'more'"]),
+    # each value exists, but in different blocks: no run has both
+    ("{regime = 'balanced:5', model = 'mlp'}", ["override[1]: match {'regime': 'balanced:5', 'model': 'mlp'} "
+                                                "matches no run", "each of these values is in some run, "
+                                                "no run has them all"]),
+])
+def test_override_matching_no_run_is_an_error_naming_its_index_match_and_the_values(tmp_path, match, needles):
+    # override[0] targets one block only, which is fine: it matches a run somewhere
+    path = write_grid(tmp_path, TWO_BLOCKS + "[[override]]\nmatch = {model = 'mlp'}\nepochs = 4\n"
+                      + f"[[override]]\nmatch = {match}\nepochs = 3\n")
+    with pytest.raises(GridError) as info:
+        load_grid(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: override[1]: match ")
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+
+
+def test_override_of_one_block_only_applies_there_and_a_list_needs_one_matching_value(tmp_path):
+    grid = load_grid(write_grid(tmp_path, TWO_BLOCKS + "[[override]]\nmatch = {model = 'mlp'}\nepochs = 4\n"
+                                + "[[override]]\nmatch = {seed = [1, 9]}\nlr = 0.2\n"))
+    got = sorted((r.grid, r.label, r.config["seed"], r.config["epochs"], r.config["lr"]) for r in grid.runs)
+    assert got == [("few", "ce", 0, 1, 0.05), ("few", "gence", 0, 1, 0.05),
+                   ("more", "ce", 0, 4, 0.05), ("more", "ce", 1, 4, 0.2)]
+
+
+def test_bench_cli_rejects_an_override_matching_no_run_before_running(tmp_path, capsys):
+    path = write_grid(tmp_path, GRID + "[[override]]\nmatch = {loss = 'gence', regime = 'balanced:50'}\nepochs = 3\n")
+    db = tmp_path / "r.sqlite"
+    assert main(["bench", str(path), "--db", str(db), "--quiet", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith(f"gence bench: {path}: override[0]: match {{'loss': 'gence', 'regime': "
+                               f"'balanced:50'}} matches no run; regime 'balanced:50' is in no run")
+    assert "'balanced:10', 'balanced:5'" in lines[0]
+    assert not db.exists()
+
+
 def test_shard_parts_are_disjoint_and_cover_the_grid():
     runs = parse_grid(GRID).runs
     parts = [shard(runs, i, 3) for i in (1, 2, 3)]

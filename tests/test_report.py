@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 import sqlite3
 import textwrap
 
@@ -17,8 +18,10 @@ from scipy import stats
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.experiments.db import run_key
-from gence.report import load_results, write_report
+from gence.report import load_results, plots, write_report
+from gence.report import tables as T
 from gence.report.sections import DEFAULT_SECTIONS, text
+from gence.report.verdict import signed
 
 GRID = """
 [train]
@@ -263,3 +266,82 @@ def test_reusable_writer_and_report_cli(report, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Test error %" in printed and "| digits | small_cnn | balanced:5 |" in printed
     assert main(["report", str(tmp_path / "missing.sqlite"), "-o", str(tmp_path / "x")]) == 2
+
+
+# ----------------------------------------------------------------------------------- number formatting
+def test_a_value_that_rounds_to_zero_has_no_minus_sign():
+    assert T.fmt_num(-0.001, 2) == "0.00"
+    assert T.fmt_num(-0.001, 2, signed=True) == "+0.00"
+    assert T.fmt_num(-0.00004, 2, 100) == "0.00"           # -0.004 after the scale
+    assert T.fmt_num(-0.0004, 3) == "0.000" and T.fmt_num(-0.04, 1) == "0.0"
+    assert T.fmt_mean_std(-0.001, 0.002, 1, 2) == "0.00 ± 0.00"
+    assert signed(-0.001) == "+0.00" and signed(-0.0049, 2) == "+0.00"
+    # what does not round to zero keeps its sign: '-' plain, '−' (U+2212) in a signed difference
+    assert T.fmt_num(-0.006, 2) == "-0.01" and T.fmt_num(-0.006, 2, signed=True) == "−0.01"
+    assert T.fmt_num(0.004, 2, signed=True) == "+0.00" and T.fmt_num(1.255, 1, signed=True) == "+1.3"
+    assert T.fmt_num(float("nan"), 2, signed=True) == "–" and T.fmt_num(None) == "–"
+
+
+NEAR_ZERO_GRID = """
+[verdict]
+few_labels = ["main"]
+
+[train]
+epochs = 1
+ood = ["gaussian_noise"]
+
+[[grid]]
+name = "main"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = ["ce", "gence"]
+"""
+
+
+def near_zero_run(config):
+    """CE and GenCE with the same metrics but for GenCE's -1e-5 * (seed + 1) on each: every paired difference
+    is negative and rounds to 0 at the report's digits (-0.001 pp at most in the tables' scale of 100)."""
+    h = int(hashlib.sha256(f"{config['regime']}/{config['seed']}".encode()).hexdigest()[:8], 16) / 16 ** 8
+    shift = -1e-5 * (config["seed"] + 1) if config["loss"] == "gence" else 0.0
+    n = float(config["regime"].split(":")[-1])
+    m = {}
+    for split in ("val", "test", "val_ts", "test_ts"):
+        for i, k in enumerate(("error", "nll", "brier", "ece", "adaece", "classwise_ece", "mce")):
+            m[f"{split}/{k}"] = 1 / n ** 0.5 + 0.04 * h + 0.01 * i + shift
+    m["ood/gaussian_noise/msp/auroc"] = 0.8 + 0.1 * h + shift
+    m["ood/gaussian_noise/msp/fpr95"] = 0.5 - 0.1 * h + shift
+    bins = {"edges": [i / 5 for i in range(6)], "count": [0, 2 + config["seed"], 5, 11, 40],
+            "accuracy": [None, 0.2, 0.45, 0.7, 0.92 - 0.1 * h], "confidence": [None, 0.3, 0.5, 0.72, 0.95]}
+    return m, {"reliability": {"test": bins, "test_ts": bins}, "history": {"loss": [1.0]}}
+
+
+def test_report_prints_no_negative_zero_and_says_the_reliability_ece_is_pooled(tmp_path, monkeypatch):
+    grid = parse_grid(textwrap.dedent(NEAR_ZERO_GRID), name="near-zero")
+    db = tmp_path / "near.sqlite"
+    run_grid(grid.runs, db, run_fn=near_zero_run, progress=False, grid_text=(grid.name, None, grid.text))
+    titles = []
+    original = plots.plot_reliability_bins
+
+    def recording(bins, **kwargs):
+        fig = original(bins, **kwargs)
+        titles.append(kwargs["ax"].get_title())
+        return fig
+
+    monkeypatch.setattr(plots, "plot_reliability_bins", recording)
+    out = tmp_path / "out"
+    assert main(["report", str(db), "-o", str(out), "--verdict"]) == 0
+    md = (out / "README.md").read_text()
+    # the differences are there (the paired table and the verdict's), and all print as zero without a minus
+    assert "## Paired comparison with CE" in md and "## Claim: accuracy with few labels" in md
+    p = stats.ttest_1samp([-1e-5, -2e-5, -3e-5], 0.0).pvalue      # GenCE - CE over seeds 0, 1, 2
+    assert f"| balanced:5 | gence | 3 | 0.00 [0.00, 0.00] p={p:.3g} | 0.000 [0.000, 0.000] p={p:.3g} |" in md
+    assert "| digits | small_cnn | balanced:5 | 3/3 |" in md and "pooled Δ +0.00 [+0.00, +0.00] pp" in md
+    assert re.findall(r"[-−]0\.0+(?![0-9])", md) == []
+    # 2 settings x (CE, GenCE) x (before, after TS): each panel's ECE is named as the pooled one
+    assert len(titles) == 8 and all("seeds pooled" in t and "\npooled ECE = " in t for t in titles)
+    section = md.split("### Reliability diagrams, CE and GenCE")[1].split("###")[0]
+    assert "![reliability_digits_balanced-5_small_cnn]" in section
+    assert "ECE (\"pooled ECE\") is computed on these pooled predictions" in section
+    assert "the ECE in the tables is the mean of the per-seed ECEs" in section

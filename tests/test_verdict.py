@@ -306,6 +306,22 @@ def test_partial_database_is_counted_marked_and_says_no_runs_yet(tmp_path):
     assert "| Accuracy under class imbalance | **not enough data yet** | no runs yet |" in table
 
 
+def test_stored_grid_with_an_override_matching_no_run_is_still_counted(tmp_path):
+    """A grid file is rejected when an override matches no run, but a grid text an earlier version stored
+    (and ran) with one is still expanded by the report's progress count, not dropped as unreadable."""
+    text = textwrap.dedent(GRID) + "[[override]]\nmatch = {regime = 'balanced:100'}\nepochs = 5\n"
+    with pytest.raises(GridError, match=r"override\[0\]: match \{'regime': 'balanced:100'\} matches no run"):
+        parse_grid(text, name="old")
+    grid = parse_grid(textwrap.dedent(GRID), name="old")
+    ran = [r for r in grid.runs if r.grid == "long_tailed"]
+    db = tmp_path / "old.sqlite"
+    run_grid(ran, db, run_fn=fake_run, progress=False, grid_text=("old", None, text))
+    progress = grid_progress(load_results(db))
+    assert progress.unreadable == []
+    by = {b.block: (b.total, b.done) for b in progress.blocks}
+    assert by["long_tailed"] == (len(ran), len(ran)) and by["balanced"][1] == 0
+
+
 @pytest.mark.parametrize("from_file", [False, True])
 def test_report_command_writes_markdown_at_root_with_working_links_and_its_own_command(full, tmp_path, monkeypatch,
                                                                                         from_file):

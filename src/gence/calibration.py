@@ -105,9 +105,10 @@ def plot_reliability(probs, labels, n_bins: int = 15, ax=None, title=None):
     return plot_reliability_bins(reliability_bins(probs, labels, n_bins), ax=ax, title=title)
 
 
-def plot_reliability_bins(bins: dict, ax=None, title=None):
+def plot_reliability_bins(bins: dict, ax=None, title=None, ece_label: str = "ECE"):
     """Draw stored reliability bins: accuracy bars per bin, the gap to mean confidence shaded, the
-    diagonal, the confidence histogram in a strip beneath, and the ECE (a percentage) in the title.
+    diagonal, the confidence histogram in a strip beneath, and the ECE of the bins (a percentage) in the
+    title, as ``"{ece_label} = 1.23%"`` (e.g. ``ece_label="pooled ECE"`` for bins summed over runs).
 
     Accuracy bars carry gid ``"accuracy"`` (empty bins get height 0), gap bars gid ``"gap"``. With ``ax``
     given, the histogram strip is split off below it; otherwise a new Figure is made. Returns the Figure.
@@ -159,6 +160,6 @@ def plot_reliability_bins(bins: dict, ax=None, title=None):
     ax_hist.set_ylabel("fraction")
 
     ece = ece_from_bins(bins)
-    heading = f"ECE = {100 * ece:.2f}%"
+    heading = f"{ece_label} = {100 * ece:.2f}%"
     ax.set_title(f"{title}\n{heading}" if title else heading)
     return fig

@@ -28,12 +28,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "TrainConfig", "SCHEDULES", "OPTIMIZERS", "field_problem", "canonical_json", "run_key", "key_fields",
-    "KEY_EXCLUDED_FIELDS", "KEY_OMITTED_DEFAULTS",
+    "KEY_EXCLUDED_FIELDS", "KEY_OMITTED_DEFAULTS", "RUNTIME_FLAGS", "runtime_flags",
     "SPLITS", "SPLIT_METRICS", "TEMPERATURE", "GROUPS", "COVERAGE_METRICS", "OOD_SCORES", "OOD_METRICS",
     "TRAIN_METRICS", "FIT_METRICS", "CURVE_METRICS", "split_key", "group_key", "ood_key", "metric_keys",
 ]
@@ -46,6 +47,20 @@ OPTIMIZERS = ("sgd", "adam")
 # Fields of a run config that say where or on what a run executes, not what it computes; they are kept in
 # the stored config but left out of the key, so shards on machines with other paths or devices merge.
 KEY_EXCLUDED_FIELDS = ("data_dir", "device")
+
+# The command-line flag that sets each of those fields, the same in `gence train` and `gence bench` (which
+# applies it to every run), and the word a message's placeholder value (``data_dir=...``) becomes.
+RUNTIME_FLAGS: dict[str, tuple[str, str]] = {"data_dir": ("--data-dir", "DIR"), "device": ("--device", "DEVICE")}
+
+
+def runtime_flags(message: str) -> str:
+    """``message`` (an error raised for the Python API) with the fields of :data:`RUNTIME_FLAGS` named by
+    their flags, for a command that has them: ``pass data_dir=...`` and ``data_dir=PATH`` -> ``pass --data-dir
+    DIR``, ``device='cuda:1'`` -> ``--device 'cuda:1'``."""
+    for name, (flag, placeholder) in RUNTIME_FLAGS.items():
+        message = re.sub(rf"(?:TrainConfig\.)?\b{name}=(?:\.\.\.|PATH|DIR)(?![\w.])", f"{flag} {placeholder}", message)
+        message = re.sub(rf"(?:TrainConfig\.)?\b{name}=(\S+?)(?=[\s,;]|$)", rf"{flag} \1", message)
+    return message
 
 # Fields added after runs were stored, with the value every earlier run had: at that value a field is left
 # out of the key and of ``TrainConfig.to_dict``, so earlier runs keep their keys and their stored configs

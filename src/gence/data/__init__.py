@@ -13,13 +13,15 @@ Datasets are registered in :data:`DATASETS` (``available()``: name -> descriptio
 function decorated with ``@register_dataset(name, description)`` in ``datasets.py`` (plus its reader in
 ``readers.py`` if the format is new). Every image dataset is also an OOD set (``ood_available()``).
 A user's own data: ``folder`` (an image tree), ``arrays`` (an .npz), ``csv`` (:mod:`gence.data.userdata`).
+``needs_data_dir(name)`` / ``ood_needs_data_dir(name)``: whether a dataset / OOD set reads files from a
+data directory (``data_dir`` or ``$GENCE_DATA``), for a check before anything runs.
 """
 from gence.data.augment import (AUGMENT_MODES, CROP_FLIP, Crop, crop_flip, default_augment, default_augment_mode,
                                 iterate_batches, random_crop_flip, resolve_augment)
-from gence.data.datasets import (DATASETS, ArrayDataset, available, image_datasets, load_dataset,
+from gence.data.datasets import (DATASETS, ArrayDataset, available, image_datasets, load_dataset, needs_data_dir,
                                  register_dataset, to_float)
 from gence.data.ood import (OOD_SETS, OOD_FILE_SOURCES, convert_images, is_ood_name, load_ood, ood_available,
-                            ood_names, register_ood)
+                            ood_names, ood_needs_data_dir, register_ood)
 from gence.data.regimes import (Balanced, Full, LongTailed, Regime, balanced, full, long_tailed,
                                 parse_regime, split_indices)
 from gence.data.synthetic import GaussianTask, as_rng, exponential_priors
@@ -27,6 +29,7 @@ from gence.data.userdata import USER_DATASETS, split_per_class
 
 __all__ = [
     "ArrayDataset", "load_dataset", "available", "image_datasets", "DATASETS", "register_dataset", "to_float",
+    "needs_data_dir", "ood_needs_data_dir",
     "Regime", "Balanced", "LongTailed", "Full", "balanced", "long_tailed", "full", "parse_regime",
     "split_indices",
     "load_ood", "convert_images", "ood_names", "ood_available", "OOD_SETS", "register_ood", "is_ood_name",

@@ -29,8 +29,8 @@ from gence.data.cache import cached_arrays
 from gence.data.synthetic import GaussianTask
 from gence.registry import Registry, check_keywords, keyword_names
 
-__all__ = ["ArrayDataset", "load_dataset", "available", "image_datasets", "DATASETS", "register_dataset",
-           "LOADER_ARGUMENTS", "to_float", "resolve_data_dir",
+__all__ = ["ArrayDataset", "load_dataset", "available", "image_datasets", "needs_data_dir", "DATASETS",
+           "register_dataset", "LOADER_ARGUMENTS", "to_float", "resolve_data_dir",
            "CIFAR10_CLASSES", "FASHION_MNIST_CLASSES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -175,7 +175,8 @@ def _not_found(name: str, searched: Sequence[str], expected: str) -> FileNotFoun
 # Its keyword parameters are what load_dataset accepts for it. Info: ``images`` (default True; False
 # for feature data, which is also no OOD set; a loader may return "is_image" to decide per file),
 # ``aliases`` (other spellings of the name), ``user`` (a user's data, needing its files named: no OOD
-# set by name) and ``augment_by_kind`` (default augmentation by kind, see gence.data.augment).
+# set by name), ``embedded`` (True: no files to read, the data ships with the package or is generated; see
+# needs_data_dir) and ``augment_by_kind`` (default augmentation by kind, see gence.data.augment).
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -183,7 +184,8 @@ register_dataset = DATASETS.register
 LOADER_ARGUMENTS = ("data_dir", "cache")
 
 
-@register_dataset("digits", "8x8 handwritten digits (UCI optdigits test set), 1,200 train / 597 test, embedded")
+@register_dataset("digits", "8x8 handwritten digits (UCI optdigits test set), 1,200 train / 597 test, embedded",
+                  embedded=True)
 def digits(data_dir, cache):
     with np.load(Path(__file__).with_name("digits.npz")) as f:
         images, labels = f["images"], f["labels"]
@@ -322,7 +324,7 @@ def svhn(data_dir, cache):
 
 
 @register_dataset("gaussians", "synthetic Gaussian classes with the exact posterior p(y|x) (GaussianTask)",
-                  images=False, forwards_to=(GaussianTask,))
+                  images=False, embedded=True, forwards_to=(GaussianTask,))
 def gaussians(data_dir, cache, n_train: int = 1000, n_test: int = 10000, sample_seed=None, **task_params):
     """``task_params`` make the :class:`GaussianTask` (``num_classes``, ``dim``, ``seed`` fixing its means
     and covariances, ``priors``, ...); ``sample_seed`` (default the task's ``seed``) fixes the samples."""
@@ -345,6 +347,16 @@ def image_datasets() -> list[str]:
     ``folder``/``arrays``, which need their files named), sorted: the OOD sets by dataset name."""
     return [n for n in DATASETS.names()
             if DATASETS.get(n).info.get("images", True) and not DATASETS.get(n).info.get("user", False)]
+
+
+def needs_data_dir(name: str) -> bool:
+    """Whether loading dataset ``name`` (any spelling :func:`load_dataset` takes) reads files from its
+    ``data_dir`` or ``$GENCE_DATA``, whatever its params. False for data without files (registry info
+    ``embedded``: ``digits`` ships with the package, ``gaussians`` is generated) and for a user's data (info
+    ``user``: ``folder``, ``arrays``, ``csv``), whose params may name its files, absolute paths included, so
+    only loading it can tell. ValueError for an unknown name."""
+    info = DATASETS.get(_canonical(name)).info
+    return not (info.get("embedded", False) or info.get("user", False))
 
 
 def _canonical(name: str) -> str:

@@ -22,12 +22,12 @@ import os
 import torch
 import torch.nn.functional as F
 
-from gence.data.datasets import ArrayDataset, image_datasets, load_dataset
+from gence.data.datasets import ArrayDataset, image_datasets, load_dataset, needs_data_dir
 from gence.data.userdata import USER_DATASETS
 from gence.registry import Registry
 
 __all__ = ["load_ood", "convert_images", "ood_names", "ood_available", "OOD_SETS", "register_ood", "is_ood_name",
-           "OOD_FILE_SOURCES"]
+           "OOD_FILE_SOURCES", "ood_needs_data_dir"]
 
 # "NAME:PATH" OOD sets: a user's dataset NAME read from PATH (its parameter of that name).
 OOD_FILE_SOURCES = {"folder": "root", "arrays": "path"}
@@ -57,6 +57,22 @@ def is_ood_name(name: object) -> bool:
         return False
     source, sep, path = name.partition(":")
     return (sep and source in OOD_FILE_SOURCES and bool(path)) or name in ood_names()
+
+
+def ood_needs_data_dir(name: str) -> bool:
+    """Whether OOD set ``name`` reads files from a data directory (``data_dir`` or ``$GENCE_DATA``) of its own:
+    another dataset by name follows :func:`gence.data.needs_data_dir`; the sets of :data:`OOD_SETS` (the noise
+    sets, ``heldout``: made from the in-distribution dataset) and ``folder:PATH`` / ``arrays:PATH`` (their
+    files are PATH) need none. ValueError for a name :func:`load_ood` does not take."""
+    source, sep, _ = str(name).partition(":")
+    if sep and source in OOD_FILE_SOURCES:
+        return False
+    key = str(name).strip().lower().replace("-", "_")
+    if key in OOD_SETS:
+        return False
+    if key not in image_datasets():
+        raise ValueError(f"unknown OOD set {name!r}; available: {', '.join(ood_names())}")
+    return needs_data_dir(key)
 
 
 def convert_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -84,8 +84,9 @@ def _location(param: str, value, data_dir, name: str) -> Path:
     try:
         return resolve_data_dir(data_dir, name)
     except ValueError:
+        # the command line names data_dir by its flag (gence.contract.runtime_flags)
         raise ValueError(f"dataset {name!r} needs its files: pass {param}=PATH (a dataset param), "
-                         f"data_dir=PATH (--data-dir) or set GENCE_DATA") from None
+                         f"data_dir=PATH or set GENCE_DATA") from None
 
 
 def _params_tag(**params: Any) -> str:

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Sequence
 
+from gence.contract import runtime_flags
+from gence.data import needs_data_dir, ood_needs_data_dir
 from gence.experiments.db import ResultsDB, database_problem
-from gence.experiments.grid import (Grid, GridError, describe_group, extension_state, load_demo_grid, load_grid,
-                                    parse_shard, shard, tune_state)
+from gence.experiments.grid import (ExtendGroup, Grid, GridError, RunSpec, TunedSpec, describe_group, extension_state,
+                                    load_demo_grid, load_grid, parse_shard, shard, tune_state)
 from gence.experiments.ray_backend import RayExecutor
 from gence.experiments.runner import auto_workers, describe, run_grid
 
@@ -77,6 +81,52 @@ def _load(args):
     return load_demo_grid() if args.config is None else load_grid(args.config)
 
 
+def data_dir_problem(runs: Sequence[RunSpec], tuned: Sequence[TunedSpec], extensions: Sequence[ExtendGroup],
+                     db_path: str, *, data_dir: str | None, retry_failed: bool) -> str | None:
+    """Without a data directory (neither ``data_dir``, i.e. ``--data-dir``, nor ``$GENCE_DATA``): the first run
+    this invocation may start whose dataset or OOD set reads files from one (:func:`gence.data.needs_data_dir`,
+    :func:`gence.data.ood_needs_data_dir`) and whose grid entry names none, as a one-line usage error; else
+    None. Runs stored done, or failed without ``retry_failed``, are skipped by the runner and need none.
+    A user's dataset (``folder``, ``arrays``, ``csv``) and ``folder:``/``arrays:`` OOD sets name their files
+    in their params and are left to their own error."""
+    if data_dir is not None or os.environ.get("GENCE_DATA"):
+        return None
+    rows: dict = {}
+    if Path(db_path).is_file() and database_problem(db_path) is None:
+        keys = ({s.key for s in runs} | {k for t in tuned for k in t.tuning_keys}
+                | {s.key for t in tuned for _, s in t.candidates} | {k for g in extensions for k in g.keys})
+        with ResultsDB(db_path) as db:
+            rows = db.states(keys)
+    skipped = ("done",) if retry_failed else ("done", "failed")
+
+    def will_run(key: str) -> bool:
+        return rows.get(key, ("todo", None))[0] not in skipped
+
+    pending: list[tuple[dict, str]] = [(s.config, s.grid) for s in runs if will_run(s.key)]
+    for t in tuned:
+        st = tune_state(t, rows)
+        if st.kind == "wait" or (st.kind == "ready" and will_run(st.spec.key)):
+            pending.append((t.config, t.grid))
+    for g in extensions:
+        st = extension_state(g, rows)
+        if st.kind == "wait" or (retry_failed and any(rows.get(s.key, ("todo",))[0] == "failed" for _, s in st.runs)):
+            pending.append((g.config, g.grid))
+    for config, block in pending:
+        if config.get("data_dir") is not None:
+            continue
+        dataset = config["dataset"]
+        if needs_data_dir(dataset):
+            what = f"dataset {dataset!r}"
+        else:
+            ood = next((o for o in config.get("ood") or () if ood_needs_data_dir(o)), None)
+            if ood is None:
+                continue
+            what = f"OOD set {ood!r} of dataset {dataset!r}"
+        return (f"--data-dir: {what} (grid block {block!r}) needs a data directory; pass --data-dir DIR or set "
+                f"GENCE_DATA")
+    return None
+
+
 @dataclasses.dataclass
 class BenchOutcome:
     """What :func:`run_bench` did: the exit code, the grid it ran (None when it could not load it), and
@@ -118,6 +168,15 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     if args.workers_per_gpu < 1:
         print(f"gence bench: --workers-per-gpu {args.workers_per_gpu}: expected an integer >= 1", file=sys.stderr)
         return BenchOutcome(2, grid)
+    # Before anything is claimed or stored: a run that would fail for want of its files would be stored
+    # failed, and the next call (with --data-dir) would skip it unless --retry-failed.
+    problem = data_dir_problem(runs, tuned, extensions, args.db, data_dir=args.data_dir,
+                               retry_failed=args.retry_failed)
+    if problem is not None and not args.list:
+        print(f"gence bench: {problem}", file=sys.stderr)
+        return BenchOutcome(2, grid)
+    if problem is not None:
+        print(f"gence bench: warning: {problem}", file=sys.stderr)
     executor = None
     if args.backend == "ray" and not args.list:
         if args.workers != "auto" or args.workers_per_gpu != 1:
@@ -206,7 +265,7 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
         summary = run_grid(runs, args.db, workers=workers, threads=args.threads, retry_failed=args.retry_failed,
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
                            grid_text=(grid.name, grid.path, grid.text), tuned=tuned, extensions=extensions,
-                           workers_per_gpu=args.workers_per_gpu, executor=executor)
+                           workers_per_gpu=args.workers_per_gpu, executor=executor, show_error=runtime_flags)
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)

@@ -27,7 +27,8 @@ blocks without duplicates (same resolved config = same run). Example::
     model_params = { head = "cosine" }
 
 Precedence for a run's settings: TrainConfig defaults < ``[train]`` < block ``train`` < loss entry
-``train`` < matching ``[[override]]`` entries in file order < sweep values.
+``train`` < matching ``[[override]]`` entries in file order < sweep values. An override may match the runs
+of some blocks only, but one whose ``match`` selects no run of any block is an error (a typo'd value).
 
 A loss entry is a name or a table with ``name``, ``params`` (constructor arguments), ``label`` (display
 name; default: the name, with its params when there are any, e.g. ``focal(gamma=3)``), ``seeds`` (replaces
@@ -559,6 +560,8 @@ class _Loader:
         return ExtendSpec(field=field, factor=float(factor), max_steps=steps, metric=metric)
 
     def overrides(self, value: Any) -> list[tuple[dict, dict]]:
+        """The ``[[override]]`` entries as (match, settings); the values of ``match`` as lists (whether an
+        entry matches any run is checked once the runs are expanded, see :func:`_unmatched_override`)."""
         if value is None:
             return []
         out = []
@@ -614,9 +617,28 @@ def _matches(match: dict, run: dict) -> bool:
     return all(run.get(k) in values for k, values in match.items())
 
 
+def _unmatched_override(where: str, i: int, entry: Any, match: dict, seen: dict[str, set]) -> GridError:
+    """The error of ``override[i]`` whose ``match`` selects no run of any block: the values of its keys that
+    no run has, with the values the runs do have (``seen``: key -> the values over every block's runs)."""
+    def shown(values) -> str:
+        return ", ".join(repr(v) for v in sorted(values, key=lambda v: (not isinstance(v, str), str(v))))
+
+    shown_match = entry.get("match") if isinstance(entry, dict) else match
+    absent = [(k, v) for k, values in match.items() for v in values if v not in seen.get(k, set())]
+    head = f"{where}: override[{i}]: match {shown_match!r} matches no run"
+    if absent:
+        return GridError(head + "; " + "; ".join(
+            f"{k} {v!r} is in no run ({k} values in the grid: {shown(seen.get(k, ()))})" for k, v in absent))
+    return GridError(head + "; each of these values is in some run, no run has them all (values in the grid: "
+                     + "; ".join(f"{k}: {shown(seen.get(k, ()))}" for k in match) + ")")
+
+
 def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None = None,
-               name: str | None = None) -> Grid:
-    """Expand and validate grid TOML text; raises :class:`GridError` before anything runs."""
+               name: str | None = None, check_overrides: bool = True) -> Grid:
+    """Expand and validate grid TOML text; raises :class:`GridError` before anything runs.
+
+    ``check_overrides=False`` accepts an ``[[override]]`` whose ``match`` selects no run (else an error):
+    for re-expanding grid texts stored by runs of an earlier version, which accepted them."""
     where = path or "<grid>"
     try:
         doc = tomllib.loads(text)
@@ -633,10 +655,13 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
         raise GridError(f"{where}: no [grid] block; a grid needs at least datasets, regimes, models, losses "
                         f"and seeds")
     blocks = blocks if isinstance(blocks, list) else [blocks]
-    overrides = loader.overrides(doc.get("override"))
+    override_entries = doc.get("override")
+    overrides = loader.overrides(override_entries)
     grid_name = name or (Path(path).stem if path else "grid")
 
     parsed = []
+    hits = [0] * len(overrides)                       # runs each override matched, over every block
+    seen: dict[str, set] = {k: set() for k in MATCH_KEYS}   # the values each match key takes in the runs
     for b, block in enumerate(blocks):
         w = "grid" if len(blocks) == 1 else f"grid[{b}]"
         _check_keys(block, BLOCK_KEYS, w)
@@ -666,8 +691,11 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
                                    "seed": seed})
                     ident = {"dataset": ds["dataset"], "regime": regime, "model": model["model"],
                              "loss": loss["name"], "label": loss["label"], "seed": seed, "grid": block_name}
+                    for k, v in ident.items():
+                        seen[k].add(v)
                     for i, (match, settings) in enumerate(overrides):
                         if _matches(match, ident):
+                            hits[i] += 1
                             loader.apply_override(config, settings, f"override[{i}]")
                     config.update(sweep)
                     run_where = (f"{w}: run dataset={ds['dataset']} regime={regime} model={model['model']} "
@@ -675,6 +703,12 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
                     items.append((config, loss["label"], run_where))
         parsed.append({"name": block_name, "where": w, "tune": block.get("tune"), "items": items,
                        "swept": swept, "swept_all": swept_all, "extend": block.get("extend")})
+    # An override may target some blocks only, but one that matches no run of any block is a mistake
+    # (a typo'd value, a seed or block that is not there) that would otherwise change nothing silently.
+    for i, ((match, _), n) in enumerate(zip(overrides, hits)):
+        if not n and check_overrides:
+            entries = override_entries if isinstance(override_entries, list) else [override_entries]
+            raise _unmatched_override(where, i, entries[i], match, seen)
 
     def resolve(config: dict, run_where: str) -> dict:
         try:

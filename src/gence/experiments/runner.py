@@ -450,7 +450,8 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
              runtime: dict | None = None, lease_seconds: float = 600.0,
              grid_text: tuple[str, str | None, str] | None = None,
              tuned: Sequence[TunedSpec] = (), extensions: Sequence[ExtendGroup] = (),
-             workers_per_gpu: int = 1, executor: "Executor | None" = None) -> RunnerSummary:
+             workers_per_gpu: int = 1, executor: "Executor | None" = None,
+             show_error: Callable[[str], str] | None = None) -> RunnerSummary:
     """Run every spec not yet done in ``db_path``; see the module docstring for the guarantees.
 
     ``threads``: torch threads per run (default: unchanged with one worker, cores // workers otherwise).
@@ -462,7 +463,10 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     ``workers_per_gpu``: with ``workers > 1`` and runs that may use a GPU (device ``auto`` or ``cuda``),
     each worker sees one GPU (``CUDA_VISIBLE_DEVICES``), this many workers per GPU (:func:`gpu_assignment`).
     ``executor``: runs the runs elsewhere instead of local processes (e.g.
-    :class:`gence.experiments.ray_backend.RayExecutor`); ``workers`` and ``threads`` are then ignored."""
+    :class:`gence.experiments.ray_backend.RayExecutor`); ``workers`` and ``threads`` are then ignored.
+    ``show_error``: rewrites a failed run's error line where it is shown (the ``failed:`` line printed, and
+    ``RunnerSummary.failures``), e.g. :func:`gence.contract.runtime_flags` for a command line; the error
+    stored in the database stays as raised."""
     runtime = dict(runtime or {})
     for key in runtime:
         if key not in RUNTIME_FIELDS:
@@ -508,6 +512,7 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
                 summary.done += 1
             elif outcome == "failed":
                 summary.failed += 1
+                error = show_error(error or "") if show_error is not None else error
                 summary.failures.append((describe(spec), error or ""))
                 if bar is not None:
                     bar.write(f"failed: {describe(spec)}: {error}")

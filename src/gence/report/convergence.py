@@ -127,7 +127,7 @@ def convergence(ctx: Context) -> str:
             train_err = _mean(r.metrics.get(METRIC["train_error"], math.nan) for r in runs)
             rows.append([name, str(len(runs)), T.fmt_num(train_err, 2, 100),
                          T.fmt_num(gap, 3) + (" ‡" if soft and not math.isnan(gap) else ""),
-                         T.fmt_num(final, 2, 100), _signed(change, 2, 100)])
+                         T.fmt_num(final, 2, 100), T.fmt_num(change, 2, 100, signed=True)])
             csv_rows.append([*setting, name, len(runs), train_err, gap, final, change])
         md += [f"### {title}", "", T.markdown_table(
             ["loss", "seeds", "final train error %", "train loss − floor (nats)", "final val error %",
@@ -160,10 +160,6 @@ def convergence(ctx: Context) -> str:
 
 def _value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else value if isinstance(value, str) else canonical_json(value)
-
-
-def _signed(x: float, digits: int, scale: float = 1.0) -> str:
-    return "–" if math.isnan(x) else f"{x * scale:+.{digits}f}".replace("-", "−")
 
 
 # ------------------------------------------------------------------------------------- the pilot rule
@@ -332,11 +328,13 @@ def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> s
         rows = []
         for r in s.rows:
             c = r.change
-            ci = f" [{_signed(c.low, 2, 100)}, {_signed(c.high, 2, 100)}]" if not math.isnan(c.low) else ""
+            ci = (f" [{T.fmt_num(c.low, 2, 100, signed=True)}, {T.fmt_num(c.high, 2, 100, signed=True)}]"
+                  if not math.isnan(c.low) else "")
             rows.append([r.label, str(r.epochs), str(r.seeds), T.fmt_num(r.train_error, 2, 100),
                          T.fmt_num(r.floor_gap, 3) + (" ‡" if r.soft and not math.isnan(r.floor_gap) else ""),
                          T.fmt_num(r.test_error, 2, 100), T.fmt_num(r.test_error_double, 2, 100),
-                         _signed(c.mean, 2, 100) + ci, "yes" if r.fits else "no", "yes" if r.stable else "no"])
+                         T.fmt_num(c.mean, 2, 100, signed=True) + ci, "yes" if r.fits else "no",
+                         "yes" if r.stable else "no"])
         verdicts = []
         for e in s.budgets:
             text = f"E = {e}: **{'passes' if s.passing[e] else 'fails'}**"

@@ -171,7 +171,8 @@ def _gence_label(results: Results, setting) -> str | None:
 
 def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
     """CE and GenCE side by side, before and after temperature scaling (left, right), test split bins
-    pooled over the seeds of each; one PNG per setting that has both losses with stored bins."""
+    pooled over the seeds of each; one PNG per setting that has both losses with stored bins. Each panel's
+    ECE is that of the pooled predictions (titled so), not the mean of per-seed ECEs the tables show."""
     paths = []
     for setting in results.settings():
         base = results.baseline(setting)
@@ -201,8 +202,10 @@ def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
                     continue
                 bins, n = panels[(g.label, split)]
                 when = "before TS" if split == "test" else "after TS"
-                plot_reliability_bins(bins, ax=ax, title=f"{g.label}, {when} ({n} seeds pooled)")
-        fig.suptitle(f"Reliability, {setting[0]} {setting[1]} {setting[2]}")
+                plot_reliability_bins(bins, ax=ax, title=f"{g.label}, {when} ({n} seeds pooled)",
+                                      ece_label="pooled ECE")
+        fig.suptitle(f"Reliability, {setting[0]} {setting[1]} {setting[2]}: the predictions of all seeds pooled; "
+                     f"ECE of the pooled predictions (the tables: mean of per-seed ECEs)")
         path = out_dir / f"reliability_{slug(*setting)}.png"
         fig.savefig(path, dpi=100)
         paths.append(path)

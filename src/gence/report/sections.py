@@ -197,18 +197,25 @@ def selection(ctx: Context) -> str:
                       "split and its test error; the selected one feeds the tables above.", "", table])
 
 
+RELIABILITY_NOTE = ("Each panel pools the test predictions of all seeds of a loss (their reliability bins "
+                    "summed), and its ECE (\"pooled ECE\") is computed on these pooled predictions; the ECE in "
+                    "the tables is the mean of the per-seed ECEs, so the two can differ.")
+
+
 def figures(ctx: Context) -> str:
     if not (ctx.results.runs and ctx.with_plots):
         return ""
     ctx.plots_dir.mkdir(parents=True, exist_ok=True)
-    made = [("Error against labels per class", plots.error_vs_labels(ctx.results, ctx.plots_dir)),
-            ("Reliability diagrams, CE and GenCE", plots.reliability_diagrams(ctx.results, ctx.plots_dir)),
-            ("ECE before and after temperature scaling", plots.ece_before_after(ctx.results, ctx.plots_dir))]
+    made = [("Error against labels per class", plots.error_vs_labels(ctx.results, ctx.plots_dir), ""),
+            ("Reliability diagrams, CE and GenCE", plots.reliability_diagrams(ctx.results, ctx.plots_dir),
+             RELIABILITY_NOTE),
+            ("ECE before and after temperature scaling", plots.ece_before_after(ctx.results, ctx.plots_dir), "")]
     md = ["## Plots", ""]
-    for heading, paths in made:
+    for heading, paths, note in made:
         ctx.files.extend(paths)
         if paths:
-            md += [f"### {heading}", ""] + [f"![{p.stem}]({ctx.link(p)})" for p in paths] + [""]
+            md += [f"### {heading}", ""] + ([note, ""] if note else []) + [f"![{p.stem}]({ctx.link(p)})"
+                                                                          for p in paths] + [""]
     return "\n".join(md)
 
 

@@ -398,17 +398,34 @@ def _short(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ formatting
+def _fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals; a value that rounds to zero has no minus sign (``0.00``, not ``-0.00``)."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def fmt_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (times ``scale``, ``digits`` decimals; no ``-0.00``); ``–`` for a NaN mean, the mean
+    alone for a NaN std."""
     if math.isnan(mean):
         return "–"
-    text = f"{mean * scale:.{digits}f}"
+    text = _fixed(mean * scale, digits)
     if not math.isnan(std):
-        text += f" ± {std * scale:.{digits}f}"
+        text += f" ± {_fixed(std * scale, digits)}"
     return text
 
 
-def fmt_num(value: float, digits: int = 2, scale: float = 1.0) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value * scale:.{digits}f}"
+def fmt_num(value: float | None, digits: int = 2, scale: float = 1.0, *, signed: bool = False) -> str:
+    """``value * scale`` with ``digits`` decimals, ``–`` for None or NaN: the one number format of the report.
+
+    A value that rounds to zero prints as ``0.00`` (``+0.00`` when ``signed``), never ``-0.00``. ``signed``
+    (differences): an explicit ``+``, and the minus as ``−`` (U+2212), e.g. ``+1.25``, ``−0.40``."""
+    if value is None or math.isnan(value):
+        return "–"
+    text = _fixed(value * scale, digits)
+    if not signed:
+        return text
+    return "−" + text[1:] if text.startswith("-") else "+" + text
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: Sequence[str] | None = None) -> str:

@@ -184,7 +184,8 @@ def grid_progress(results: T.Results) -> Progress:
     unreadable = []
     for g in results.grids:
         try:
-            grid = parse_grid(g["text"], name=g.get("name"))
+            # stored texts ran as they are: an override that matches no run (accepted before) changes nothing
+            grid = parse_grid(g["text"], name=g.get("name"), check_overrides=False)
         except Exception as exc:  # a grid this version cannot expand: counted as unknown, not fatal
             unreadable.append(f"{g.get('name')}: {str(exc).splitlines()[0][:200]}")
             continue
@@ -319,7 +320,8 @@ def decide(comparisons: Sequence[Comparison], grid_settings: int, min_fraction: 
 
 # ----------------------------------------------------------------------------------------- formatting
 def signed(x: float, digits: int = 2) -> str:
-    return "–" if math.isnan(x) else f"{x:+.{digits}f}".replace("-", "−")
+    """A difference with its sign (``+0.12``, ``−0.40``; ``+0.00`` for one that rounds to zero), ``–`` for NaN."""
+    return T.fmt_num(x, digits, signed=True)
 
 
 def unit(column: Column) -> str:

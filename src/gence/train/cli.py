@@ -16,27 +16,29 @@ import warnings
 import torch
 
 from gence import data as gdata
-from gence.contract import (GROUPS, OOD_METRICS, OOD_SCORES, OPTIMIZERS, SCHEDULES, SPLIT_METRICS, SPLITS, TEMPERATURE,
-                            TrainConfig, field_problem, group_key, ood_key, split_key)
+from gence.contract import (GROUPS, OOD_METRICS, OOD_SCORES, OPTIMIZERS, RUNTIME_FLAGS, SCHEDULES, SPLIT_METRICS,
+                            SPLITS, TEMPERATURE, TrainConfig, field_problem, group_key, ood_key, runtime_flags,
+                            split_key)
 from gence.train.loop import NonFiniteLossError, fit
 
 # TrainConfig field -> the flag of `gence train` that sets it (fields without a flag keep their name).
 FLAGS = {
-    "dataset": "--dataset", "data_dir": "--data-dir", "dataset_params": "--dataset-param", "classes": "--classes",
+    "dataset": "--dataset", "dataset_params": "--dataset-param", "classes": "--classes",
     "regime": "--regime", "n_val_per_class": "--n-val-per-class", "augment": "--augment", "ood": "--ood",
     "model": "--model", "model_params": "--model-param", "loss": "--loss", "loss_params": "--loss-param",
     "optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum", "weight_decay": "--weight-decay",
     "nesterov": "--nesterov", "schedule": "--schedule", "warmup_epochs": "--warmup-epochs", "epochs": "--epochs",
     "steps": "--steps", "drop_last": "--drop-last", "batch_size": "--batch-size", "seed": "--seed",
-    "device": "--device", "amp": "--amp", "compile": "--compile", "n_bins": "--n-bins",
-    "eval_batch_size": "--eval-batch-size",
+    "amp": "--amp", "compile": "--compile", "n_bins": "--n-bins", "eval_batch_size": "--eval-batch-size",
+    **{name: flag for name, (flag, _) in RUNTIME_FLAGS.items()},   # --data-dir, --device: shared with gence bench
 }
 
 
 def as_flags(message: str) -> str:
     """``message`` with the Python names of TrainConfig fields replaced by the flags that set them
-    (``TrainConfig.epochs=-3`` -> ``--epochs -3``, ``pass data_dir=...`` -> ``pass --data-dir DIR``)."""
-    message = message.replace("data_dir=...", "--data-dir DIR")
+    (``TrainConfig.epochs=-3`` -> ``--epochs -3``, ``pass data_dir=...`` -> ``pass --data-dir DIR``: the
+    runtime fields as :func:`gence.contract.runtime_flags` names them for ``gence bench`` too)."""
+    message = runtime_flags(message)
     message = re.sub(r"unknown (dataset|model|loss) name=(\S+?);", r"--\1 \2: unknown \1;", message)
 
     def flag(match: re.Match) -> str:
