@@ -333,6 +333,18 @@ def test_bench_without_a_data_directory_stops_before_anything_is_stored(capsys, 
         ("done", "digits", ["gaussian_noise", "uniform_noise"])]
 
 
+def test_bench_with_a_data_directory_that_does_not_exist_stops_before_anything_is_stored(capsys, tmp_path):
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '"fashion_mnist"')
+    missing = tmp_path / "no-such-folder"
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--data-dir", str(missing), "--quiet",
+                             "--no-report")
+    assert code == 2 and out == ""
+    assert one_line(err) == (f"gence bench: --data-dir {missing}: no such file or directory; expected the folder "
+                             f"that holds the datasets (or one dataset's archive)")
+    assert not db.exists()          # no runs stored failed for want of files, to be skipped by the next call
+
+
 def test_bench_without_a_data_directory_needs_none_for_runs_it_will_not_run(capsys, tmp_path, monkeypatch):
     """Runs stored done (or failed, without --retry-failed) are skipped, so they need no data directory."""
     monkeypatch.delenv("GENCE_DATA", raising=False)

@@ -169,7 +169,12 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
         print(f"gence bench: --workers-per-gpu {args.workers_per_gpu}: expected an integer >= 1", file=sys.stderr)
         return BenchOutcome(2, grid)
     # Before anything is claimed or stored: a run that would fail for want of its files would be stored
-    # failed, and the next call (with --data-dir) would skip it unless --retry-failed.
+    # failed, and the next call (with --data-dir) would skip it unless --retry-failed. With Ray the
+    # directory is the workers' (it may not exist here), so only a local run checks that it exists.
+    if args.data_dir is not None and args.backend == "local" and not Path(args.data_dir).expanduser().exists():
+        print(f"gence bench: --data-dir {args.data_dir}: no such file or directory; expected the folder "
+              f"that holds the datasets (or one dataset's archive)", file=sys.stderr)
+        return BenchOutcome(2, grid)
     problem = data_dir_problem(runs, tuned, extensions, args.db, data_dir=args.data_dir,
                                retry_failed=args.retry_failed)
     if problem is not None and not args.list:
