@@ -63,7 +63,7 @@ def pilot_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float]]:
     return out
 
 
-def step_seconds(config: dict, repeats: int = 5, steps: int = 20) -> list[float]:
+def step_seconds(config: dict, repeats: int = 3, steps: int = 10) -> list[float]:
     """Seconds per training step (forward, backward, SGD) of ``config``'s model on random batches."""
     c, side = SHAPES[config["dataset"]]
     torch.manual_seed(0)
