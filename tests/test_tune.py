@@ -372,3 +372,27 @@ def test_report_skips_properness_rows(tmp_path, fake):
     assert main(["report", str(db), "-o", str(tmp_path / "cli")]) == 0
     runs_csv = read_csv(tmp_path / "out" / "tables" / "runs.csv")
     assert len(runs_csv) == N_TUNE + N_MAIN and all(r["dataset"] == "digits" for r in runs_csv)
+
+
+def test_runs_start_in_block_order_so_a_tuned_block_goes_before_a_later_ordinary_one(tmp_path, fake, capsys):
+    # tune (ordinary), main (tuned on tune), then base (ordinary): base's runs are ready from the start, but
+    # the file puts main before them, so every main run starts before any base run (one worker: the order of
+    # the log is the order of the runs)
+    run_fn, log = fake
+    text = GRID + textwrap.dedent("""
+        [[grid]]
+        name = "base"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = [{ name = "focal", params = { gamma = 2.0 }, label = "focal2" }]
+        """)
+    path = grid_file(tmp_path, text)
+    db = tmp_path / "r.sqlite"
+    code = main(["bench", str(path), "--db", str(db), "--run-fn", run_fn, "--workers", "1", "--quiet",
+                 "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    block_of = {r["key"]: r["grid"] for r in rows(db)}
+    started = [block_of[e["key"]] for e in log_entries(log)]
+    assert started == ["tune"] * N_TUNE + ["main"] * N_MAIN + ["base"] * 2

@@ -270,7 +270,8 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
         summary = run_grid(runs, args.db, workers=workers, threads=args.threads, retry_failed=args.retry_failed,
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
                            grid_text=(grid.name, grid.path, grid.text), tuned=tuned, extensions=extensions,
-                           workers_per_gpu=args.workers_per_gpu, executor=executor, show_error=runtime_flags)
+                           workers_per_gpu=args.workers_per_gpu, executor=executor, show_error=runtime_flags,
+                           order=grid.blocks)
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)

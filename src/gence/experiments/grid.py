@@ -227,6 +227,7 @@ class Grid:
     tuned: list[TunedSpec] = dataclasses.field(default_factory=list)  # runs of blocks with ``tune``
     extensions: list[ExtendGroup] = dataclasses.field(default_factory=list)  # groups of blocks with ``extend``
     verdict: dict | None = None               # the file's [verdict] table, raw (gence.report.verdict reads it)
+    blocks: list[str] = dataclasses.field(default_factory=list)  # block names in file order: the runner's order
 
 
 def _choices(names: Iterable[str]) -> str:
@@ -784,7 +785,7 @@ def parse_grid(text: str, *, path: str | None = None, checks: GridChecks | None 
     if verdict is not None and not isinstance(verdict, dict):
         raise GridError(f"{where}: verdict = {verdict!r}: expected a [verdict] table")
     return Grid(name=grid_name, path=path, text=text, runs=list(runs.values()), tuned=list(tuned.values()),
-                extensions=extensions, verdict=verdict)
+                extensions=extensions, verdict=verdict, blocks=[p["name"] for p in parsed])
 
 
 def _extend_groups(block: str, where: str, ext: ExtendSpec, specs: list[RunSpec], resolve) -> list[ExtendGroup]:

@@ -18,6 +18,9 @@
   in the database (another shard's, or running in another process) stay waiting: they are counted in
   the summary and run by a later invocation once the database has them (for shards: ``gence merge``
   the shard databases into each shard's database, then run the shards again).
+- Runs start in the order of their blocks (``order``, the grid file's order from ``gence bench``), each
+  block's runs in its order: a tuned run that becomes ready goes ahead of every queued run of a later
+  block, so a file can put what matters most first (sweeps, then the main comparisons, then the rest).
 - Extending sweeps (blocks with ``extend``) are decided the same way: whenever a run of a sweep ends, its
   state is recomputed from the database (:func:`gence.experiments.grid.extension_state`) and the runs it
   adds are queued; a tuned run on that block waits until the sweep has settled. ``RunnerSummary.extensions``
@@ -37,8 +40,10 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import heapq
 import importlib
 import inspect
+import itertools
 import multiprocessing as mp
 import os
 import queue as queue_module
@@ -48,7 +53,6 @@ import threading
 import time
 import traceback
 import warnings
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -322,15 +326,39 @@ def auto_workers(specs: Sequence[RunSpec], runtime: dict | None = None, *, max_w
     return max(1, min(usable_cores(), max_workers, len(specs)))
 
 
+class RunQueue:
+    """Ready runs, taken in the order of their blocks (``order``: block names; others after them, in the
+    order they first came), then in the order they were added."""
+
+    def __init__(self, order: Sequence[str] = ()):
+        self._rank = {name: i for i, name in enumerate(order)}
+        self._heap: list[tuple[int, int, RunSpec]] = []
+        self._count = itertools.count()
+
+    def append(self, spec: RunSpec) -> None:
+        rank = self._rank.setdefault(spec.grid, len(self._rank))
+        heapq.heappush(self._heap, (rank, next(self._count), spec))
+
+    def popleft(self) -> RunSpec:
+        return heapq.heappop(self._heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self):
+        return (spec for _, _, spec in sorted(self._heap, key=lambda item: item[:2]))
+
+
 class Scheduler:
-    """The runs still to do in this invocation: a queue of ready specs, tuned runs that wait, and
-    extending sweeps (``ExtendGroup``) not yet settled, whose next runs are queued as they are decided."""
+    """The runs still to do in this invocation: a queue of ready specs (:class:`RunQueue`, in block order),
+    tuned runs that wait, and extending sweeps (``ExtendGroup``) not yet settled, whose next runs are
+    queued as they are decided."""
 
     def __init__(self, db: ResultsDB, specs: list[RunSpec], tuned: list[TunedSpec], retry_failed: bool,
-                 summary: RunnerSummary, extensions: Sequence[ExtendGroup] = ()):
+                 summary: RunnerSummary, extensions: Sequence[ExtendGroup] = (), order: Sequence[str] = ()):
         self.db, self.retry_failed, self.summary = db, retry_failed, summary
         status = db.statuses()
-        self.queue: deque[RunSpec] = deque()
+        self.queue = RunQueue(order)
         self.known: set[str] = set()
         self.unfinished: set[str] = set()      # queued or in flight here
         self.specs: dict[str, RunSpec] = {}
@@ -451,7 +479,7 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
              grid_text: tuple[str, str | None, str] | None = None,
              tuned: Sequence[TunedSpec] = (), extensions: Sequence[ExtendGroup] = (),
              workers_per_gpu: int = 1, executor: "Executor | None" = None,
-             show_error: Callable[[str], str] | None = None) -> RunnerSummary:
+             show_error: Callable[[str], str] | None = None, order: Sequence[str] = ()) -> RunnerSummary:
     """Run every spec not yet done in ``db_path``; see the module docstring for the guarantees.
 
     ``threads``: torch threads per run (default: unchanged with one worker, cores // workers otherwise).
@@ -466,7 +494,9 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     :class:`gence.experiments.ray_backend.RayExecutor`); ``workers`` and ``threads`` are then ignored.
     ``show_error``: rewrites a failed run's error line where it is shown (the ``failed:`` line printed, and
     ``RunnerSummary.failures``), e.g. :func:`gence.contract.runtime_flags` for a command line; the error
-    stored in the database stays as raised."""
+    stored in the database stays as raised.
+    ``order``: block names in the order their runs start (``Grid.blocks``); by default the order in which
+    the blocks' runs come (ordinary runs first, then tuned runs as they become ready)."""
     runtime = dict(runtime or {})
     for key in runtime:
         if key not in RUNTIME_FIELDS:
@@ -485,7 +515,7 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     try:
         if grid_text is not None:
             db.add_grid(*grid_text)
-        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions)
+        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions, order)
         bar = _progress_bar(len(sched.queue) + len(sched.waiting), progress)
 
         def account_released():
