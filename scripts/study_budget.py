@@ -4,9 +4,9 @@
         > results/study/budget.txt
 
 Per run: its SGD steps (epochs x ceil(n_train / batch)) times the seconds per step of its (dataset, model,
-amp). Seconds per step come from the pilot's stored runs of the same dataset and model (wall time / steps,
-median; this includes every evaluation the run makes, at the pilot's eval_every, and the slowdown of two
-runs sharing the machine). A (dataset, model) the pilot did not train is scaled from the pilot's model
+amp). Seconds per step come from the pilot's stored runs of the same dataset and model (wall time, or the
+training seconds of every attempt for a resumed run, against steps; this includes every evaluation the run
+makes, at the pilot's eval_every, and the slowdown of two runs sharing the machine). A (dataset, model) the pilot did not train is scaled from the pilot's model
 of that dataset by the ratio of training-step times measured here, in this process, on random batches of
 the dataset's shape (interleaved repeats, one thread, bf16 autocast as the runs use), so both are measured
 under the same load. Sweeps with ``extend`` are counted as planned, plus (second total) every rung the
@@ -50,8 +50,13 @@ def pilot_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float]]:
     the pilot's finished runs when they have two budgets or more (a: the evaluations, whose number does
     not grow with the budget), else a = 0 and b the median seconds per step."""
     per = defaultdict(list)
-    for config, wall in sqlite3.connect(db).execute("select config, wall_seconds from runs where status='done'"):
+    rows = sqlite3.connect(db).execute("select config, wall_seconds, extras from runs where status='done'")
+    for config, wall, extras in rows:
         config = json.loads(config)
+        # a run resumed from a checkpoint stores the wall time of its last attempt only; its history's
+        # seconds count the training time of every attempt
+        history = (json.loads(extras) if extras else {}).get("history") or [{}]
+        wall = max(wall, history[-1].get("seconds", 0.0))
         per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append((steps_of(config), wall))
     out = {}
     for k, v in per.items():
