@@ -33,6 +33,8 @@ from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.experiments.db import run_key
 from gence.experiments.grid import GridError, extension_state
+from gence.report import load_results
+from gence.report.verdict import grid_progress, progress_markdown
 
 import helpers  # tests/helpers.py
 
@@ -442,3 +444,54 @@ def test_shards_extend_from_their_own_database_and_match_one_unsharded_run(tmp_p
     assert main(["merge", str(merged), *map(str, shards)]) == 0
     check_final(rows(merged))
     assert content(merged) == content(full)
+
+
+# ------------------------------------------------------------------------------------------- report
+def block_counts(stored) -> dict[str, tuple[int, int, int, int]]:
+    """Per block, from the stored rows: (runs, done, failed, runs of sweep at an lr the grid does not list)."""
+    out = {}
+    for block in sorted({r["grid"] for r in stored}):
+        mine = [r for r in stored if r["grid"] == block]
+        out[block] = (len(mine), sum(r["status"] == "done" for r in mine), sum(r["status"] == "failed" for r in mine),
+                      sum(block == "sweep" and r["config"]["lr"] not in SWEPT for r in mine))
+    return out
+
+
+def test_progress_counts_the_extension_runs_in_their_block_and_the_undecided_sweeps(tmp_path, fake, monkeypatch):
+    """First the swept runs only: ce and focal (0.4 wins) then run at 0.8 and brier (0.025 wins) at 0.0125, 2
+    seeds each, decided but not run; gence is settled. Then everything, with ce's two runs at 1.6 failing
+    (0.8 still wins for ce): the sweep block then holds its 40 swept runs and the 14 added ones."""
+    run_fn, _ = fake
+    monkeypatch.setenv("FAKE_FAIL", json.dumps([["ce", 1.6]]))
+    grid = parse_grid(textwrap.dedent(GRID), name="ext")
+    db = tmp_path / "r.sqlite"
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, grid_text=(grid.name, None, grid.text))
+    progress = grid_progress(load_results(db))
+    stored = rows(db)
+    assert block_counts(stored) == {"sweep": (N_SWEPT, N_SWEPT, 0, 0)}
+    by = {b.block: (b.total, b.done, b.failed, b.missing) for b in progress.blocks}
+    assert by == {"sweep": (N_SWEPT + 6, N_SWEPT, 0, 6), "main": (N_MAIN, 0, 0, N_MAIN)}
+    assert {b.block: b.added for b in progress.blocks} == {"sweep": 6, "main": 0}
+    assert progress.undecided == 3
+    text = progress_markdown(progress)
+    assert f"| sweep | {N_SWEPT + 6} | {N_SWEPT} | 0 | 6 | 6 |" in text
+    assert "The runs include 6 added by the runner" in text
+    assert "3 of the 4 sweep(s) that may extend are still undecided (runs missing)" in text
+
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, tuned=grid.tuned, extensions=grid.extensions,
+             grid_text=(grid.name, None, grid.text))
+    stored = rows(db)
+    counts = block_counts(stored)
+    assert counts == {"sweep": (N_SWEPT + N_ADDED, N_SWEPT + N_ADDED - 2, 2, N_ADDED), "main": (N_MAIN, N_MAIN, 0, 0)}
+    progress = grid_progress(load_results(db))
+    assert {b.block: (b.total, b.done, b.failed) for b in progress.blocks} == {k: v[:3] for k, v in counts.items()}
+    assert {b.block: b.added for b in progress.blocks} == {k: v[3] for k, v in counts.items()}
+    assert progress.undecided == 0 and [b.missing for b in progress.blocks] == [0, 0]
+    t = progress.total
+    assert (t.total, t.done, t.failed, t.added) == (len(stored), sum(r["status"] == "done" for r in stored), 2, N_ADDED)
+    text = progress_markdown(progress)
+    runs, done, failed, added = counts["sweep"]
+    assert f"| sweep | {runs} | {done} | {failed} | 0 | {added} |" in text
+    assert f"{t.done} of the grid's {len(stored)} runs are stored done" in text
+    assert f"The runs include {N_ADDED} added by the runner" in text
+    assert "0 of the 4 sweep(s) that may extend are still undecided" in text

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.stats import fisher_exact, rankdata
 
-from gence.experiments.grid import parse_grid
+from gence.report import extensions as X
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.columns import (ACC_FEW, ADAECE, CWECE, ECE, ECE_TS, ERROR, METRIC, OOD_AUROC, OOD_FPR95, Column,
@@ -139,10 +139,13 @@ def spec_from_grids(grids: Sequence[dict]) -> VerdictSpec | None:
 # ------------------------------------------------------------------------------------ grid progress
 @dataclasses.dataclass
 class BlockProgress:
+    """A block's runs: ``total`` = done + failed + missing; ``added`` of them were added by an extension."""
+
     block: str
     total: int
     done: int
     failed: int
+    added: int = 0
 
     @property
     def missing(self) -> int:
@@ -155,6 +158,7 @@ class Progress:
     # (block, dataset, regime, model, label) -> seeds the grid asks for
     seeds: dict[tuple, set[int]]
     unreadable: list[str]
+    extensions: list[X.SweepExtension] = dataclasses.field(default_factory=list)  # sweeps that may extend
 
     def expected(self, block: str, setting: tuple, label: str) -> set[int] | None:
         return self.seeds.get((block, *setting, label)) if self.blocks else None
@@ -168,37 +172,48 @@ class Progress:
         return {s for s, labs in have.items() if set(labels) <= labs}
 
     @property
+    def undecided(self) -> int:
+        """Sweeps whose extension waits for runs (more runs may be added to their blocks)."""
+        return sum(s.kind == X.UNDECIDED for s in self.extensions)
+
+    @property
     def total(self) -> BlockProgress:
-        return BlockProgress("all", sum(b.total for b in self.blocks), sum(b.done for b in self.blocks),
-                             sum(b.failed for b in self.blocks))
+        return BlockProgress("all", *(sum(getattr(b, f) for b in self.blocks)
+                                      for f in ("total", "done", "failed", "added")))
 
 
 def grid_progress(results: T.Results) -> Progress:
     """Expand the grid files stored in the database as the runner does (union over files, runs by key) and
     count, per block, runs done, failed and missing. A run of a block with ``tune`` counts as done (failed)
-    when one of its candidate runs (one per tuned value) is stored done (failed)."""
+    when one of its candidate runs (one per tuned value) is stored done (failed). A block with ``extend``
+    also counts the runs its sweeps have added so far (:func:`gence.report.extensions.sweep_extensions`,
+    the runner's own replay of the stored runs): stored ones as done or failed, decided ones not yet run as
+    missing; an undecided sweep may still add more."""
     done = {r.key for r in list(results.runs) + list(results.tuning_runs)}
     failed = {f["key"] for f in results.failed}
     ordinary: dict[str, tuple[str, dict, str]] = {}      # key -> (block, config, label)
     tuned: dict[tuple, tuple[str, dict, str]] = {}       # candidate keys -> (block, config, label)
-    unreadable = []
-    for g in results.grids:
-        try:
-            # stored texts ran as they are: an override that matches no run (accepted before) changes nothing
-            grid = parse_grid(g["text"], name=g.get("name"), check_overrides=False)
-        except Exception as exc:  # a grid this version cannot expand: counted as unknown, not fatal
-            unreadable.append(f"{g.get('name')}: {str(exc).splitlines()[0][:200]}")
-            continue
+    grids, unreadable = X.expand_stored(results.grids)
+    for grid in grids:
         for spec in grid.runs:
             ordinary.setdefault(spec.key, (spec.grid, spec.config, spec.label))
         for t in grid.tuned:
             tuned.setdefault(tuple(s.key for _, s in t.candidates), (t.grid, t.config, t.label))
+    sweeps = X.sweep_extensions(grids, results)
+    counted = set(ordinary) | {k for keys in tuned for k in keys}
+    added: dict[str, tuple[str, dict, str]] = {}         # key -> (block, config, label) of extension runs
+    for s in sweeps:
+        for _, spec in s.added_runs:
+            if spec.key not in counted:
+                added.setdefault(spec.key, (spec.grid, spec.config, spec.label))
     counts: dict[str, list[int]] = {}
     seeds: dict[tuple, set[int]] = defaultdict(set)
-    items = [((k,), v) for k, v in ordinary.items()] + list(tuned.items())
-    for keys, (block, config, label) in items:
-        c = counts.setdefault(block, [0, 0, 0])
+    items = ([((k,), v, False) for k, v in ordinary.items()] + [(k, v, False) for k, v in tuned.items()]
+             + [((k,), v, True) for k, v in added.items()])
+    for keys, (block, config, label), extension in items:
+        c = counts.setdefault(block, [0, 0, 0, 0])
         c[0] += 1
+        c[3] += extension
         if any(k in done for k in keys):
             c[1] += 1
         elif any(k in failed for k in keys):
@@ -206,7 +221,7 @@ def grid_progress(results: T.Results) -> Progress:
         seeds[(block, config["dataset"], config["regime"], config["model"], label)].add(int(config["seed"]))
     order = {name: i for i, name in enumerate(T.grid_tunes(results.grids)[1])}
     blocks = [BlockProgress(b, *c) for b, c in sorted(counts.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))]
-    return Progress(blocks, dict(seeds), unreadable)
+    return Progress(blocks, dict(seeds), unreadable, sweeps)
 
 
 # -------------------------------------------------------------------------------------- comparisons
@@ -737,16 +752,26 @@ def collapse_table(runs: Sequence[T.Run], field: str, results: T.Results) -> str
 
 # -------------------------------------------------------------------------------------------- assembly
 def progress_markdown(progress: Progress) -> str:
+    """The progress sentence and the per-block table; with sweeps that extend, their runs added so far are
+    counted in their blocks (and in a column of their own), and the sentence says how many are undecided."""
     if not progress.blocks:
         return "The grid files stored in the database could not be expanded; progress unknown."
     t = progress.total
-    rows = [[b.block, str(b.total), str(b.done), str(b.failed), str(b.missing)] for b in progress.blocks]
-    rows.append(["**all**", f"**{t.total}**", f"**{t.done}**", f"**{t.failed}**", f"**{t.missing}**"])
+    sweeps = progress.extensions
+    header = ["block", "runs in grid", "done", "failed", "missing"] + (["added by extension"] if sweeps else [])
+    rows = [[b.block, str(b.total), str(b.done), str(b.failed), str(b.missing)] + ([str(b.added)] if sweeps else [])
+            for b in progress.blocks]
+    rows.append([f"**{x}**" for x in ("all", t.total, t.done, t.failed, t.missing) + ((t.added,) if sweeps else ())])
+    extension = ""
+    if sweeps:
+        extension = (f"The runs include {t.added} added by the runner to sweeps whose best value sat at an edge "
+                     f"(stored, or decided and not run yet); {progress.undecided} of the {len(sweeps)} sweep(s) that "
+                     "may extend are still undecided (runs missing), and each may add more. ")
     text = (f"{t.done} of the grid's {t.total} runs are stored done ({t.done / t.total:.0%}), {t.failed} failed, "
             f"{t.missing} not run yet (grid files stored in the database, expanded as the runner does; a run of a "
-            "tuned block counts once, whichever learning rate it gets). Until every block is complete the "
-            "numbers below are provisional; settings with fewer seeds than the grid asks are marked "
-            f"{PARTIAL}.\n\n" + T.markdown_table(["block", "runs in grid", "done", "failed", "missing"], rows))
+            "tuned block counts once, whichever learning rate it gets). " + extension
+            + "Until every block is complete the numbers below are provisional; settings with fewer seeds than the "
+            f"grid asks are marked {PARTIAL}.\n\n" + T.markdown_table(header, rows))
     if progress.unreadable:
         text += "\n\nGrid files that could not be expanded: " + "; ".join(progress.unreadable)
     return text
