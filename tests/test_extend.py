@@ -33,8 +33,9 @@ from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.experiments.db import run_key
 from gence.experiments.grid import GridError, extension_state
-from gence.report import load_results
-from gence.report.verdict import grid_progress, progress_markdown
+from gence.report import load_results, write_report
+from gence.report.cli import write_for
+from gence.report.verdict import VerdictSpec, grid_progress, progress_markdown
 
 import helpers  # tests/helpers.py
 
@@ -495,3 +496,63 @@ def test_progress_counts_the_extension_runs_in_their_block_and_the_undecided_swe
     assert f"{t.done} of the grid's {len(stored)} runs are stored done" in text
     assert f"The runs include {N_ADDED} added by the runner" in text
     assert "0 of the 4 sweep(s) that may extend are still undecided" in text
+
+
+def sweep_row(label, added, chosen, state) -> str:
+    """The report's row for one loss's sweep of GRID (values as the report prints numbers: %g)."""
+    return (f"| sweep | digits | balanced:5 | small_cnn | {label} | {', '.join(f'{v:g}' for v in SWEPT)} | "
+            f"{', '.join(f'{v:g}' for v in added) or 'none'} | {chosen} | {state} |")
+
+
+def test_report_shows_each_sweep_undecided_settled_extended_or_at_edge_with_its_values(tmp_path, fake):
+    """The states by hand from the optima (module docstring): after the swept runs only, ce and focal (0.4
+    wins) wait for 0.8 and brier (0.025 wins) for 0.0125, 2 of 12 runs missing each; gence settles at 0.1.
+    After everything: focal is AT EDGE at 3.2 after 3 steps up (max_steps), ce and brier settled inside
+    after 2 steps, gence unchanged."""
+    run_fn, _ = fake
+    grid = parse_grid(textwrap.dedent(GRID), name="ext")
+    db = tmp_path / "r.sqlite"
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, grid_text=(grid.name, None, grid.text))
+    md = write_report(db, tmp_path / "partial", with_plots=False).markdown
+    assert "## Sweep extensions" in md
+    part = md[md.index("## Sweep extensions"):]
+    assert ("4 sweep(s) may extend (blocks `sweep`; the runner adds values while the best one is the smallest or "
+            "largest tried): 1 settled inside the values swept, 0 extended, then settled inside, 0 AT EDGE after "
+            "their last extension, 3 undecided (runs missing).") in part
+    for label, added in (("ce", [0.8]), ("focal", [0.8]), ("brier", [0.0125])):
+        assert sweep_row(label, added, "", "undecided: 2 of 12 runs missing") in part, label
+    assert sweep_row("gence", [], "0.1", "settled inside the values swept") in part
+
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, tuned=grid.tuned, extensions=grid.extensions,
+             grid_text=(grid.name, None, grid.text))
+    stored = rows(db)
+    assert lrs(stored, "sweep", "focal", "done") == SWEPT + [0.8, 1.6, 3.2]   # what the table must list
+    expected = [sweep_row("ce", [0.8, 1.6], "0.8", "extended by 2 step(s) up, then settled inside"),
+                sweep_row("gence", [], "0.1", "settled inside the values swept"),
+                sweep_row("focal", [0.8, 1.6, 3.2], "3.2", "**AT EDGE** after 3 step(s) up: lr = 3.2 is the "
+                                                           "largest value tried (max_steps = 3)"),
+                sweep_row("brier", [0.00625, 0.0125], "0.0125", "extended by 2 step(s) down, then settled inside")]
+    summary = ("1 settled inside the values swept, 2 extended, then settled inside, 1 AT EDGE after their last "
+               "extension, 0 undecided (runs missing). At an edge the optimum was not found")
+    md = write_report(db, tmp_path / "plain", with_plots=False).markdown
+    part = md[md.index("## Sweep extensions"):]
+    assert summary in part and all(row in part for row in expected)
+    # with the verdict: under the study progress (shown once), and the lr claim about focal names its edge
+    md = write_for(db, tmp_path / "verdict", verdict_spec=VerdictSpec(label="focal", lr_robustness=("sweep",))).markdown
+    assert "## Sweep extensions" not in md
+    part = md[md.index("### Sweeps that extend"):md.index("## Verdict")]
+    assert md.index("## Study progress") < md.index("### Sweeps that extend")
+    assert summary in part and all(row in part for row in expected)
+    claim = md[md.index("## Claim: learning-rate"):]
+    assert ("- Sweeps of ce and focal in these blocks that extend: 2; undecided (runs missing): 0; **AT EDGE** after "
+            "their last extension (the best lr is still the smallest or largest tried, its optimum not found): 1 "
+            "(focal, digits, balanced:5, small_cnn: lr 3.2).") in claim
+    # the same sweep without `extend`: no table, no column, no sentence
+    plain = parse_grid(textwrap.dedent(FAR.replace('extend = { field = "lr", factor = 2.0, max_steps = 3 }', "")),
+                       name="plain")
+    assert plain.extensions == []
+    db = tmp_path / "plain.sqlite"
+    run_grid(plain.runs, db, run_fn=run_fn, progress=False, grid_text=(plain.name, None, plain.text))
+    md = write_for(db, tmp_path / "no_extend", verdict_spec=VerdictSpec(lr_robustness=("sweep",))).markdown
+    for needle in ("Sweep extensions", "Sweeps that extend", "added by extension", "AT EDGE", "may extend"):
+        assert needle not in md, needle

@@ -76,6 +76,26 @@ class SweepExtension:
             return CANNOT
         return AT_EDGE if st.at_edge else EXTENDED if st.added else SETTLED
 
+    @property
+    def state_text(self) -> str:
+        """The state in a few words, with the edge value and the steps taken."""
+        st, kind, field = self.state, self.kind, self.field
+        if kind == UNDECIDED:
+            return f"undecided: {st.total - st.finished} of {st.total} runs missing"
+        if kind == CANNOT:
+            return st.message
+        if kind == SETTLED:
+            return "settled inside the values swept"
+        directions = [d for d in ("down", "up") if self.steps(d)]
+        if kind == EXTENDED:
+            return f"extended by {len(st.added)} step(s) {' and '.join(directions)}, then settled inside"
+        direction = "down" if st.edge == "low" else "up"
+        n = self.steps(direction)
+        blocked = self.group.down_blocked if st.edge == "low" else self.group.up_blocked
+        why = blocked if blocked and n < self.group.extend.max_steps else f"max_steps = {self.group.extend.max_steps}"
+        return (f"**AT EDGE** after {n} step(s) {direction}: {field} = {st.best:g} is the "
+                f"{'smallest' if st.edge == 'low' else 'largest'} value tried ({why})")
+
 
 def sweep_extensions(grids: Sequence[Grid], results: T.Results) -> list[SweepExtension]:
     """Every extending group of ``grids`` (expanded from ``results.grids``) with its state on the stored runs,
@@ -95,3 +115,43 @@ def sweep_extensions(grids: Sequence[Grid], results: T.Results) -> list[SweepExt
         return (order.get(g.grid, len(order)), g.grid, T.setting_order((c["dataset"], c["regime"], c["model"])),
                 T.label_order(g.label, c.get("loss", "")))
     return [SweepExtension(g, extension_state(g, rows)) for g in sorted(groups.values(), key=sort_key)]
+
+
+def _values(values: Sequence[Any]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def extensions_summary(sweeps: Sequence[SweepExtension]) -> str:
+    """One sentence counting the sweeps per state ("" when there are none)."""
+    if not sweeps:
+        return ""
+    n = {k: sum(s.kind == k for s in sweeps) for k in (SETTLED, EXTENDED, AT_EDGE, UNDECIDED, CANNOT)}
+    blocks = ", ".join(f"`{b}`" for b in dict.fromkeys(s.group.grid for s in sweeps))
+    parts = [f"{n[SETTLED]} settled inside the values swept", f"{n[EXTENDED]} extended, then settled inside",
+             f"{n[AT_EDGE]} AT EDGE after their last extension", f"{n[UNDECIDED]} undecided (runs missing)"]
+    if n[CANNOT]:
+        parts.append(f"{n[CANNOT]} cannot decide (no run has the metric)")
+    text = (f"{len(sweeps)} sweep(s) may extend (blocks {blocks}; the runner adds values while the best one is the "
+            f"smallest or largest tried): " + ", ".join(parts) + ".")
+    if n[AT_EDGE]:
+        text += (" At an edge the optimum was not found: the chosen value is the best of the values tried and "
+                 "the best one may lie beyond them.")
+    return text
+
+
+def extensions_table(sweeps: Sequence[SweepExtension]) -> str:
+    """Per sweep: block, dataset, regime, model, loss, values swept, values added, chosen value, state."""
+    fields = sorted({s.field for s in sweeps})
+    what = fields[0] if len(fields) == 1 else "value"
+    rows = [[s.group.grid, s.group.config["dataset"], s.group.config["regime"], s.group.config["model"], s.group.label,
+             _values(s.swept), _values(s.state.added) or "none",
+             f"{s.state.best:g}" if s.state.kind == "settled" else "", s.state_text] for s in sweeps]
+    return T.markdown_table(["block", "dataset", "regime", "model", "loss", f"{what} swept", "added", "chosen",
+                             "state"], rows, ["l"] * 5 + ["r"] * 3 + ["l"])
+
+
+def extensions_markdown(sweeps: Sequence[SweepExtension]) -> str:
+    """The summary sentence and the table ("" when no block extends)."""
+    if not sweeps:
+        return ""
+    return extensions_summary(sweeps) + "\n\n" + extensions_table(sweeps)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from gence.report import convergence as C
+from gence.report import extensions as X
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.columns import ECE, ERROR, ood_sets
@@ -188,6 +189,16 @@ def tuning(ctx: Context) -> str:
     return "\n".join(md)
 
 
+def sweep_extensions(ctx: Context) -> str:
+    """Per sweep that may extend (a block with ``extend``): values swept and added, the chosen value and the
+    state, AT EDGE when the best value is still the smallest or largest tried; empty when no block extends.
+    A report with the verdict shows it under the study progress instead."""
+    sweeps = X.sweep_extensions(X.expand_stored(ctx.results.grids)[0], ctx.results)
+    if not sweeps:
+        return ""
+    return "## Sweep extensions\n\n" + X.extensions_markdown(sweeps)
+
+
 def selection(ctx: Context) -> str:
     table = T.selection_table(ctx.results)
     if not table:
@@ -244,8 +255,8 @@ def text(markdown: str) -> Section:
 
 
 PILOT = C.pilot_section()   # by the [convergence] table of the stored grid files; empty without one
-DEFAULT_SECTIONS: tuple[Section, ...] = (title, setup, summary, per_setting, paired, tuning, selection, PILOT,
-                                         C.convergence, figures, data, failed)
+DEFAULT_SECTIONS: tuple[Section, ...] = (title, setup, summary, per_setting, paired, tuning, sweep_extensions,
+                                         selection, PILOT, C.convergence, figures, data, failed)
 
 
 def with_pilot(spec: "C.ConvergenceSpec", base: Sequence[Section] = DEFAULT_SECTIONS) -> list[Section]:
@@ -257,7 +268,7 @@ def with_verdict(verdict_sections: Sequence[Section], base: Sequence[Section] = 
                  opening: Sequence[Section] = ()) -> list[Section]:
     """The report with a verdict: title, ``opening`` (e.g. the one-screen claims table with its figures),
     then the verdict's progress and verdict sections (the first two), the setup and summary, the verdict's
-    claim sections, then the rest of ``base``."""
+    claim sections, then the rest of ``base`` (less the sweep extensions: the progress section shows them)."""
     head, claims = list(verdict_sections[:2]), list(verdict_sections[2:])
-    rest = [s for s in base if s not in (title, setup, summary)]
+    rest = [s for s in base if s not in (title, setup, summary, sweep_extensions)]
     return [title, *opening, *head, setup, summary, *claims, *rest]

@@ -51,6 +51,7 @@ HOLDS, NOT_HOLDS, NO_BETTER, MIXED, INCONCLUSIVE, NO_DATA = (
 BETTER, WORSE, UNCLEAR, TOO_FEW = "better", "worse", "unclear", "not compared"
 MARK = {BETTER: "GenCE better", WORSE: "**GenCE worse**", UNCLEAR: "unclear", TOO_FEW: "< 2 pairs"}
 PARTIAL = "†"
+EXTENSIONS_HEADING = "Sweeps that extend"   # the subsection of the study progress
 
 
 class VerdictError(ValueError):
@@ -706,6 +707,16 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     if coll_where:
         md.append("- Where runs collapsed (loss, " + field + ", dataset, regime): "
                   + "; ".join(f"{lab}, {lr:g}, {ds}, {reg}" for lab, lr, ds, reg in coll_where) + ".")
+    sweeps = [s for s in progress.extensions if s.group.grid in blocks and s.field == field
+              and s.group.label in (ce_l, ge_l)]
+    if sweeps:
+        edge = [s for s in sweeps if s.kind == X.AT_EDGE]
+        where = "; ".join(f"{s.group.label}, {s.group.config['dataset']}, {s.group.config['regime']}, "
+                          f"{s.group.config['model']}: {field} {s.state.best:g}" for s in edge)
+        md.append(f"- Sweeps of {ce_l} and {ge_l} in these blocks that extend: {len(sweeps)}; undecided (runs "
+                  f"missing): {sum(s.kind == X.UNDECIDED for s in sweeps)}; **AT EDGE** after their last extension (the best "
+                  f"{field} is still the smallest or largest tried, its optimum not found): {len(edge)}"
+                  + (f" ({where})" if edge else "") + f". See '{EXTENSIONS_HEADING}' under 'Study progress'.")
     empty = [b for b in blocks if not any(r.block == b for r in mine)]
     if empty:
         md.append("- Still without runs: " + ", ".join(f"block `{b}`" for b in empty) + ".")
@@ -753,7 +764,8 @@ def collapse_table(runs: Sequence[T.Run], field: str, results: T.Results) -> str
 # -------------------------------------------------------------------------------------------- assembly
 def progress_markdown(progress: Progress) -> str:
     """The progress sentence and the per-block table; with sweeps that extend, their runs added so far are
-    counted in their blocks (and in a column of their own), and the sentence says how many are undecided."""
+    counted in their blocks (and in a column of their own), the sentence says how many are undecided, and
+    a table follows with each sweep's values, chosen value and state (AT EDGE: the optimum was not found)."""
     if not progress.blocks:
         return "The grid files stored in the database could not be expanded; progress unknown."
     t = progress.total
@@ -766,7 +778,8 @@ def progress_markdown(progress: Progress) -> str:
     if sweeps:
         extension = (f"The runs include {t.added} added by the runner to sweeps whose best value sat at an edge "
                      f"(stored, or decided and not run yet); {progress.undecided} of the {len(sweeps)} sweep(s) that "
-                     "may extend are still undecided (runs missing), and each may add more. ")
+                     "may extend are still undecided (runs missing)" + (", and each may add more runs. "
+                                                                         if progress.undecided else ". "))
     text = (f"{t.done} of the grid's {t.total} runs are stored done ({t.done / t.total:.0%}), {t.failed} failed, "
             f"{t.missing} not run yet (grid files stored in the database, expanded as the runner does; a run of a "
             "tuned block counts once, whichever learning rate it gets). " + extension
@@ -774,6 +787,8 @@ def progress_markdown(progress: Progress) -> str:
             f"grid asks are marked {PARTIAL}.\n\n" + T.markdown_table(header, rows))
     if progress.unreadable:
         text += "\n\nGrid files that could not be expanded: " + "; ".join(progress.unreadable)
+    if sweeps:
+        text += f"\n\n### {EXTENSIONS_HEADING}\n\n" + X.extensions_markdown(sweeps)
     return text
 
 
