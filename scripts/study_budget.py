@@ -10,7 +10,8 @@ makes, at the pilot's eval_every, and the slowdown of two runs sharing the machi
 of that dataset by the ratio of training-step times measured here, in this process, on random batches of
 the dataset's shape (interleaved repeats, one thread, bf16 autocast as the runs use), so both are measured
 under the same load. Sweeps with ``extend`` are counted as planned, plus (second total) every rung the
-runner may add, one way per group (an lr can sit at one edge only). Tuned runs count once each.
+runner may add, one way per group (an lr can sit at one edge only). Tuned runs count once each. Blocks are
+listed in file order, the order the runner starts them in (a tuned block's runs once its sweep is done).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import sys
 import time
 from collections import defaultdict
 
-import numpy as np
 import torch
 
 from gence import models
@@ -46,9 +46,9 @@ def steps_of(config: dict, num_classes: int = 10) -> int:
 
 
 def pilot_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float]]:
-    """(dataset, model, amp) -> (a, b): a run of s steps takes a + b * s seconds, fitted by least squares to
-    the pilot's finished runs when they have two budgets or more (a: the evaluations, whose number does
-    not grow with the budget), else a = 0 and b the median seconds per step."""
+    """(dataset, model, amp) -> (0, b): b the median seconds per step of the pilot's finished runs. (A fit
+    a + b * steps over budgets is not used: how busy the machine was moves a run's time more than its
+    fixed evaluation cost does.)"""
     per = defaultdict(list)
     rows = sqlite3.connect(db).execute("select config, wall_seconds, extras from runs where status='done'")
     for config, wall, extras in rows:
@@ -57,15 +57,8 @@ def pilot_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float]]:
         # seconds count the training time of every attempt
         history = (json.loads(extras) if extras else {}).get("history") or [{}]
         wall = max(wall, history[-1].get("seconds", 0.0))
-        per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append((steps_of(config), wall))
-    out = {}
-    for k, v in per.items():
-        if len({s for s, _ in v}) > 1:
-            b, a = np.polyfit([s for s, _ in v], [w for _, w in v], 1)
-            out[k] = (max(float(a), 0.0), float(b))
-        else:
-            out[k] = (0.0, statistics.median(w / s for s, w in v))
-    return out
+        per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append(wall / steps_of(config))
+    return {k: (0.0, statistics.median(v)) for k, v in per.items()}
 
 
 def step_seconds(config: dict, repeats: int = 3, steps: int = 10) -> list[float]:
@@ -134,17 +127,20 @@ def main(argv: list[str]) -> int:
         return a + b * steps_of(c)
 
     by_block = defaultdict(lambda: [0, 0.0])
-    for c, grid_name in [(s.config, s.grid) for s in grid.runs] + [(t.config, t.grid) for t in grid.tuned]:
-        by_block[grid_name][0] += 1
-        by_block[grid_name][1] += seconds(c)
+    for c, block in [(s.config, s.grid) for s in grid.runs] + [(t.config, t.grid) for t in grid.tuned]:
+        by_block[block][0] += 1
+        by_block[block][1] += seconds(c)
     extra = 0.0
     for g in ladder:
         extra += max(sum(seconds(s.config) for s in specs) for specs in
                      [[s for _, ss in g.down for s in ss], [s for _, ss in g.up for s in ss]])
-    total = sum(s for _, s in by_block.values())
-    print(f"\n{'block':28s} {'runs':>5s} {'worker-h':>9s}")
-    for name, (n, s) in by_block.items():
-        print(f"{name:28s} {n:5d} {s / 3600:9.1f}")
+    print(f"\nin the order the runner starts them (file order), with the wall hours so far at {args.workers} workers:")
+    print(f"{'block':36s} {'runs':>5s} {'worker-h':>9s} {'wall h so far':>14s}")
+    total = 0.0
+    for name in grid.blocks:
+        n, sec = by_block.get(name, (0, 0.0))
+        total += sec
+        print(f"{name:36s} {n:5d} {sec / 3600:9.1f} {total / 3600 / args.workers:14.1f}")
     n_runs = sum(n for n, _ in by_block.values())
     print(f"\n{n_runs} runs as planned: {total / 3600:.1f} worker-hours = {total / 3600 / args.workers:.1f} h "
           f"with {args.workers} workers")
