@@ -224,8 +224,7 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
                     counts["added"] += 1
                     print(f"{status.get(spec.key, 'todo'):8s} {spec.key[:12]} {describe(spec)} "
                           f"(extension {field}={value!r} of {g.grid})")
-            tag = {"wait": "extend?", "failed": "extend!"}.get(
-                st.kind, "AT EDGE" if st.at_edge else "extended" if st.added else "settled")
+            tag = {"undecided": "extend?", "cannot decide": "extend!", "at edge": "AT EDGE"}.get(st.outcome, st.outcome)
             counts["undecided"] += st.kind == "wait"
             counts["edge"] += st.at_edge
             print(f"{tag:8s} {'-' * 12} {describe_group(g.config, g.label)} [{g.grid}]: {st.message}")

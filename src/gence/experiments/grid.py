@@ -917,6 +917,16 @@ class ExtensionState:
         """True when the final winner is the smallest or largest value tried (extensions used up)."""
         return self.kind == "settled" and self.edge is not None
 
+    @property
+    def outcome(self) -> str:
+        """``undecided`` (runs missing), ``cannot decide`` (no run has the metric), ``at edge``, ``extended``
+        (values were added, then the winner settled inside) or ``settled`` (inside the values swept)."""
+        if self.kind == "wait":
+            return "undecided"
+        if self.kind == "failed":
+            return "cannot decide"
+        return "at edge" if self.at_edge else "extended" if self.added else "settled"
+
 
 def _finished(key: str, rows: dict, unfinished) -> bool:
     return key not in unfinished and rows.get(key, ("todo",))[0] in ("done", "failed")

@@ -69,12 +69,7 @@ class SweepExtension:
     @property
     def kind(self) -> str:
         """:data:`SETTLED`, :data:`EXTENDED`, :data:`AT_EDGE`, :data:`UNDECIDED` or :data:`CANNOT`."""
-        st = self.state
-        if st.kind == "wait":
-            return UNDECIDED
-        if st.kind == "failed":
-            return CANNOT
-        return AT_EDGE if st.at_edge else EXTENDED if st.added else SETTLED
+        return self.state.outcome
 
     @property
     def state_text(self) -> str:
