@@ -50,13 +50,24 @@ def ood_names() -> list[str]:
     return list(ood_available())
 
 
+def _file_source(name: str) -> tuple[str, str] | None:
+    """``(source, path)`` for a ``folder:PATH`` / ``arrays:PATH`` name (path possibly empty), else None."""
+    source, sep, path = str(name).partition(":")
+    return (source, path) if sep and source in OOD_FILE_SOURCES else None
+
+
+def _ood_key(name: str) -> str:
+    """The spelling of ``name`` the OOD registry and the dataset names use (case and ``-`` aside)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
 def is_ood_name(name: object) -> bool:
     """Whether :func:`load_ood` accepts ``name``: one of :func:`ood_names`, or ``folder:PATH`` /
     ``arrays:PATH`` (whose files are only read when it loads)."""
     if not isinstance(name, str):
         return False
-    source, sep, path = name.partition(":")
-    return (sep and source in OOD_FILE_SOURCES and bool(path)) or name in ood_names()
+    source = _file_source(name)
+    return bool(source[1]) if source is not None else name in ood_names()
 
 
 def ood_needs_data_dir(name: str) -> bool:
@@ -64,10 +75,9 @@ def ood_needs_data_dir(name: str) -> bool:
     another dataset by name follows :func:`gence.data.needs_data_dir`; the sets of :data:`OOD_SETS` (the noise
     sets, ``heldout``: made from the in-distribution dataset) and ``folder:PATH`` / ``arrays:PATH`` (their
     files are PATH) need none. ValueError for a name :func:`load_ood` does not take."""
-    source, sep, _ = str(name).partition(":")
-    if sep and source in OOD_FILE_SOURCES:
+    if _file_source(name) is not None:
         return False
-    key = str(name).strip().lower().replace("-", "_")
+    key = _ood_key(name)
     if key in OOD_SETS:
         return False
     if key not in image_datasets():
@@ -135,15 +145,16 @@ def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: 
     if int(n) != n or n < 1:
         raise ValueError(f"load_ood: n must be an integer >= 1, got {n!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    source, sep, path = str(name).partition(":")
-    if sep and source in OOD_FILE_SOURCES:
+    file_source = _file_source(name)
+    if file_source is not None:
+        source, path = file_source
         if not path:
             raise ValueError(f"load_ood: {name!r} names no path; expected '{source}:PATH'")
         other = load_dataset(source, data_dir, **{OOD_FILE_SOURCES[source]: path})
         if not other.is_image:
             raise ValueError(f"load_ood: {name!r} holds feature vectors; expected images")
         return convert_images(_subset(other.test_x, n, gen), like.image_shape)
-    key = str(name).strip().lower().replace("-", "_")
+    key = _ood_key(name)
     if key in OOD_SETS:
         return OOD_SETS.get(key).builder(like, data_dir, n, gen)
     if key not in image_datasets():
