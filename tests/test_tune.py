@@ -396,3 +396,76 @@ def test_runs_start_in_block_order_so_a_tuned_block_goes_before_a_later_ordinary
     block_of = {r["key"]: r["grid"] for r in rows(db)}
     started = [block_of[e["key"]] for e in log_entries(log)]
     assert started == ["tune"] * N_TUNE + ["main"] * N_MAIN + ["base"] * 2
+
+
+def test_reuse_copies_a_pilots_done_runs_into_the_tuned_block_instead_of_training_them(tmp_path, fake, capsys):
+    # A pilot ran CE at lr 0.1, seeds 0 and 1, on balanced:5. The study tunes lr (the fake's CE optimum is
+    # 0.1), so two of its main runs have the pilot's keys: with --reuse they are copied, not trained, and
+    # stored under the study's block and label; every other run is trained as before.
+    run_fn, log = fake
+    pilot_dir = tmp_path / "pilot"
+    pilot_dir.mkdir()
+    pilot_grid = helpers.grid_file(pilot_dir, """
+        [train]
+        epochs = 1
+        ood = ["gaussian_noise"]
+
+        [[grid]]
+        name = "pilot"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = [{ name = "ce", label = "ce_pilot" }]
+        train = { lr = 0.1 }
+        """)
+    pilot = tmp_path / "pilot.sqlite"
+    base = ["--run-fn", run_fn, "--workers", "1", "--quiet", "--no-report"]
+    assert main(["bench", str(pilot_grid), "--db", str(pilot), *base]) == 0
+    pilot_rows = {r["key"]: r for r in rows(pilot)}
+    assert len(pilot_rows) == 2 and len(log_entries(log)) == 2
+    capsys.readouterr()
+
+    path = grid_file(tmp_path)
+    db = tmp_path / "study.sqlite"
+    code = main(["bench", str(path), "--db", str(db), "--list", "--reuse", str(pilot), *base])
+    listed = capsys.readouterr().out
+    assert code == 0 and not db.exists()      # --list creates nothing
+    assert sum(line.startswith("reuse ") for line in listed.splitlines()) == 0  # tuned: lr not known yet
+    assert main(["bench", str(path), "--db", str(db), "--reuse", str(pilot), *base]) == 0
+    assert "2 copied from the reused database(s), not trained" in capsys.readouterr().err
+    stored = {r["key"]: r for r in rows(db)}
+    assert len(stored) == N_TUNE + N_MAIN
+    trained = [e["key"] for e in log_entries(log)[2:]]
+    assert len(trained) == N_TUNE + N_MAIN - 2 and not set(trained) & set(pilot_rows)
+    for key, prow in pilot_rows.items():
+        r = stored[key]
+        assert (r["grid"], r["label"], r["status"]) == ("main", "ce", "done")
+        assert r["config"] == prow["config"] and r["config"]["lr"] == 0.1 and r["config"]["seed"] in (0, 1)
+        assert r["metrics"] == prow["metrics"]
+    con = sqlite3.connect(db)
+    extras = [json.loads(e) for (e,) in con.execute("SELECT extras FROM runs WHERE key IN (?, ?)", tuple(pilot_rows))]
+    con.close()
+    assert all(e["copied_from"] == {"db": str(pilot), "grid": "pilot", "label": "ce_pilot"} for e in extras)
+    assert all("reliability" in e for e in extras)     # the run's own extras are kept
+    # --list marks the runs a database would copy: the pilot's own grid against a fresh database
+    fresh = tmp_path / "fresh.sqlite"
+    code = main(["bench", str(pilot_grid), "--db", str(fresh), "--list", "--reuse", str(pilot), *base])
+    listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("reuse ")]
+    assert code == 0 and sorted(k for _, k in listed) == sorted(k[:12] for k in pilot_rows) and not fresh.exists()
+
+
+def test_reuse_needs_another_results_database(tmp_path, fake, capsys):
+    run_fn, _ = fake
+    path = grid_file(tmp_path)
+    db = tmp_path / "study.sqlite"
+    base = ["--run-fn", run_fn, "--workers", "1", "--quiet", "--no-report"]
+    assert main(["bench", str(path), "--db", str(db), "--reuse", str(tmp_path / "missing.sqlite"), *base]) == 2
+    assert capsys.readouterr().err.strip() == (f"gence bench: --reuse {tmp_path / 'missing.sqlite'}: does not exist; "
+                                               f"expected another results database")
+    assert not db.exists()
+    assert main(["bench", str(path), "--db", str(db), *base]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(path), "--db", str(db), "--reuse", str(db), *base]) == 2
+    assert capsys.readouterr().err.strip() == (f"gence bench: --reuse {db}: is the --db database itself; "
+                                               f"expected another results database")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from gence.contract import runtime_flags
 from gence.data import needs_data_dir, ood_needs_data_dir
-from gence.experiments.db import ResultsDB, database_problem
+from gence.experiments.db import ResultsDB, database_problem, done_runs
 from gence.experiments.grid import (ExtendGroup, Grid, GridError, RunSpec, TunedSpec, describe_group, extension_state,
                                     load_demo_grid, load_grid, parse_shard, shard, tune_state)
 from gence.experiments.ray_backend import RayExecutor
@@ -39,6 +39,11 @@ def add_bench_arguments(bench: argparse.ArgumentParser) -> None:
                             "the shard databases into each shard's database and run the shards again, until "
                             "none waits")
     bench.add_argument("--retry-failed", action="store_true", help="run again the runs stored as failed")
+    bench.add_argument("--reuse", action="append", default=[], metavar="DB",
+                       help="another results database (e.g. a pilot's) whose done runs are copied into --db "
+                            "instead of being trained, wherever a run of this grid has the same key (the same "
+                            "configuration); they are stored under this grid's block and label, with "
+                            "extras.copied_from naming DB; repeatable, the first DB with a key gives it")
     bench.add_argument("--data-dir", help="dataset directory for every run (does not change run keys)")
     bench.add_argument("--device", help="device for every run, e.g. cpu or cuda (does not change run keys)")
     bench.add_argument("--list", action="store_true", help="validate the grid, list its runs and their "
@@ -171,6 +176,13 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     # Before anything is claimed or stored: a run that would fail for want of its files would be stored
     # failed, and the next call (with --data-dir) would skip it unless --retry-failed. With Ray the
     # directory is the workers' (it may not exist here), so only a local run checks that it exists.
+    for path in args.reuse:
+        problem = database_problem(path)
+        if problem is None and Path(path).resolve() == Path(args.db).resolve():
+            problem = "is the --db database itself"
+        if problem is not None:
+            print(f"gence bench: --reuse {path}: {problem}; expected another results database", file=sys.stderr)
+            return BenchOutcome(2, grid)
     if args.data_dir is not None and args.backend == "local" and not Path(args.data_dir).expanduser().exists():
         print(f"gence bench: --data-dir {args.data_dir}: no such file or directory; expected the folder "
               f"that holds the datasets (or one dataset's archive)", file=sys.stderr)
@@ -212,6 +224,10 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
             with ResultsDB(args.db) as db:
                 status = db.statuses()
                 rows = db.states({k for t in tuned for k in t.tuning_keys} | {k for g in extensions for k in g.keys})
+        reusable = {key for path in args.reuse for key in done_runs(path)}
+        for key in reusable:
+            if status.get(key) != "done":
+                status[key] = "reuse"     # copied from a --reuse database when the grid runs
         for spec in runs:
             print(f"{status.get(spec.key, 'todo'):8s} {spec.key[:12]} {describe(spec)}")
         counts = {"wait": 0, "failed": 0, "added": 0, "undecided": 0, "edge": 0}
@@ -270,7 +286,7 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
                            progress=not args.quiet, runtime=runtime, run_fn=args.run_fn,
                            grid_text=(grid.name, grid.path, grid.text), tuned=tuned, extensions=extensions,
                            workers_per_gpu=args.workers_per_gpu, executor=executor, show_error=runtime_flags,
-                           order=grid.blocks)
+                           order=grid.blocks, reuse=args.reuse)
     except KeyboardInterrupt:
         print("gence bench: interrupted; finished runs are stored, run the same command to resume",
               file=sys.stderr)

@@ -168,6 +168,28 @@ def database_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def read_database(path: str | os.PathLike, what: str = "read") -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+    """The run rows and grid rows of a database file, opened read only (``what`` names the caller in the
+    error for a missing file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: database {path} does not exist")
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    src.row_factory = sqlite3.Row
+    try:
+        rows = src.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs").fetchall()
+        grids = src.execute("SELECT sha256, name, path, text, added_at FROM grids").fetchall()
+    finally:
+        src.close()
+    return rows, grids
+
+
+def done_runs(path: str | os.PathLike) -> dict[str, dict]:
+    """``{key: row}`` of the done runs of a database file (read only), for :meth:`ResultsDB.adopt`."""
+    rows, _ = read_database(path, "reuse")
+    return {r["key"]: dict(r) for r in rows if r["status"] == "done"}
+
+
 class ResultsDB:
     """A results database file; open one per process (SQLite connections must not cross processes).
 
@@ -375,25 +397,37 @@ class ResultsDB:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
 
     # ------------------------------------------------------------------------------------------ merge
+    def adopt(self, row: dict, *, label: str, grid: str | None, source: str) -> bool:
+        """Store ``row``, a done run of another database (:func:`done_runs`), as this database's run of
+        the same key, under this grid's ``label`` and block ``grid``: its result is kept as it was (metrics,
+        history, hardware, versions, times), and ``extras["copied_from"]`` says where it came from
+        (``source``, the block and label it had there). Only where this database has no result for the key
+        (absent, failed, or a stale claim); returns whether it stored it."""
+        now = time.time()
+        extras = _loads(row["extras"])
+        if isinstance(extras, dict):
+            extras = {**extras, "copied_from": {"db": source, "grid": row["grid"], "label": row["label"]}}
+        values = {**row, "label": label, "grid": grid, "extras": canonical_json(extras), "owner": None,
+                  "lease_until": None}
+        with self.transaction() as cur:
+            mine = cur.execute("SELECT status, owner, lease_until FROM runs WHERE key=?", (row["key"],)).fetchone()
+            if mine is not None and (mine["status"] == "done"
+                                     or (mine["status"] == "running" and not self._stale(mine, now))):
+                return False
+            cur.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})", tuple(values[c] for c in _RUN_COLUMNS))
+        return True
+
     def merge_from(self, other: str | os.PathLike) -> dict[str, int]:
         """Copy runs and grids from another database file.
 
         Per key: a done run wins over failed/running/absent; between two done runs the one already here
         is kept (counted as ``conflicts`` when their metrics differ); a failed run replaces only absence
         or a stale running claim. Returns counts of what happened."""
-        other = Path(other)
-        if not other.exists():
-            raise FileNotFoundError(f"merge: database {other} does not exist")
-        if other.resolve() == self.path.resolve():
+        if Path(other).exists() and Path(other).resolve() == self.path.resolve():
             raise ValueError(f"merge: cannot merge {other} into itself")
-        src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
-        src.row_factory = sqlite3.Row
+        rows, grids = read_database(other, "merge")
         stats = {"added": 0, "replaced": 0, "kept": 0, "conflicts": 0, "skipped_running": 0}
-        try:
-            rows = src.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs").fetchall()
-            grids = src.execute("SELECT sha256, name, path, text, added_at FROM grids").fetchall()
-        finally:
-            src.close()
         placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
         with self.transaction() as cur:
             for row in rows:

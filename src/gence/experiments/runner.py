@@ -25,6 +25,10 @@
   state is recomputed from the database (:func:`gence.experiments.grid.extension_state`) and the runs it
   adds are queued; a tuned run on that block waits until the sweep has settled. ``RunnerSummary.extensions``
   holds every sweep's final state (``at_edge``: the winner is still at an edge after ``max_steps``).
+- ``reuse``: the done runs of other databases (a pilot's) are copied in, not trained, wherever a run of
+  the grid has their key, and stored under the grid's block and label (``extras["copied_from"]`` says
+  from where); a run is the same run wherever it was trained, so a budget the pilot already ran is not
+  trained twice.
 
 The run function is injectable: ``run_fn(config: dict) -> (metrics: dict, extras)``, given as a callable
 or as ``"module:function"`` (it must be importable by name when ``workers > 1``). The default,
@@ -54,13 +58,13 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from gence.contract import KEY_EXCLUDED_FIELDS, TrainConfig
-from gence.experiments.db import ResultsDB, hardware_string, software_versions
+from gence.experiments.db import ResultsDB, done_runs, hardware_string, software_versions
 from gence.experiments.grid import (ExtendGroup, ExtensionState, RunSpec, TunedSpec, describe_group,
                                     extension_state, tune_state)
 from gence.train import fit
@@ -113,12 +117,15 @@ class RunnerSummary:
     waiting: int = 0            # tuned runs whose tuning runs are not finished (another shard/process)
     untunable: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # tuned runs: every tuning run failed
     extension_runs: int = 0     # runs added by extensions and queued by this invocation
+    copied: int = 0             # done runs of a ``reuse`` database stored here instead of being trained
     extensions: list[tuple[str, ExtensionState]] = dataclasses.field(default_factory=list)  # (group, final state)
     seconds: float = 0.0
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (label/config, last error line)
 
     def line(self) -> str:
         parts = [f"{self.done} run(s) finished", f"{self.failed} failed"]
+        if self.copied:
+            parts.append(f"{self.copied} copied from the reused database(s), not trained")
         if self.already_done:
             parts.append(f"{self.already_done} already done")
         if self.skipped_failed:
@@ -355,8 +362,10 @@ class Scheduler:
     queued as they are decided."""
 
     def __init__(self, db: ResultsDB, specs: list[RunSpec], tuned: list[TunedSpec], retry_failed: bool,
-                 summary: RunnerSummary, extensions: Sequence[ExtendGroup] = (), order: Sequence[str] = ()):
+                 summary: RunnerSummary, extensions: Sequence[ExtendGroup] = (), order: Sequence[str] = (),
+                 reuse: Mapping[str, tuple[str, dict]] | None = None):
         self.db, self.retry_failed, self.summary = db, retry_failed, summary
+        self.reuse = dict(reuse or {})   # key -> (source database, its done row)
         status = db.statuses()
         self.queue = RunQueue(order)
         self.known: set[str] = set()
@@ -383,6 +392,11 @@ class Scheduler:
         if spec.key in self.known:
             return False
         self.known.add(spec.key)
+        if st != "done" and spec.key in self.reuse:
+            source, row = self.reuse[spec.key]
+            if self.db.adopt(row, label=spec.label, grid=spec.grid, source=source):
+                self.summary.copied += 1
+                return False
         if st == "done":
             self.summary.already_done += 1
             return False
@@ -479,7 +493,8 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
              grid_text: tuple[str, str | None, str] | None = None,
              tuned: Sequence[TunedSpec] = (), extensions: Sequence[ExtendGroup] = (),
              workers_per_gpu: int = 1, executor: "Executor | None" = None,
-             show_error: Callable[[str], str] | None = None, order: Sequence[str] = ()) -> RunnerSummary:
+             show_error: Callable[[str], str] | None = None, order: Sequence[str] = (),
+             reuse: Sequence[str | os.PathLike] = ()) -> RunnerSummary:
     """Run every spec not yet done in ``db_path``; see the module docstring for the guarantees.
 
     ``threads``: torch threads per run (default: unchanged with one worker, cores // workers otherwise).
@@ -496,7 +511,11 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     ``RunnerSummary.failures``), e.g. :func:`gence.contract.runtime_flags` for a command line; the error
     stored in the database stays as raised.
     ``order``: block names in the order their runs start (``Grid.blocks``); by default the order in which
-    the blocks' runs come (ordinary runs first, then tuned runs as they become ready)."""
+    the blocks' runs come (ordinary runs first, then tuned runs as they become ready).
+    ``reuse``: other databases (e.g. a pilot's) whose done runs are copied into ``db_path`` instead of being
+    trained, wherever a run of this grid has their key (the same configuration), with this grid's block and
+    label (:meth:`ResultsDB.adopt`); the first database that has a key gives it. Counted as
+    ``RunnerSummary.copied``."""
     runtime = dict(runtime or {})
     for key in runtime:
         if key not in RUNTIME_FIELDS:
@@ -515,7 +534,11 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     try:
         if grid_text is not None:
             db.add_grid(*grid_text)
-        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions, order)
+        reused: dict[str, tuple[str, dict]] = {}
+        for path in reuse:
+            for key, row in done_runs(path).items():
+                reused.setdefault(key, (str(path), row))
+        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions, order, reused)
         bar = _progress_bar(len(sched.queue) + len(sched.waiting), progress)
 
         def account_released():
