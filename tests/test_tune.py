@@ -469,3 +469,23 @@ def test_reuse_needs_another_results_database(tmp_path, fake, capsys):
     assert main(["bench", str(path), "--db", str(db), "--reuse", str(db), *base]) == 2
     assert capsys.readouterr().err.strip() == (f"gence bench: --reuse {db}: is the --db database itself; "
                                                f"expected another results database")
+
+
+def test_blocks_runs_part_of_a_grid_and_the_rest_later(tmp_path, fake, capsys):
+    # --blocks 'tune' runs the 15 tuning runs only; the main block is then run by itself (its runs wait on
+    # the tune block, which the database now holds) and picks the lr it would have picked in one go
+    run_fn, log = fake
+    path = grid_file(tmp_path)
+    db = tmp_path / "r.sqlite"
+    base = ["--db", str(db), "--run-fn", run_fn, "--workers", "1", "--quiet", "--no-report"]
+    assert main(["bench", str(path), "--blocks", "tun*", *base]) == 0
+    assert {r["grid"] for r in rows(db)} == {"tune"} and len(rows(db)) == N_TUNE
+    assert main(["bench", str(path), "--blocks", "main", *base]) == 0
+    stored = rows(db)
+    assert len(stored) == N_TUNE + N_MAIN and all(r["status"] == "done" for r in stored)
+    for r in stored:
+        if r["grid"] == "main":
+            assert r["config"]["lr"] == expected_lr(stored, r["label"])
+    capsys.readouterr()
+    assert main(["bench", str(path), "--blocks", "tune,mian", *base]) == 2
+    assert capsys.readouterr().err.strip() == f"gence bench: --blocks 'mian': matches no block of {path}; its blocks: tune, main"

@@ -17,7 +17,7 @@ from gence.contract import runtime_flags
 from gence.data import needs_data_dir, ood_needs_data_dir
 from gence.experiments.db import ResultsDB, database_problem, done_runs
 from gence.experiments.grid import (ExtendGroup, Grid, GridError, RunSpec, TunedSpec, describe_group, extension_state,
-                                    load_demo_grid, load_grid, parse_shard, shard, tune_state)
+                                    load_demo_grid, load_grid, parse_shard, select_blocks, shard, tune_state)
 from gence.experiments.ray_backend import RayExecutor
 from gence.experiments.runner import auto_workers, describe, run_grid
 
@@ -38,6 +38,10 @@ def add_bench_arguments(bench: argparse.ArgumentParser) -> None:
                             "with 'extend' (each decided by one shard) extend once it holds their runs, so merge "
                             "the shard databases into each shard's database and run the shards again, until "
                             "none waits")
+    bench.add_argument("--blocks", metavar="PATTERN[,PATTERN...]",
+                       help="run (or list) only the runs of the grid blocks these names or shell patterns match, "
+                            "e.g. 'lr_*_fashion_mnist_*,main_*_fashion_mnist_*': a long grid in parts, the file "
+                            "unchanged (the database stores the whole file, so the report counts every block)")
     bench.add_argument("--retry-failed", action="store_true", help="run again the runs stored as failed")
     bench.add_argument("--reuse", action="append", default=[], metavar="DB",
                        help="another results database (e.g. a pilot's) whose done runs are copied into --db "
@@ -146,6 +150,8 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
     """Run (or, with ``--list``, list) the grid of ``args`` (the arguments of :func:`add_bench_arguments`)."""
     try:
         grid = _load(args)
+        if args.blocks is not None:
+            grid = select_blocks(grid, args.blocks.split(","))
         shard_spec = parse_shard(args.shard) if args.shard else None
     except (GridError, ValueError) as exc:
         print(f"gence bench: {exc}", file=sys.stderr)

@@ -78,6 +78,7 @@ that shard's database, like tuned runs: merge the shard databases and run the sh
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import math
 import sys
@@ -1035,6 +1036,25 @@ def load_demo_grid(*, checks: GridChecks | None = None) -> Grid:
     grid = parse_grid(DEMO_GRID.read_text(), path=None, checks=checks, name="demo")
     grid.path = "gence/experiments/demo.toml"
     return grid
+
+
+def select_blocks(grid: Grid, patterns: Iterable[str]) -> Grid:
+    """``grid`` with only the runs of the blocks whose names match one of ``patterns`` (shell patterns, e.g.
+    ``main_*_fashion_mnist_*``): a long grid run part by part, its file unchanged. A tuned block's runs
+    still wait for their tuning runs, whether selected or already in the database. A pattern that matches
+    no block is an error (a typo would otherwise run nothing)."""
+    patterns = [p.strip() for p in patterns if p.strip()]
+    if not patterns:
+        raise GridError("--blocks: expected one or more block names or patterns, comma-separated")
+    for p in patterns:
+        if not fnmatch.filter(grid.blocks, p):
+            raise GridError(f"--blocks {p!r}: matches no block of {grid.path or grid.name}; its blocks: "
+                            f"{', '.join(grid.blocks)}")
+    keep = {b for b in grid.blocks if any(fnmatch.fnmatchcase(b, p) for p in patterns)}
+    return dataclasses.replace(grid, runs=[r for r in grid.runs if r.grid in keep],
+                               tuned=[t for t in grid.tuned if t.grid in keep],
+                               extensions=[g for g in grid.extensions if g.grid in keep],
+                               blocks=[b for b in grid.blocks if b in keep])
 
 
 def shard(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
