@@ -398,3 +398,77 @@ def test_opening_claims_table_pools_by_hand_and_has_one_figure_per_claim(full, t
     assert runs_line.startswith(f"Runs: {len(stored)} done, 0 failed") and glance.rstrip().splitlines()[-1].startswith(
         "Hardware: ")
     assert "## At a glance" not in write_for(db, tmp_path / "plain").markdown
+
+
+PILOT_GRID = """
+[convergence]
+train_error_below = 0.01
+floor_within = 0.05
+test_error_change_below = 0.003
+losses = ["ce", "gence"]
+
+[train]
+ood = ["gaussian_noise", "uniform_noise"]
+
+[[grid]]
+name = "pilot"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20"]
+models = ["small_cnn", "mlp"]
+seeds = [0, 1]
+losses = ["ce", "gence"]
+sweep = { epochs = [1, 2] }
+"""
+
+
+def pilot_run(config):
+    """Every run fits (train error 0); from 1 to 2 epochs test error moves 0.1 pp at balanced:5 (E = 1
+    passes) and 1 pp at balanced:20 (fails). GenCE 2 pp above CE (losses with equal metrics are shown once)."""
+    move = 0.001 if config["regime"] == "balanced:5" else 0.01
+    test = 0.3 - (move if config["epochs"] == 2 else 0.0) + 0.0001 * config["seed"] + 0.02 * (config["loss"] == "gence")
+    return {"test/error": test, "train/error": 0.0, "train/loss": 0.01, "train/loss_floor": 0.0}, {}
+
+
+def test_pilot_marks_each_setting_budget_and_pools_the_settings_shown_converged(full, tmp_path, monkeypatch):
+    # The study ran 1 epoch. The pilot passes E = 1 at balanced:5 (both models) and fails it at balanced:20.
+    db = full[0]
+    stored = rows(db)
+    grid = parse_grid(textwrap.dedent(PILOT_GRID), name="pilot-grid")
+    pilot = tmp_path / "pilot.sqlite"
+    run_grid(grid.runs, pilot, run_fn=pilot_run, progress=False, grid_text=(grid.name, None, grid.text))
+    monkeypatch.chdir(tmp_path)
+    spec = VerdictSpec.from_table({**textwrap_table(VERDICT), "pilot": "pilot.sqlite"})
+    verdict = build_verdict(load_results(db), spec)
+    body = claim(verdict, "Accuracy with few").body
+    for dataset, regime, model in BALANCED:
+        line = next(x for x in body.splitlines() if x.startswith(f"| {dataset} | {model} | {regime} | 5/5"))
+        assert line.endswith("| passes (E = 1) |" if regime == "balanced:5" else "| fails (E = 1) |"), line
+    shown = [s for s in BALANCED if s[1] == "balanced:5"]
+    means = np.array([expected(stored, "balanced", s, "gence", "ce", "test/error")[1] for s in shown])
+    ci = stats.ttest_1samp(means, 0.0).confidence_interval()      # t over the 2 settings, df 1
+    cell = f"{signed(100 * means.mean())} [{signed(100 * ci.low)}, {signed(100 * ci.high)}]"
+    assert next(x for x in body.splitlines() if x.startswith("| shown converged | 2 | 10 |")).count(cell) == 1
+    assert "4 of 4 settings" in claim(verdict, "Accuracy with few").evidence
+    assert "; 2 of the 4 at a budget the pilot's rule passes" in claim(verdict, "Accuracy with few").evidence
+    # the long-tailed regime is not in the pilot
+    long_line = next(x for x in claim(verdict, "Accuracy under class imbalance").body.splitlines()
+                     if x.startswith("| digits | small_cnn | long_tailed:10:40 | 5/5"))
+    assert long_line.endswith("| not in the pilot (E = 1) |")
+    md = write_for(db, tmp_path / "out", verdict_spec=spec).markdown
+    glance = md[md.index("## At a glance"):md.index("## Study progress")]
+    assert "| digits | only settings shown converged (pilot) | verdict |" in glance
+    line = next(x for x in glance.splitlines() if x.startswith("| Accuracy with few labels |"))
+    assert line.endswith(f"| {cell} pp (2) | **holds** |")
+    line = next(x for x in glance.splitlines() if x.startswith("| Accuracy under class imbalance |"))
+    assert line.endswith("| – | **does not hold** |")
+    assert "speak only for the budget they ran" in glance
+    # without the pilot key none of it
+    plain = build_verdict(load_results(db), CFG)
+    assert "pilot's rule" not in claim(plain, "Accuracy with few").body + claim(plain, "Accuracy with few").evidence
+    with pytest.raises(VerdictError, match=r"\[verdict\]\.pilot = 'nope.sqlite': no such database"):
+        build_verdict(load_results(db), VerdictSpec(few_labels=("balanced",), pilot="nope.sqlite"))
+
+
+def textwrap_table(text: str) -> dict:
+    import tomllib
+    return tomllib.loads(textwrap.dedent(text))["verdict"]

@@ -243,6 +243,7 @@ class PilotSetting:
     budgets: list[int]                      # every E with a 2E partner
     passing: dict[int, bool]
     missing: dict[int, list[str]]           # E -> judged losses without runs at E and 2E
+    setting: tuple[str, str, str] = ("", "", "")   # (dataset, regime, model)
 
     @property
     def smallest(self) -> int | None:
@@ -299,8 +300,25 @@ def pilot(results: T.Results, spec: ConvergenceSpec) -> list[PilotSetting]:
                         gone.append(lab)
                 passing[e] = ok and not gone
                 missing[e] = gone
-            out.append(PilotSetting(name, rows, budgets, passing, missing))
+            out.append(PilotSetting(name, rows, budgets, passing, missing, setting))
     return out
+
+
+PASSES, FAILS, UNTESTED, NOT_IN_PILOT = "passes", "fails", "E not tried", "not in the pilot"
+
+
+def budget_status(settings: Sequence[PilotSetting], setting: tuple[str, str, str], epochs: Any) -> str:
+    """What the pilot's rule says of ``setting`` (dataset, regime, model) trained for ``epochs``: PASSES or
+    FAILS (the pilot ran it at E = ``epochs`` and 2E; when it ran several variants of the setting, e.g. two
+    learning rates, E passes only if it passes for each), UNTESTED (the pilot has the setting, not at E and
+    2E) or NOT_IN_PILOT."""
+    mine = [s for s in settings if s.setting == tuple(setting)]
+    if not mine:
+        return NOT_IN_PILOT
+    judged = [s.passing[epochs] for s in mine if epochs in s.passing]
+    if not judged:
+        return UNTESTED
+    return PASSES if all(judged) else FAILS
 
 
 def pilot_row(label: str, epochs: int, at_e: Sequence[T.Run], at_2e: Sequence[T.Run], spec: ConvergenceSpec

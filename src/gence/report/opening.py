@@ -13,8 +13,8 @@ from typing import Sequence
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.sections import Context, Section, compute_lines
-from gence.report.verdict import (Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot, pooled_by_dataset,
-                                  setting_name, unit, verdict_of)
+from gence.report.verdict import (SHOWN_CONVERGED, Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot,
+                                  pooled_by_dataset, setting_name, unit, verdict_of)
 
 HEADING = "## At a glance"
 
@@ -33,15 +33,18 @@ def _column(claim: Claim):
 def claims_table(claims: Sequence[Claim], label: str, baseline: str) -> str:
     """Per claim: metric, pooled Δ over all its settings, per dataset, and the verdict."""
     datasets = sorted({c.setting[0] for claim in claims for c in claim.comparisons if c.compared})
+    with_pilot = any(c.pilot for claim in claims for c in claim.comparisons)
+    columns = datasets + ([SHOWN_CONVERGED] if with_pilot else [])
     rows = []
     for claim in claims:
         col = _column(claim)
         metric = ("worst-lr " if claim.key == "lr_robustness" else "") + (col.name if col else "–")
         per = dict(pooled_by_dataset(claim.comparisons)) if col else {}
         rows.append([claim.name, metric, _cell(claim.decision.pooled, col) if col else "–",
-                     *[_cell(per.get(ds), col) if col else "–" for ds in datasets], f"**{claim.decision.text}**"])
-    header = ["claim", "metric", f"{label} − {baseline}, all [95% CI] (settings)", *datasets, "verdict"]
-    return T.markdown_table(header, rows, ["l", "l"] + ["r"] * (1 + len(datasets)) + ["l"])
+                     *[_cell(per.get(name), col) if col else "–" for name in columns], f"**{claim.decision.text}**"])
+    header = ["claim", "metric", f"{label} − {baseline}, all [95% CI] (settings)", *datasets,
+              *(["only settings shown converged (pilot)"] if with_pilot else []), "verdict"]
+    return T.markdown_table(header, rows, ["l", "l"] + ["r"] * (1 + len(columns)) + ["l"])
 
 
 def _forest_rows(comps: Sequence[Comparison], series: str, pooled, column) -> dict[str, dict]:
@@ -94,6 +97,11 @@ def opening_section(spec: VerdictSpec) -> Section:
               "mean paired differences, t 95% interval over settings; the number of settings in brackets), the "
               "same per dataset, and the verdict by the rules stated under 'Verdict' below.", "",
               claims_table(v.claims, label, base), ""]
+        if spec.pilot is not None:
+            md += [f"The verdict is decided on every setting of the grid. A setting is *shown converged* when its "
+                   f"budget (epochs) passes the rule of the convergence pilot (`{spec.pilot}`; its rule and "
+                   "numbers are in its own report); the column of those settings alone is what the claims say "
+                   "of trained models, the others speak only for the budget they ran.", ""]
         if ctx.with_plots:
             md += figures(ctx, spec, v.claims, label, base)
         md += [line + "  " for line in compute_lines(ctx.results)]

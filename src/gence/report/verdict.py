@@ -28,6 +28,7 @@ Per setting (dataset x model x regime, within one block) GenCE − baseline over
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.stats import fisher_exact, rankdata
 
+from gence.report import convergence as C
 from gence.report import extensions as X
 from gence.report import plots
 from gence.report import tables as T
@@ -51,6 +53,7 @@ HOLDS, NOT_HOLDS, NO_BETTER, MIXED, INCONCLUSIVE, NO_DATA = (
 BETTER, WORSE, UNCLEAR, TOO_FEW = "better", "worse", "unclear", "not compared"
 MARK = {BETTER: "GenCE better", WORSE: "**GenCE worse**", UNCLEAR: "unclear", TOO_FEW: "< 2 pairs"}
 PARTIAL = "†"
+SHOWN_CONVERGED = "shown converged"   # with a pilot: the pooled estimate over the settings whose budget passes
 EXTENSIONS_HEADING = "Sweeps that extend"   # the subsection of the study progress
 
 
@@ -74,6 +77,8 @@ class VerdictSpec:
         field = "lr"
         min_fraction = 0.25             # below this share of the grid's settings: not enough data
         margins = { error = 0.005 }     # equivalence margins per column key, raw units (0.005 = 0.5 pp)
+        pilot = "results/pilot.sqlite"  # a convergence pilot's database (its grid's [convergence] rule):
+                                        # each setting's budget is shown as passing or failing that rule
 
     A claim with no blocks is left out."""
 
@@ -89,6 +94,7 @@ class VerdictSpec:
     field: str = "lr"
     min_fraction: float = 0.25
     margins: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    pilot: str | None = None
 
     @property
     def main_blocks(self) -> tuple[str, ...]:
@@ -110,7 +116,7 @@ class VerdictSpec:
         for key, value in table.items():
             if key not in fields:
                 raise VerdictError(f"{where}: unknown key {key!r}; valid keys: {', '.join(fields)}")
-            if key in ("label", "baseline", "mixed", "field"):
+            if key in ("label", "baseline", "mixed", "field", "pilot"):
                 if not isinstance(value, str) or not value:
                     raise VerdictError(f"{where}.{key} = {value!r}: expected a non-empty string")
                 kwargs[key] = value
@@ -238,6 +244,8 @@ class Comparison:
     mean_other: float
     expected: int | None        # pairs the grid asks for (None: grid unknown)
     p_holm: float = math.nan    # set by decide(): the paired-t p after Holm over the claim's settings
+    pilot: str = ""             # set by annotate_pilot(): the pilot's rule at this setting's budget
+    epochs: Any = None          # the budget of this setting's runs (with a pilot)
 
     @property
     def compared(self) -> bool:
@@ -255,6 +263,45 @@ class Comparison:
     @property
     def partial(self) -> bool:
         return self.expected is not None and self.result.n < self.expected
+
+
+@functools.lru_cache(maxsize=4)
+def _pilot_settings(path: str, mtime: float) -> tuple[C.PilotSetting, ...]:
+    results = T.load_results(path)
+    rule = C.spec_from_grids(results.grids)
+    if rule is None:
+        raise VerdictError(f"[verdict].pilot = {path!r}: its database holds no grid with a [convergence] table")
+    return tuple(C.pilot(results, rule))
+
+
+def pilot_settings(spec: VerdictSpec) -> tuple[C.PilotSetting, ...] | None:
+    """The pilot's settings judged by its rule (:func:`gence.report.convergence.pilot`), or None without
+    ``[verdict].pilot``; read once per file version."""
+    if spec.pilot is None:
+        return None
+    path = Path(spec.pilot)
+    if not path.is_file():
+        raise VerdictError(f"[verdict].pilot = {spec.pilot!r}: no such database (a path from the folder the "
+                           "report is run in)")
+    return _pilot_settings(str(path), path.stat().st_mtime)
+
+
+def annotate_pilot(comps: Sequence[Comparison], results: T.Results, spec: VerdictSpec) -> None:
+    """Set each comparison's budget (``epochs`` of its runs) and what the pilot's rule says of it."""
+    settings = pilot_settings(spec)
+    if settings is None:
+        return
+    runs = [*results.runs, *results.tuning_runs]
+    for c in comps:
+        budgets = {r.config.get(C.PILOT_FIELD) for r in runs
+                   if r.block == c.block and r.setting == c.setting and r.label in (c.label, c.other)}
+        c.epochs = budgets.pop() if len(budgets) == 1 else None
+        c.pilot = C.budget_status(settings, c.setting, c.epochs) if c.epochs is not None else "several budgets"
+
+
+def converged(comps: Sequence[Comparison]) -> list[Comparison]:
+    """The compared settings whose budget passes the pilot's rule."""
+    return [c for c in comps if c.compared and c.pilot == C.PASSES]
 
 
 def compare(results: T.Results, progress: Progress, block: str, label: str, other: str,
@@ -287,6 +334,7 @@ class Decision:
     column: Column | None = None
     pooled: Pooled | None = None
     p_equivalence: float = math.nan
+    shown_converged: int | None = None   # with a pilot: compared settings whose budget passes its rule
 
     @property
     def text(self) -> str:
@@ -300,7 +348,10 @@ class Decision:
             text += f": pooled Δ {fmt_estimate(r.mean, r.low, r.high, c)}{unit(c)}"
             if not math.isnan(self.p_equivalence):
                 text += f", equivalence (±{c.margin * c.scale:g}{unit(c)}) {p_text(self.p_equivalence)}"
-        return text + f"; after Holm GenCE significantly better in {self.better}, worse in {self.worse}"
+        text += f"; after Holm GenCE significantly better in {self.better}, worse in {self.worse}"
+        if self.shown_converged is not None:
+            text += f"; {self.shown_converged} of the {self.compared} at a budget the pilot's rule passes"
+        return text
 
 
 def decide(comparisons: Sequence[Comparison], grid_settings: int, min_fraction: float = 0.25) -> Decision:
@@ -373,7 +424,13 @@ def comparison_table(comps: Sequence[Comparison], label_name: str, other_name: s
              T.fmt_num(c.mean_other, col.digits, col.scale), T.fmt_num(c.mean_label, col.digits, col.scale),
              fmt_diff(c), fmt_p(c.result.p), fmt_p(c.p_holm), fmt_p(c.result.p_wilcoxon),
              signed(c.result.hodges_lehmann * col.scale, col.digits), MARK[c.outcome]] for c in comps]
-    return T.markdown_table(header, rows, ["l"] * 3 + ["r"] * 8 + ["l"])
+    align = ["l"] * 3 + ["r"] * 8 + ["l"]
+    if any(c.pilot for c in comps):
+        header.append("pilot's rule at this budget")
+        rows = [row + [f"{c.pilot} (E = {c.epochs})" if c.epochs is not None else c.pilot]
+                for row, c in zip(rows, comps)]
+        align.append("l")
+    return T.markdown_table(header, rows, align)
 
 
 def pooled_by_dataset(comps: Sequence[Comparison]) -> list[tuple[str, Pooled]]:
@@ -381,6 +438,8 @@ def pooled_by_dataset(comps: Sequence[Comparison]) -> list[tuple[str, Pooled]]:
     groups = [("all", [c for c in comps if c.compared])]
     groups += [(ds, [c for c in comps if c.compared and c.setting[0] == ds])
                for ds in sorted({c.setting[0] for c in comps})]
+    if any(c.pilot for c in comps):
+        groups.append((SHOWN_CONVERGED, converged(comps)))
     return [(name, pool([c.result for c in mine])) for name, mine in groups]
 
 
@@ -529,7 +588,10 @@ def _metric_part(results, progress, spec, blocks, column, what, label=None, othe
     """One metric of a claim: decision, Markdown (sentence, pooled table, per-setting table) and comparisons."""
     label, other = label or spec.label, other or spec.baseline
     comps = _compare_blocks(results, progress, blocks, label, other, column)
+    annotate_pilot(comps, results, spec)
     d = decide(comps, _grid_count(progress, spec, blocks, grid_labels or (other, label)), spec.min_fraction)
+    if spec.pilot is not None:
+        d = dataclasses.replace(d, shown_converged=len(converged(comps)))
     if not comps:
         return d, [f"{label} vs {results.display(other)}, {what}: no setting with runs of both yet.", ""], comps
     md = [outcome_sentence(comps, d, what, who=label, other=results.display(other)), ""]
@@ -678,7 +740,10 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     p_fisher = float(fisher_exact([[n_coll[ge_l], n_runs[ge_l] - n_coll[ge_l]],
                                    [n_coll[ce_l], n_runs[ce_l] - n_coll[ce_l]]])[1]) if all(n_runs.values()) else math.nan
     more_collapse = p_fisher < ALPHA and n_coll[ge_l] / n_runs[ge_l] > n_coll[ce_l] / n_runs[ce_l]
+    annotate_pilot(worst_comps, results, spec)
     d = decide(worst_comps, 0, spec.min_fraction)
+    if spec.pilot is not None:
+        d = dataclasses.replace(d, shown_converged=len(converged(worst_comps)))
     if not d.compared:
         status = NOT_HOLDS if more_collapse else NO_DATA
     elif more_collapse or d.status == NOT_HOLDS:
