@@ -472,3 +472,19 @@ def test_pilot_marks_each_setting_budget_and_pools_the_settings_shown_converged(
 def textwrap_table(text: str) -> dict:
     import tomllib
     return tomllib.loads(textwrap.dedent(text))["verdict"]
+
+
+def test_learning_rate_range_within_one_point_of_each_loss_best(full):
+    # by hand from the stored rows: per loss, the lrs whose mean test error is within 1 pp of its best
+    db, _, _, verdict = full
+    stored = [r for r in rows(db) if r["grid"] == "lr_sweep"]
+    cells = []
+    for lab in ("ce", "gence"):
+        means = {lr: np.mean([r["metrics"]["test/error"] for r in stored if r["label"] == lab and r["config"]["lr"] == lr])
+                 for lr in (0.01, 0.2)}
+        near = sorted(lr for lr, m in means.items() if m - min(means.values()) <= 0.01)
+        cells.append(f"{near[0]:g}" + (f"–{near[-1]:g}" if len(near) > 1 else "")
+                     + f" (×{near[-1] / near[0]:.3g}; {len(near)} of 2)")
+    assert cells[1] == "0.01 (×1; 1 of 2)"      # GenCE collapses at 0.2: 20 pp worse
+    body = claim(verdict, "Learning-rate").body
+    assert f"| lr_sweep | digits | small_cnn | balanced:5 | {cells[0]} | {cells[1]} |" in body

@@ -693,6 +693,21 @@ def _collapsed(run: T.Run) -> bool:
     return v is not None and not math.isnan(float(v)) and float(v) > 0
 
 
+NEAR_BEST = 0.01   # the learning-rate range within 1 pp of a loss's best test error
+
+
+def near_best_range(means: Mapping[float, float], near: float = NEAR_BEST) -> str:
+    """The values whose mean is within ``near`` of the smallest mean: ``"0.05–0.2 (×4; 3 of 4)"``; ``–`` without
+    means. A value inside the range that is not near the best is not in it, so the count can be below the span."""
+    if not means:
+        return "–"
+    best = min(means.values())
+    within = sorted(v for v, m in means.items() if m <= best + near + 1e-12)
+    lo, hi = within[0], within[-1]
+    span = f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+    return f"{span} (×{hi / lo:.3g}; {len(within)} of {len(means)})"
+
+
 def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     field, blocks, err = spec.field, spec.lr_robustness, spec.column(ERROR)
     ce_l, ge_l = spec.baseline, spec.label
@@ -706,7 +721,7 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     for r in mine:
         by[(r.block, r.setting)][r.label][r.config.get(field)][r.seed] = r
     keys = sorted(by, key=lambda k: (blocks.index(k[0]), T.setting_order(k[1])))
-    rows, worst_comps, worst_what = [], [], {}
+    rows, worst_comps, worst_what, width_rows = [], [], {}, []
 
     def comp(block, setting, ge, ce):
         return Comparison(block, setting, ge_l, ce_l, err,
@@ -727,11 +742,15 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
                          fmt_diff(c) if ce and ge else "", fmt_p(c.result.p),
                          f"{sum(map(_collapsed, ce.values()))}/{len(ce)}", f"{sum(map(_collapsed, ge.values()))}/{len(ge)}"])
         worst = {}
+        width_row = [block, setting[0], setting[2], setting[1]]
         for lab in (ce_l, ge_l):
             means = {lr: mean_std([err.value(r.metrics) for r in seeds.values()])[0] for lr, seeds in losses[lab].items()}
             means = {lr: m for lr, m in means.items() if not math.isnan(m)}
             if means:
                 worst[lab] = max(means, key=lambda lr: (means[lr], lr))
+            width_row.append(near_best_range(means))
+        if len(lrs) > 1:
+            width_rows.append(width_row)
         if len(worst) == 2 and len(losses[ce_l]) == len(losses[ge_l]) == len(lrs) and len(lrs) > 1:
             worst_comps.append(comp(block, setting, losses[ge_l][worst[ge_l]], losses[ce_l][worst[ce_l]]))
             worst_what[(block, setting)] = worst
@@ -792,6 +811,12 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
            T.markdown_table(["block", "dataset", "model", "regime", field, f"{ce_l} error %", f"{ge_l} error %",
                              "Δ [95% CI]", "t p", f"collapsed {ce_l}", f"collapsed {ge_l}"], rows,
                             ["l"] * 4 + ["r"] * 7), ""]
+    if width_rows:
+        md += [f"The {field} range within {NEAR_BEST * 100:g} pp of each loss's best mean test error (the {field}s "
+               f"of the sweep that are, smallest to largest; × the factor between them, ×1 when only the best is; "
+               f"of how many {field}s tried):", "",
+               T.markdown_table(["block", "dataset", "model", "regime", f"{ce_l}: {field} within {NEAR_BEST * 100:g} pp",
+                                 f"{ge_l}: {field} within {NEAR_BEST * 100:g} pp"], width_rows, ["l"] * 6), ""]
     if worst_comps:
         wrows = [[c.block, c.setting[0], c.setting[2], c.setting[1],
                   f"{T.fmt_num(c.mean_other, 2, 100)} ({field} {worst_what[(c.block, c.setting)][ce_l]:g})",
