@@ -1,11 +1,15 @@
 """Helpers shared by test modules (importable because pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sqlite3
+import struct
 import textwrap
 from pathlib import Path
+
+import numpy as np
 
 
 def grid_file(tmp_path: Path, text: str) -> Path:
@@ -31,3 +35,29 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def write_idx(path, arr, gz):
+    codes = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
+    header = bytes([0, 0, codes[arr.dtype.type], arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    data = header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as fh:
+            fh.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_mnist_like(folder, rng, gz, n_train=30, n_test=12, size=28, k=10):
+    arrays = {
+        "train_x": rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
+        "train_y": rng.integers(0, k, n_train).astype(np.uint8),
+        "test_x": rng.integers(0, 256, (n_test, size, size), dtype=np.uint8),
+        "test_y": rng.integers(0, k, n_test).astype(np.uint8),
+    }
+    names = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+    for key, fname in names.items():
+        write_idx(folder / fname, arrays[key], gz)
+    return arrays

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import pytest
 
 from gence.cli import main
 from gence.experiments import load_grid, run_grid
 
 import helpers  # tests/helpers.py
+from helpers import make_mnist_like
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -366,16 +368,56 @@ def test_bench_without_a_data_directory_needs_none_for_runs_it_will_not_run(caps
     assert helpers.stored_rows(db) == before
 
 
-def test_bench_failure_lines_name_the_flag_not_the_python_argument(capsys, tmp_path, monkeypatch):
-    """A user's dataset without its files is left to its own error (its params may name an absolute path):
-    the run fails, and the line the runner prints names --data-dir as gence train's does."""
+def test_bench_user_dataset_without_its_files_stops_naming_the_flag_not_the_python_argument(capsys, tmp_path,
+                                                                                         monkeypatch):
+    """A user's dataset without its files: the loader's own error, found before anything is stored, with
+    --data-dir named as gence train names it."""
     monkeypatch.delenv("GENCE_DATA", raising=False)
     db = tmp_path / "r.sqlite"
     grid = _bench_grid(tmp_path, '{ name = "folder" }', ood="[]")
     code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--quiet", "--no-report", "--workers", "1")
+    assert code == 2 and not db.exists()
+    assert one_line(err) == ("gence bench: grid block 'x': dataset 'folder' needs its files: pass root=PATH (a "
+                             "dataset param), --data-dir DIR or set GENCE_DATA")
+    assert "data_dir=" not in err and "Traceback" not in err
+
+
+def test_bench_failure_lines_name_the_flag_not_the_python_argument(capsys, tmp_path, monkeypatch):
+    """A run failing with a message written for the Python API: the line the runner prints names the flag."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "fails_run.py").write_text(
+        "def run(config):\n    raise ValueError('the files moved: pass data_dir=PATH or set GENCE_DATA')\n")
+    grid = _bench_grid(tmp_path, '"digits"', ood="[]")
+    code, _, err = run_cli(capsys, "bench", str(grid), "--db", str(tmp_path / "r.sqlite"), "--quiet", "--no-report",
+                           "--workers", "1", "--run-fn", "fails_run:run")
     assert code == 1
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
-    assert failed == ["failed: folder balanced:5 mlp ce seed=0: ValueError: dataset 'folder' needs its files: pass "
-                      "root=PATH (a dataset param), --data-dir DIR or set GENCE_DATA"]
-    assert "data_dir=" not in err and "Traceback" not in err
-    assert [r["status"] for r in helpers.stored_rows(db)] == ["failed"]
+    assert failed == ["failed: digits balanced:5 mlp ce seed=0: ValueError: the files moved: pass --data-dir DIR or "
+                      "set GENCE_DATA"]
+
+
+def test_bench_with_a_data_directory_without_the_files_stops_before_anything_is_stored(capsys, tmp_path):
+    """--data-dir exists but holds no Fashion-MNIST (or no MNIST, an OOD set): the loader's search, found before
+    any run is claimed; with the files there (tiny IDX files written here) the check passes."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    db = tmp_path / "r.sqlite"
+    grid = _bench_grid(tmp_path, '"fashion_mnist"', ood="[]")
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--data-dir", str(empty), "--quiet",
+                             "--no-report")
+    assert code == 2 and out == "" and not db.exists()
+    assert one_line(err).startswith(f"gence bench: --data-dir {empty}: grid block 'x': dataset 'fashion_mnist': no "
+                                    f"files found. Searched {empty / 'fashion_mnist'}, ")
+    assert one_line(err).endswith("expected the IDX files train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+                                  "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]")
+    rng = np.random.default_rng(0)
+    make_mnist_like(empty / "fashion_mnist", rng, gz=True)
+    grid = _bench_grid(tmp_path, '"fashion_mnist"', ood='["gaussian_noise", "mnist"]', block="with-ood")
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--data-dir", str(empty), "--quiet",
+                             "--no-report")
+    assert code == 2 and not db.exists()
+    assert one_line(err).startswith(f"gence bench: --data-dir {empty}: grid block 'with-ood', OOD set 'mnist' of "
+                                    f"dataset 'fashion_mnist': dataset 'mnist': no files found.")
+    make_mnist_like(empty / "mnist", rng, gz=False)
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db), "--data-dir", str(empty), "--list")
+    assert code == 0 and "warning" not in err and "1 run(s)" in out

@@ -18,10 +18,10 @@ data directory (``data_dir`` or ``$GENCE_DATA``), for a check before anything ru
 """
 from gence.data.augment import (AUGMENT_MODES, CROP_FLIP, Crop, crop_flip, default_augment, default_augment_mode,
                                 iterate_batches, random_crop_flip, resolve_augment)
-from gence.data.datasets import (DATASETS, ArrayDataset, available, image_datasets, load_dataset, needs_data_dir,
-                                 register_dataset, to_float)
+from gence.data.datasets import (DATASETS, ArrayDataset, available, dataset_files_problem, image_datasets,
+                                 load_dataset, needs_data_dir, register_dataset, to_float)
 from gence.data.ood import (OOD_SETS, OOD_FILE_SOURCES, convert_images, is_ood_name, load_ood, ood_available,
-                            ood_names, ood_needs_data_dir, register_ood)
+                            ood_files_problem, ood_names, ood_needs_data_dir, register_ood)
 from gence.data.regimes import (Balanced, Full, LongTailed, Regime, balanced, full, long_tailed,
                                 parse_regime, split_indices)
 from gence.data.synthetic import GaussianTask, as_rng, exponential_priors
@@ -29,7 +29,7 @@ from gence.data.userdata import USER_DATASETS, split_per_class
 
 __all__ = [
     "ArrayDataset", "load_dataset", "available", "image_datasets", "DATASETS", "register_dataset", "to_float",
-    "needs_data_dir", "ood_needs_data_dir",
+    "needs_data_dir", "ood_needs_data_dir", "dataset_files_problem", "ood_files_problem",
     "Regime", "Balanced", "LongTailed", "Full", "balanced", "long_tailed", "full", "parse_regime",
     "split_indices",
     "load_ood", "convert_images", "ood_names", "ood_available", "OOD_SETS", "register_ood", "is_ood_name",

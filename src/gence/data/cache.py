@@ -8,6 +8,7 @@ process leaves no half-written entry behind.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import tempfile
@@ -16,7 +17,27 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["cache_dir", "source_key", "cached_arrays"]
+__all__ = ["cache_dir", "source_key", "cached_arrays", "find_only"]
+
+_FIND_ONLY = contextvars.ContextVar("gence_find_only", default=False)
+
+
+class _FilesFound(Exception):
+    """Raised by :func:`cached_arrays` under :func:`find_only`: the loader has found every file it reads."""
+
+
+def find_only(load: Callable[[], object]) -> None:
+    """Call ``load`` (a dataset loader) only as far as finding its files: it stops where it would read or
+    decode them (:func:`cached_arrays`, which every file-reading loader calls with the files it found). Its
+    own errors, e.g. ``FileNotFoundError`` naming where it searched, propagate; a loader that reads no files
+    runs to its end."""
+    token = _FIND_ONLY.set(True)
+    try:
+        load()
+    except _FilesFound:
+        pass
+    finally:
+        _FIND_ONLY.reset(token)
 
 
 def cache_dir() -> Path:
@@ -46,6 +67,8 @@ def cached_arrays(
     Any failure to write the cache (read-only home, full disk) is ignored: caching is an optimisation.
     """
     paths = list(paths)
+    if _FIND_ONLY.get():
+        raise _FilesFound
     if not enabled:
         return decode()
     path = cache_dir() / f"{kind.replace('/', '_')}-{source_key(kind, paths)}.npz"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from gence.data import readers
-from gence.data.cache import cached_arrays
+from gence.data.cache import cached_arrays, find_only
 from gence.data.synthetic import GaussianTask
 from gence.registry import Registry, check_keywords, keyword_names
 
@@ -394,6 +394,16 @@ def _keep(x: torch.Tensor, y: torch.Tensor, kept: Sequence[int], num_source: int
     new = lut[y]
     mask = new >= 0
     return x[mask], new[mask]
+
+
+def dataset_files_problem(name: str, data_dir: str | os.PathLike | None = None, **params) -> str | None:
+    """Why :func:`load_dataset` would fail to find or accept the files of ``name`` (its error message), or
+    None; it searches the folders as the loader does and decodes nothing (:func:`gence.data.cache.find_only`)."""
+    try:
+        find_only(lambda: load_dataset(name, data_dir, **params))
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, classes: Sequence | None = None,

@@ -22,7 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from gence.data.datasets import ArrayDataset, image_datasets, load_dataset, needs_data_dir
+from gence.data.datasets import ArrayDataset, dataset_files_problem, image_datasets, load_dataset, needs_data_dir
 from gence.data.userdata import USER_DATASETS
 from gence.registry import Registry
 
@@ -132,6 +132,26 @@ def gaussian_noise(like: ArrayDataset, data_dir, n: int, generator: torch.Genera
 @register_ood("uniform_noise", "i.i.d. pixels uniform on 0..255")
 def uniform_noise(like: ArrayDataset, data_dir, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 256, (n, *like.image_shape), generator=generator, dtype=torch.uint8)
+
+
+def ood_files_problem(name: str, dataset: str, data_dir: str | os.PathLike | None = None) -> str | None:
+    """Why :func:`load_ood` would not find the files of OOD set ``name`` for a dataset ``dataset`` loaded with
+    ``data_dir`` (the loader's message), or None; it decodes nothing. Noise sets and ``heldout`` read no files
+    of their own."""
+    file_source = _file_source(name)
+    if file_source is not None:
+        source, path = file_source
+        if not path:
+            return f"OOD set {name!r} names no path; expected '{source}:PATH'"
+        return dataset_files_problem(source, None, **{OOD_FILE_SOURCES[source]: path})
+    key = _ood_key(name)
+    if key in OOD_SETS or key not in image_datasets() or key == dataset:
+        return None
+    if dataset in USER_DATASETS:   # as load_ood: a user's data_dir is its own files, not a folder of datasets
+        data_dir = None
+    elif data_dir is not None and os.path.isfile(data_dir):
+        data_dir = os.path.dirname(data_dir)
+    return dataset_files_problem(key, data_dir)
 
 
 def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: int = 0) -> torch.Tensor:

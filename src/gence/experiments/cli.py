@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from gence.contract import runtime_flags
-from gence.data import needs_data_dir, ood_needs_data_dir
+from gence.contract import canonical_json, runtime_flags
+from gence.data import dataset_files_problem, needs_data_dir, ood_files_problem, ood_needs_data_dir
 from gence.experiments.db import ResultsDB, database_problem, done_runs
 from gence.experiments.grid import (ExtendGroup, Grid, GridError, RunSpec, TunedSpec, describe_group, extension_state,
                                     load_demo_grid, load_grid, parse_shard, select_blocks, shard, tune_state)
@@ -91,15 +91,14 @@ def _load(args):
 
 
 def data_dir_problem(runs: Sequence[RunSpec], tuned: Sequence[TunedSpec], extensions: Sequence[ExtendGroup],
-                     db_path: str, *, data_dir: str | None, retry_failed: bool) -> str | None:
+                     db_path: str, *, data_dir: str | None, retry_failed: bool, check_files: bool = True) -> str | None:
     """Without a data directory (neither ``data_dir``, i.e. ``--data-dir``, nor ``$GENCE_DATA``): the first run
     this invocation may start whose dataset or OOD set reads files from one (:func:`gence.data.needs_data_dir`,
     :func:`gence.data.ood_needs_data_dir`) and whose grid entry names none, as a one-line usage error; else
     None. Runs stored done, or failed without ``retry_failed``, are skipped by the runner and need none.
     A user's dataset (``folder``, ``arrays``, ``csv``) and ``folder:``/``arrays:`` OOD sets name their files
-    in their params and are left to their own error."""
-    if data_dir is not None or os.environ.get("GENCE_DATA"):
-        return None
+    in their params and are left to their own error. With a data directory and ``check_files``: the first
+    dataset or OOD set of those runs whose files are not where its loader looks (:func:`files_problem`)."""
     rows: dict = {}
     if Path(db_path).is_file() and database_problem(db_path) is None:
         keys = ({s.key for s in runs} | {k for t in tuned for k in t.tuning_keys}
@@ -121,7 +120,7 @@ def data_dir_problem(runs: Sequence[RunSpec], tuned: Sequence[TunedSpec], extens
         if st.kind == "wait" or (retry_failed and any(rows.get(s.key, ("todo",))[0] == "failed" for _, s in st.runs)):
             pending.append((g.config, g.grid))
     for config, block in pending:
-        if config.get("data_dir") is not None:
+        if config.get("data_dir") is not None or data_dir is not None or os.environ.get("GENCE_DATA"):
             continue
         dataset = config["dataset"]
         if needs_data_dir(dataset):
@@ -133,6 +132,34 @@ def data_dir_problem(runs: Sequence[RunSpec], tuned: Sequence[TunedSpec], extens
             what = f"OOD set {ood!r} of dataset {dataset!r}"
         return (f"--data-dir: {what} (grid block {block!r}) needs a data directory; pass --data-dir DIR or set "
                 f"GENCE_DATA")
+    return files_problem(pending, data_dir) if check_files else None
+
+
+def files_problem(pending: Sequence[tuple[dict, str]], data_dir: str | None) -> str | None:
+    """The first (config, block) of ``pending`` whose dataset or OOD set would not find its files (searched as
+    its loader searches, nothing decoded: :func:`gence.data.dataset_files_problem`,
+    :func:`gence.data.ood_files_problem`), as a one-line usage error naming where the directory came from
+    (a run's own ``data_dir``, then ``data_dir``, i.e. ``--data-dir``, then ``$GENCE_DATA``); else None."""
+    seen: set[str] = set()
+    for config, block in pending:
+        own, env = config.get("data_dir"), os.environ.get("GENCE_DATA")
+        head = (f"grid block {block!r} (data_dir {own})" if own is not None else
+                f"--data-dir {data_dir}: grid block {block!r}" if data_dir is not None else
+                f"GENCE_DATA={env}: grid block {block!r}" if env else f"grid block {block!r}")
+        directory = own if own is not None else data_dir
+        dataset, params = config["dataset"], config.get("dataset_params") or {}
+        checks = [((dataset, canonical_json(params), directory), "",
+                   lambda: dataset_files_problem(dataset, directory, **params))]
+        checks += [((o, dataset, directory), f", OOD set {o!r} of dataset {dataset!r}",
+                    lambda o=o: ood_files_problem(o, dataset, directory)) for o in config.get("ood") or ()]
+        for ident, what, check in checks:
+            tag = canonical_json(ident)
+            if tag in seen:
+                continue
+            seen.add(tag)
+            problem = check()
+            if problem is not None:
+                return runtime_flags(f"{head}{what}: {problem}")
     return None
 
 
@@ -194,7 +221,7 @@ def run_bench(args: argparse.Namespace) -> BenchOutcome:
               f"that holds the datasets (or one dataset's archive)", file=sys.stderr)
         return BenchOutcome(2, grid)
     problem = data_dir_problem(runs, tuned, extensions, args.db, data_dir=args.data_dir,
-                               retry_failed=args.retry_failed)
+                               retry_failed=args.retry_failed, check_files=args.backend == "local")
     if problem is not None and not args.list:
         print(f"gence bench: {problem}", file=sys.stderr)
         return BenchOutcome(2, grid)
