@@ -488,3 +488,24 @@ def test_learning_rate_range_within_one_point_of_each_loss_best(full):
     assert cells[1] == "0.01 (×1; 1 of 2)"      # GenCE collapses at 0.2: 20 pp worse
     body = claim(verdict, "Learning-rate").body
     assert f"| lr_sweep | digits | small_cnn | balanced:5 | {cells[0]} | {cells[1]} |" in body
+
+
+def test_a_missing_pilot_database_is_a_clear_error_for_report_and_a_warning_for_bench(full, tmp_path, monkeypatch,
+                                                                                      capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    grid = tmp_path / "study.toml"
+    grid.write_text(textwrap.dedent(GRID).replace('lr_robustness = ["lr_sweep"]\n',
+                                                  'lr_robustness = ["lr_sweep"]\npilot = "gone.sqlite"\n'))
+    assert main(["report", str(full[0]), "-o", str(tmp_path / "o"), "--verdict", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("gence report: [verdict].pilot = 'gone.sqlite': no such database (a path from the folder "
+                           "the report is run in)") and not (tmp_path / "o").exists()
+    out = tmp_path / "out"
+    assert main(["bench", str(grid), "--db", str(tmp_path / "s.sqlite"), "-o", str(out), "--run-fn",
+                 "test_verdict:fake_run", "--quiet", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert ("gence bench: warning: [verdict].pilot = 'gone.sqlite': no such database (a path from the folder the "
+            "report is run in); the report is written without it") in err
+    md = (out / "README.md").read_text()
+    assert "| Accuracy with few labels | **holds** |" in md and "pilot's rule" not in md

@@ -4,10 +4,12 @@ grid file's ``[verdict]`` table adds the verdict to the report."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from gence.experiments.cli import add_bench_arguments, run_bench
 from gence.report.cli import missing_dependency, write_for
+from gence.report.verdict import VerdictError, VerdictSpec, pilot_settings
 
 DEFAULT_REPORT_DIR = "report"
 
@@ -36,7 +38,14 @@ def bench_main(args: argparse.Namespace) -> int:
     outcome = run_bench(args)
     if not outcome.complete or args.no_report:
         return outcome.code
-    report = write_for(args.db, args.out, verdict_table=outcome.grid.verdict, select_by=args.select_by)
+    spec = VerdictSpec.from_table(outcome.grid.verdict) if outcome.grid.verdict is not None else None
+    if spec is not None and spec.pilot is not None:
+        try:
+            pilot_settings(spec)
+        except VerdictError as exc:   # the runs are stored; the report goes without the pilot's column
+            print(f"gence bench: warning: {exc}; the report is written without it", file=sys.stderr)
+            spec = dataclasses.replace(spec, pilot=None)
+    report = write_for(args.db, args.out, verdict_spec=spec, select_by=args.select_by)
     print(report.summary)
     print(f"gence bench: report written to {report.markdown_path}", file=sys.stderr)
     return outcome.code

@@ -14,7 +14,7 @@ from gence.report.convergence import ConvergenceError, ConvergenceSpec
 from gence.report.opening import opening_section
 from gence.report.sections import DEFAULT_SECTIONS, with_pilot, with_verdict
 from gence.report.tables import DEFAULT_SELECT_BY, load_results
-from gence.report.verdict import VerdictError, VerdictSpec, spec_from_grids, verdict_sections
+from gence.report.verdict import VerdictError, VerdictSpec, pilot_settings, spec_from_grids, verdict_sections
 from gence.report.writer import Report, write_report
 
 DEFAULT_TITLE = "gence benchmark report"
@@ -126,6 +126,8 @@ def report_main(args: argparse.Namespace) -> int:
                                    "grid file: --verdict GRID.toml")
         elif args.verdict is not None:
             spec = VerdictSpec.from_table(verdict_table_of(args.verdict), f"{args.verdict}: [verdict]")
+        if spec is not None:
+            pilot_settings(spec)   # a [verdict].pilot database that is missing or has no rule: said here
         pilot = (ConvergenceSpec.from_table(table_of(args.convergence, "convergence", ConvergenceError),
                                             f"{args.convergence}: [convergence]")
                  if args.convergence is not None else None)

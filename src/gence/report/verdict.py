@@ -812,9 +812,9 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
                              "Δ [95% CI]", "t p", f"collapsed {ce_l}", f"collapsed {ge_l}"], rows,
                             ["l"] * 4 + ["r"] * 7), ""]
     if width_rows:
-        md += [f"The {field} range within {NEAR_BEST * 100:g} pp of each loss's best mean test error (the {field}s "
-               f"of the sweep that are, smallest to largest; × the factor between them, ×1 when only the best is; "
-               f"of how many {field}s tried):", "",
+        md += [f"The {field}s within {NEAR_BEST * 100:g} pp of each loss's best mean test error: the smallest to "
+               f"the largest of them, the factor between those two (×1: only the best) and how many of the "
+               f"{field}s tried are within:", "",
                T.markdown_table(["block", "dataset", "model", "regime", f"{ce_l}: {field} within {NEAR_BEST * 100:g} pp",
                                  f"{ge_l}: {field} within {NEAR_BEST * 100:g} pp"], width_rows, ["l"] * 6), ""]
     if worst_comps:
