@@ -1,13 +1,15 @@
 """Power of the convergence study's paired design for a true GenCE - CE difference, per setting and pooled.
 
-    python scripts/power.py [results/archive/short_budget/cpu_study.sqlite] > results/study/power.txt
+    python scripts/power.py [ARCHIVE_DB [STUDY_GRID [PILOT_DB]]] > results/study/power.txt
+        (defaults: results/archive/short_budget/cpu_study.sqlite, configs/study.toml, results/pilot.sqlite)
 
 The paired standard deviation (sd of the per-seed differences GenCE - CE in test error) is measured per
 dataset as the median over the archived short-budget study's settings (5 seeds each); the study's own
 runs will replace it once stored. Per setting: the two-sided paired t-test at 5% with n seeds (and at the
 Holm threshold of the claim's first step, 5% / number of settings), noncentral t. Pooled: the t test over
-k setting means (the verdict's random-effects estimate), assuming no heterogeneity between settings, so
-each setting mean has variance sd^2 / n.
+k setting means (the verdict's random-effects estimate), k counted from the study grid's [verdict] blocks;
+each setting mean has variance sd^2 / n + tau^2, tau the sd of the true difference between settings
+(heterogeneity; 0, 0.5 and 1 pp shown: with few settings it, not the seeds, limits the pooled power).
 """
 from __future__ import annotations
 
@@ -18,8 +20,13 @@ import subprocess
 import sys
 from collections import defaultdict
 
+from pathlib import Path
+
 import numpy as np
 from scipy import stats
+
+from gence.experiments import load_grid
+from gence.report.verdict import VerdictSpec
 
 
 def paired_sd_by_dataset(db: str) -> dict[str, float]:
@@ -54,15 +61,49 @@ def power_pooled(delta: float, sd: float, n: int, k: int, alpha: float = 0.05) -
     return _two_sided_power(k - 1, delta / (sd / np.sqrt(n) / np.sqrt(k)), alpha)
 
 
+def claim_settings(config: str) -> dict[str, int]:
+    """Settings (dataset x regime x model) per claim of the study grid, from its [verdict] table's blocks."""
+    grid = load_grid(config)
+    spec = VerdictSpec.from_table(grid.verdict or {})
+    specs = list(grid.runs) + list(grid.tuned)   # both have .grid (the block) and .config
+
+    def count(blocks) -> int:
+        return len({(c["dataset"], c["regime"], c["model"]) for s in specs if s.grid in blocks
+                    for c in [s.config]})
+    return {"few labels": count(spec.few_labels), "imbalance": count(spec.imbalance)}
+
+
+def pilot_paired_sds(db: str) -> list[str]:
+    """GenCE - CE per seed in the pilot, where two seeds share a budget: the paired sd of each (2 seeds: rough)."""
+    con = sqlite3.connect(db)
+    errors = defaultdict(dict)
+    for dataset, regime, model, label, seed, config, metrics in con.execute(
+            "select dataset, regime, model, label, seed, config, metrics from runs where status='done' "
+            "and label in ('ce', 'gence')"):
+        epochs = json.loads(config).get("epochs")
+        errors[(dataset, regime, model, epochs)].setdefault(label, {})[seed] = json.loads(metrics)["test/error"]
+    out = []
+    for (dataset, regime, model, epochs), by_label in sorted(errors.items(), key=str):
+        seeds = sorted(set(by_label.get("ce", {})) & set(by_label.get("gence", {})))
+        if len(seeds) >= 2:
+            d = [100 * (by_label["gence"][s] - by_label["ce"][s]) for s in seeds]
+            out.append(f"{dataset} {regime} {model} {epochs} epochs: {statistics.stdev(d):.2f} ({len(seeds)} seeds)")
+    return out
+
+
 def main(argv: list[str]) -> int:
     db = argv[0] if argv else "results/archive/short_budget/cpu_study.sqlite"
+    config = argv[1] if len(argv) > 1 else "configs/study.toml"
+    pilot = argv[2] if len(argv) > 2 else "results/pilot.sqlite"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"$ python scripts/power.py {' '.join(argv)}".rstrip() + f"   (commit {commit or 'unknown'})")
     sds = paired_sd_by_dataset(db)
     print(f"paired sd of GenCE - CE test error (pp), median over settings of {db}: "
           + ", ".join(f"{k} {v:.2f}" for k, v in sds.items()))
     delta = 1.0
-    claims = {"few labels (2 datasets x 2 models x 2 budgets)": 8, "imbalance (2 x 2 x 1)": 4}
+    claims = claim_settings(config)
+    print(f"settings per claim in {config} ([verdict] blocks): "
+          + ", ".join(f"{claim} {k}" for claim, k in claims.items()))
     for dataset in ("cifar10", "fashion_mnist"):
         sd = sds[dataset]
         for n in (5, 10):
@@ -72,8 +113,23 @@ def main(argv: list[str]) -> int:
             print(", ".join(line))
     sd_mix = float(np.sqrt(np.mean([sds["cifar10"] ** 2, sds["fashion_mnist"] ** 2])))
     for claim, k in claims.items():
-        print(f"pooled, {claim}: k={k} settings, 10 seeds, sd {sd_mix:.2f}: power {power_pooled(delta, sd_mix, 10, k):.3f} "
-              f"for a uniform {delta:g} pp difference (no heterogeneity); for 0.5 pp: {power_pooled(0.5, sd_mix, 10, k):.3f}")
+        parts = [f"pooled, {claim}: k={k} settings, 10 seeds, sd {sd_mix:.2f}"]
+        for tau in (0.0, 0.5, 1.0):   # sd of the true difference between settings (heterogeneity), pp
+            sd_setting = float(np.sqrt(sd_mix ** 2 / 10 + tau ** 2))
+            p1 = _two_sided_power(k - 1, delta / (sd_setting / np.sqrt(k)), 0.05)
+            p05 = _two_sided_power(k - 1, 0.5 / (sd_setting / np.sqrt(k)), 0.05)
+            parts.append(f"heterogeneity sd {tau:g} pp: power {p1:.3f} for a mean 1 pp difference, {p05:.3f} for 0.5 pp")
+        print("; ".join(parts))
+    print("pooled power for a mean 1 pp difference by the number of settings k compared (a claim decided before "
+          "all its settings are in, or a design with fewer): " + "; ".join(
+              f"k={k}: " + ", ".join(
+                  f"{_two_sided_power(k - 1, delta / (np.sqrt(sd_mix ** 2 / 10 + tau ** 2) / np.sqrt(k)), 0.05):.2f}"
+                  f" (heterogeneity {tau:g} pp)" for tau in (0.0, 0.5, 1.0))
+              for k in range(2, max(claims.values()) + 1)))
+    if Path(pilot).exists():
+        print(f"paired sd (pp) at the pilot's budgets, {pilot} (2 seeds each: a rough check of the archived values):")
+        for line in pilot_paired_sds(pilot):
+            print("  " + line)
     return 0
 
 
