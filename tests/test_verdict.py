@@ -509,3 +509,23 @@ def test_a_missing_pilot_database_is_a_clear_error_for_report_and_a_warning_for_
             "report is run in); the report is written without it") in err
     md = (out / "README.md").read_text()
     assert "| Accuracy with few labels | **holds** |" in md and "pilot's rule" not in md
+
+
+def test_see_also_links_related_pages_relative_to_the_markdown_and_keeps_them_in_its_command(full, tmp_path,
+                                                                                             monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.sqlite").write_bytes(Path(full[0]).read_bytes())
+    pilot = tmp_path / "results" / "pilot" / "README.md"
+    pilot.parent.mkdir(parents=True)
+    pilot.write_text("# the pilot\n")
+    argv = ["report", "study.sqlite", "-o", "results/study", "--markdown", "docs/RESULTS.md", "--see-also",
+            "its pilot=results/pilot/README.md", "--see-also", "the archive=results/archive/x.md"]
+    assert main(argv) == 0
+    lines = (tmp_path / "docs" / "RESULTS.md").read_text().splitlines()
+    assert f"regenerate with `gence {shlex.join(argv)}`" in lines[2]
+    assert lines[4] == "See also: [its pilot](../results/pilot/README.md); [the archive](../results/archive/x.md)."
+    assert (tmp_path / "docs" / "../results/pilot/README.md").resolve() == pilot.resolve()
+    capsys.readouterr()
+    assert main(["report", "study.sqlite", "-o", "o", "--see-also", "no-path"]) == 2
+    assert capsys.readouterr().err.strip() == ("gence report: --see-also 'no-path': expected TEXT=PATH, e.g. "
+                                               "'the pilot=results/pilot/README.md'")

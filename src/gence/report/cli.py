@@ -7,7 +7,7 @@ import shlex
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from gence.experiments.db import database_problem
 from gence.report.convergence import ConvergenceError, ConvergenceSpec
@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--convergence", default=None, metavar="GRID",
                    help="judge the convergence pilot (runs that differ only in epochs, E and 2E) by the "
                         "[convergence] table of GRID instead of that of the grid files stored in the database")
+    p.add_argument("--see-also", action="append", default=[], metavar="TEXT=PATH",
+                   help="link a related page under the title, e.g. 'its pilot=results/pilot/README.md' (repeatable; "
+                        "the link is made relative to the Markdown file)")
     p.add_argument("--select-by", default=DEFAULT_SELECT_BY,
                    help=f"validation metric that picks each loss's best swept setting (default: {DEFAULT_SELECT_BY})")
     p.set_defaults(func=report_main)
@@ -73,6 +76,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--title", args.title]
     if args.select_by != DEFAULT_SELECT_BY:
         parts += ["--select-by", args.select_by]
+    for item in args.see_also:
+        parts += ["--see-also", item]
     return shlex.join(parts)
 
 
@@ -95,7 +100,8 @@ def verdict_table_of(path: str | Path) -> Mapping[str, Any]:
 def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, Any] | None = None,
               verdict_spec: VerdictSpec | None = None, title: str | None = None, markdown_path: str | Path | None = None,
               select_by: str | None = None, command: str | None = None,
-              convergence_spec: ConvergenceSpec | None = None) -> Report:
+              convergence_spec: ConvergenceSpec | None = None,
+              see_also: Sequence[tuple[str, str | Path]] = ()) -> Report:
     """The report of ``db``, with the verdict when a ``[verdict]`` table or spec is given (what ``gence report``
     and ``gence bench`` write); ``convergence_spec`` judges the convergence pilot instead of the stored grid
     files' ``[convergence]`` table."""
@@ -105,7 +111,7 @@ def write_for(db: str | Path, out: str | Path, *, verdict_table: Mapping[str, An
                 else base)
     return write_report(db, out, title=title or (VERDICT_TITLE if spec is not None else DEFAULT_TITLE),
                         sections=sections, markdown_path=markdown_path, command=command,
-                        select_by=select_by or DEFAULT_SELECT_BY)
+                        select_by=select_by or DEFAULT_SELECT_BY, see_also=see_also)
 
 
 def report_main(args: argparse.Namespace) -> int:
@@ -134,9 +140,18 @@ def report_main(args: argparse.Namespace) -> int:
     except (VerdictError, ConvergenceError) as exc:
         print(f"gence report: {exc}", file=sys.stderr)
         return 2
+    see_also = []
+    for item in args.see_also:
+        text, sep, path = item.partition("=")
+        if not sep or not text or not path:
+            print(f"gence report: --see-also {item!r}: expected TEXT=PATH, e.g. 'the pilot=results/pilot/README.md'",
+                  file=sys.stderr)
+            return 2
+        see_also.append((text, path))
     markdown = Path(args.markdown) if args.markdown else Path(args.out) / args.filename
     report = write_for(args.db, args.out, verdict_spec=spec, title=args.title, markdown_path=markdown,
-                       select_by=args.select_by, command=command_line(args), convergence_spec=pilot)
+                       select_by=args.select_by, command=command_line(args), convergence_spec=pilot,
+                       see_also=see_also)
     print(report.summary)
     print(f"gence report: {len(report.files)} files written; open {report.markdown_path}", file=sys.stderr)
     return 0

@@ -27,7 +27,7 @@ class Report:
 def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "gence benchmark report",
                  sections: Sequence[S.Section] | None = None, markdown_path: str | Path | None = None,
                  command: str | None = None, select_by: str = T.DEFAULT_SELECT_BY,
-                 with_plots: bool = True) -> Report:
+                 with_plots: bool = True, see_also: Sequence[tuple[str, str | Path]] = ()) -> Report:
     """Write the Markdown report (default ``out_dir/README.md``), CSV tables under ``out_dir/tables`` and PNGs
     under ``out_dir/plots`` from the done runs of ``db_path``.
 
@@ -36,7 +36,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
     are relative to its folder, e.g. ``RESULTS.md`` at the repository root with plots and tables under
     ``results/``). ``command``: the command shown as the way to regenerate the report (default: ``gence
     report DB -o OUT_DIR``). ``select_by``: validation metric that picks each loss's swept setting.
-    ``with_plots=False`` skips the PNGs."""
+    ``with_plots=False`` skips the PNGs. ``see_also``: (text, path) of related pages, linked under the title."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = Path(markdown_path) if markdown_path is not None else out_dir / "README.md"
@@ -44,7 +44,8 @@ def write_report(db_path: str | Path, out_dir: str | Path, *, title: str = "genc
     results = T.load_results(db_path, select_by=select_by)
     cmd = command or f"gence report {shlex.quote(str(db_path))} -o {shlex.quote(str(out_dir))}"
     ctx = S.Context(results=results, db_path=str(db_path), title=title, command=cmd, plots_dir=out_dir / "plots",
-                    tables_dir=out_dir / "tables", link_dir=md_path.parent, with_plots=with_plots)
+                    tables_dir=out_dir / "tables", link_dir=md_path.parent, with_plots=with_plots,
+                    see_also=[(text, Path(path)) for text, path in see_also])
     parts = [section(ctx) for section in (S.DEFAULT_SECTIONS if sections is None else sections)]
     text = "\n\n".join(p.strip() for p in parts if p and p.strip()) + "\n"
     md_path.write_text(text)
