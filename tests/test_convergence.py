@@ -11,6 +11,7 @@ import pytest
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.report import write_report
+from gence.report import convergence as C
 from gence.report.convergence import ConvergenceError, ConvergenceSpec, plateau_change
 from gence.report.sections import DEFAULT_SECTIONS, with_pilot
 from gence.report.tables import Run
@@ -165,8 +166,8 @@ def test_convergence_tables_and_plots(report):
 def test_pilot_picks_the_smallest_passing_budget(report):
     md = section(report[0].markdown, "## Convergence pilot")
     assert "train error at E < 1%" in md and "< 0.05 nats" in md and "< 0.3 pp" in md
-    assert "| digits / balanced:5 / small_cnn | 5, 10 | **10** |" in md
-    assert "| digits / balanced:20 / small_cnn | 5, 10 | none of the tried budgets |" in md
+    assert "| digits / balanced:5 / small_cnn | 5 (fails), 10 (passes) | **10** |" in md
+    assert "| digits / balanced:20 / small_cnn | 5 (fails), 10 (fails) | none of the tried budgets |" in md
     # the lr=0.2 block differs in more than epochs: no setting of its own, never paired
     assert "lr=" not in md
     five = sub(md, "### digits / balanced:5 / small_cnn")
@@ -189,12 +190,12 @@ def test_judging_every_loss_and_other_thresholds(db, tmp_path):
     every = ConvergenceSpec()   # defaults: every loss of the setting judged -> label_smoothing fails all
     md = section(write_report(db, tmp_path / "a", sections=with_pilot(every), with_plots=False).markdown,
                  "## Convergence pilot")
-    assert "| digits / balanced:5 / small_cnn | 5, 10 | none of the tried budgets |" in md
+    assert "| digits / balanced:5 / small_cnn | 5 (fails), 10 (fails) | none of the tried budgets |" in md
     loose = ConvergenceSpec(train_error_below=0.2, test_error_change_below=0.011, losses=("ce", "gence"))
     md = section(write_report(db, tmp_path / "b", sections=with_pilot(loose), with_plots=False).markdown,
                  "## Convergence pilot")
-    assert "| digits / balanced:5 / small_cnn | 5, 10 | **5** |" in md
-    assert "| digits / balanced:20 / small_cnn | 5, 10 | **5** |" in md
+    assert "| digits / balanced:5 / small_cnn | 5 (passes), 10 (passes) | **5** |" in md
+    assert "| digits / balanced:20 / small_cnn | 5 (passes), 10 (passes) | **5** |" in md
 
 
 def test_old_database_reports_without_convergence_sections(tmp_path):
@@ -207,7 +208,7 @@ def test_old_database_reports_without_convergence_sections(tmp_path):
     assert not list((tmp_path / "out" / "plots").glob("convergence_*"))
     # with a [convergence] table but runs without train metrics: nothing fits, and says so
     md = write_report(path, tmp_path / "out2", sections=with_pilot(ConvergenceSpec()), with_plots=False).markdown
-    assert "| digits / balanced:5 / small_cnn | 5, 10 | none of the tried budgets |" in md
+    assert "| digits / balanced:5 / small_cnn | 5 (fails), 10 (fails) | none of the tried budgets |" in md
 
 
 def test_convergence_table_errors_name_the_key():
@@ -230,9 +231,19 @@ def test_report_command_takes_the_table_of_a_given_grid(db, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(db), "-o", str(out), "--convergence", str(grid)]) == 0
     md = (out / "README.md").read_text()
-    assert "| digits / balanced:20 / small_cnn | 5, 10 | **5** |" in md
+    assert "| digits / balanced:20 / small_cnn | 5 (passes), 10 (passes) | **5** |" in md
     assert f"--convergence {grid}" in md
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nepochs = 1\n")
     assert main(["report", str(db), "-o", str(out), "--convergence", str(bad)]) == 2
     assert "has no [convergence] table" in capsys.readouterr().err
+
+
+def test_a_pass_followed_by_a_fail_is_not_the_budget_picked():
+    # passes at 1, fails at 2, passes at 4: the budget picked is 4; what the verdict says of each budget
+    s = C.PilotSetting("d / r / m", [], [1, 2, 4], {1: True, 2: False, 4: True}, {1: [], 2: [], 4: []},
+                       ("d", "r", "m"))
+    assert s.smallest == 4 and [s.settled(e) for e in (1, 2, 4, 8)] == [False, False, True, False]
+    status = [C.budget_status([s], ("d", "r", "m"), e) for e in (1, 2, 4, 8)]
+    assert status == [C.LATER_FAILS, C.FAILS, C.PASSES, C.UNTESTED]
+    assert C.budget_status([s], ("d", "r", "other"), 4) == C.NOT_IN_PILOT

@@ -16,7 +16,7 @@ and the seed, by the rule of a grid file's ``[convergence]`` table (:class:`Conv
     losses = ["ce", "gence"]          # labels judged (default: every label of the setting)
 
 E passes for a setting when every judged loss meets both conditions (means over the seeds run at both E
-and 2E); the section gives per setting the smallest passing E. Without a ``[convergence]`` table (in the
+and 2E); the section gives per setting the smallest E that passes with every larger E judged. Without a ``[convergence]`` table (in the
 grid files stored in the database, or given) it says nothing.
 """
 from __future__ import annotations
@@ -207,7 +207,9 @@ class ConvergenceSpec:
                 f"and |mean test error at 2E − mean test error at E| < {100 * self.test_error_change_below:g} pp, "
                 f"means over the seeds run at both E and 2E; judged losses: "
                 + (", ".join(f"`{lab}`" for lab in self.losses) if self.losses else "every loss of the setting")
-                + f". Only runs that differ in nothing but `{PILOT_FIELD}` and the seed are compared.")
+                + f". Only runs that differ in nothing but `{PILOT_FIELD}` and the seed are compared. The budget "
+                f"picked is the smallest E that passes with every larger E judged passing too: a pass followed "
+                f"by a fail is taken for chance.")
 
 
 def spec_from_grids(grids: Sequence[dict]) -> ConvergenceSpec | None:
@@ -245,9 +247,14 @@ class PilotSetting:
     missing: dict[int, list[str]]           # E -> judged losses without runs at E and 2E
     setting: tuple[str, str, str] = ("", "", "")   # (dataset, regime, model)
 
+    def settled(self, epochs: int) -> bool:
+        """E passes and so does every larger budget judged: a pass followed by a fail is taken for chance
+        (at 1-2 seeds the test error moves by chance about as much as the rule allows)."""
+        return bool(self.passing.get(epochs)) and all(self.passing[e] for e in self.budgets if e > epochs)
+
     @property
     def smallest(self) -> int | None:
-        ok = [e for e in self.budgets if self.passing[e]]
+        ok = [e for e in self.budgets if self.settled(e)]
         return min(ok) if ok else None
 
 
@@ -304,21 +311,25 @@ def pilot(results: T.Results, spec: ConvergenceSpec) -> list[PilotSetting]:
     return out
 
 
-PASSES, FAILS, UNTESTED, NOT_IN_PILOT = "passes", "fails", "E not tried", "not in the pilot"
+PASSES, FAILS, LATER_FAILS, UNTESTED, NOT_IN_PILOT = (
+    "passes", "fails", "passes, a larger budget fails", "E not tried", "not in the pilot")
 
 
 def budget_status(settings: Sequence[PilotSetting], setting: tuple[str, str, str], epochs: Any) -> str:
-    """What the pilot's rule says of ``setting`` (dataset, regime, model) trained for ``epochs``: PASSES or
-    FAILS (the pilot ran it at E = ``epochs`` and 2E; when it ran several variants of the setting, e.g. two
-    learning rates, E passes only if it passes for each), UNTESTED (the pilot has the setting, not at E and
-    2E) or NOT_IN_PILOT."""
+    """What the pilot's rule says of ``setting`` (dataset, regime, model) trained for ``epochs``: PASSES (the
+    pilot ran it at E = ``epochs`` and 2E, E passes and so does every larger budget judged:
+    :meth:`PilotSetting.settled`; when it ran several variants of the setting, e.g. two learning rates, for
+    each), LATER_FAILS (E passes, a larger budget fails), FAILS, UNTESTED (the pilot has the setting, not at E
+    and 2E) or NOT_IN_PILOT."""
     mine = [s for s in settings if s.setting == tuple(setting)]
     if not mine:
         return NOT_IN_PILOT
-    judged = [s.passing[epochs] for s in mine if epochs in s.passing]
+    judged = [s for s in mine if epochs in s.passing]
     if not judged:
         return UNTESTED
-    return PASSES if all(judged) else FAILS
+    if all(s.settled(epochs) for s in judged):
+        return PASSES
+    return LATER_FAILS if all(s.passing[epochs] for s in judged) else FAILS
 
 
 def pilot_row(label: str, epochs: int, at_e: Sequence[T.Run], at_2e: Sequence[T.Run], spec: ConvergenceSpec
@@ -338,10 +349,11 @@ def pilot_row(label: str, epochs: int, at_e: Sequence[T.Run], at_2e: Sequence[T.
 
 def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> str:
     """The summary (smallest passing E per setting) and the per-setting tables."""
-    summary = [[s.name, ", ".join(map(str, s.budgets)),
+    summary = [[s.name, ", ".join(f"{e} ({'passes' if s.passing[e] else 'fails'})" for e in s.budgets),
                 f"**{s.smallest}**" if s.smallest is not None else "none of the tried budgets"] for s in settings]
     md = ["Rule. " + spec.rule(), "", T.markdown_table(["setting", "budgets E with a 2E partner",
-                                                        "smallest passing E"], summary, ["l", "l", "l"]), ""]
+                                                        "smallest E passing, with every larger E"], summary,
+                                                       ["l", "l", "l"]), ""]
     for s in settings:
         rows = []
         for r in s.rows:
