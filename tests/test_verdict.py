@@ -529,3 +529,18 @@ def test_see_also_links_related_pages_relative_to_the_markdown_and_keeps_them_in
     assert main(["report", "study.sqlite", "-o", "o", "--see-also", "no-path"]) == 2
     assert capsys.readouterr().err.strip() == ("gence report: --see-also 'no-path': expected TEXT=PATH, e.g. "
                                                "'the pilot=results/pilot/README.md'")
+
+
+def test_opening_shows_the_estimate_of_a_claim_with_too_few_settings_beside_its_verdict(tmp_path):
+    # one of the 4 few-label settings has runs; min_fraction 0.5 needs 2: "not enough data yet", and the
+    # all-settings cell shows that one setting's estimate, as its dataset's cell does
+    grid = parse_grid(textwrap.dedent(GRID), name="verdict-grid")
+    one = [s for s in grid.runs if s.grid == "balanced" and s.config["regime"] == "balanced:5"
+           and s.config["model"] == "mlp" and s.label in ("ce", "gence")]
+    db = tmp_path / "one.sqlite"
+    run_grid(one, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
+    n, mean, low, high, _ = expected(rows(db), "balanced", ("digits", "balanced:5", "mlp"), "gence", "ce", "test/error")
+    cell = f"{signed(100 * mean)} [{signed(100 * low)}, {signed(100 * high)}] pp (1)"
+    md = write_for(db, tmp_path / "out", verdict_spec=VerdictSpec(few_labels=("balanced",), min_fraction=0.5)).markdown
+    line = next(x for x in md.splitlines() if x.startswith("| Accuracy with few labels |"))
+    assert line == f"| Accuracy with few labels | error % | {cell} | {cell} | **not enough data yet** |"

@@ -40,7 +40,8 @@ def claims_table(claims: Sequence[Claim], label: str, baseline: str) -> str:
         col = _column(claim)
         metric = ("worst-lr " if claim.key == "lr_robustness" else "") + (col.name if col else "–")
         per = dict(pooled_by_dataset(claim.comparisons)) if col else {}
-        rows.append([claim.name, metric, _cell(claim.decision.pooled, col) if col else "–",
+        pooled = claim.decision.pooled or per.get("all")   # below min_fraction: shown, the verdict says why not used
+        rows.append([claim.name, metric, _cell(pooled, col) if col else "–",
                      *[_cell(per.get(name), col) if col else "–" for name in columns], f"**{claim.decision.text}**"])
     header = ["claim", "metric", f"{label} − {baseline}, all [95% CI] (settings)", *datasets,
               *(["only settings shown converged (pilot)"] if with_pilot else []), "verdict"]
