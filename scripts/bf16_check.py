@@ -6,7 +6,8 @@ configs/study.toml's header (written before the twins ran).
 Pairs: every done run labelled ``ce_fp32`` (amp = false) with the ``ce`` run (amp = true) of the same dataset,
 regime, model, epochs and seed. Per dataset: the mean paired difference float32 - bf16 in test error with its
 Student-t 95% interval over the pairs; bf16 is kept when the interval contains 0 and |mean| < 1 pp. Also the
-wall-time ratio float32 / bf16 of each pair (the two ran on this machine, beside one other run).
+wall-time ratio float32 / bf16 of each pair: it depends on what else ran beside each run; the speed of the two
+precisions measured side by side is benchmarks/train_throughput.py's.
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def main(argv: list[str]) -> int:
                   + ("bf16 KEPT" if keep else "bf16 REJECTED: run this dataset in float32"))
         else:
             print(f"  {len(d)} pair: too few for the rule's interval")
-        print(f"  median wall-time ratio float32/bf16: {np.median([r for *_, r in rows]):.2f}x")
+        print(f"  median wall-time ratio float32/bf16: {np.median([r for *_, r in rows]):.2f}x (as the runs ran, "
+              "beside other work; benchmarks/train_throughput.py times both side by side)")
     return 0
 
 
