@@ -345,3 +345,17 @@ def test_report_prints_no_negative_zero_and_says_the_reliability_ece_is_pooled(t
     assert "![reliability_digits_balanced-5_small_cnn]" in section
     assert "ECE (\"pooled ECE\") is computed on these pooled predictions" in section
     assert "the ECE in the tables is the mean of the per-seed ECEs" in section
+
+
+def test_setup_shows_the_latest_text_of_a_grid_file_edited_between_runs(tmp_path):
+    old = "[[grid]]\nname = 'a'\ndatasets = ['digits']\nregimes = ['balanced:5']\nmodels = ['mlp']\nlosses = ['ce']\nseeds = [0]\n"
+    new = old.replace("seeds = [0]", "seeds = [0, 1]  # one more seed")
+    db = tmp_path / "r.sqlite"
+    for text in (old, new):
+        grid = parse_grid(text, name="g")
+        run_grid(grid.runs, db, run_fn=lambda c: ({"test/error": 0.5}, {}), progress=False,
+                 grid_text=("g", "configs/g.toml", text))
+    md = write_report(db, tmp_path / "out", with_plots=False).markdown
+    assert md.count("<details>") == 1 and "seeds = [0, 1]  # one more seed" in md and "seeds = [0]\n" not in md
+    sha_old = hashlib.sha256(old.encode()).hexdigest()[:12]
+    assert f"the latest of 2 versions stored, the earlier ones {sha_old} (" in md

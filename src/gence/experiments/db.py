@@ -391,7 +391,7 @@ class ResultsDB:
             cur.execute("INSERT OR IGNORE INTO grids VALUES (?, ?, ?, ?, ?)", (sha, name, path, text, utcnow()))
 
     def grids(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM grids ORDER BY added_at, sha256")]
+        return [dict(r) for r in self.conn.execute("SELECT * FROM grids ORDER BY added_at, rowid")]  # ties: stored order
 
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]

@@ -135,10 +135,17 @@ def setup(ctx: Context) -> str:
         md.append("- Runs of different grid blocks are never pooled: where a setting has runs of several blocks, "
                   "the tables have a `block` column and the paired comparisons stay within a block.")
     md.append("")
-    for g in results.grids:
-        where = f" (`{g['path']}`)" if g.get("path") else ""
-        md += [f"<details><summary>Grid <code>{g['name']}</code>{where}</summary>", "", "```toml",
-               g["text"].rstrip(), "```", "", "</details>", ""]
+    versions: dict[tuple, list[dict]] = {}
+    for g in results.grids:   # in the order they were stored: a grid file edited between runs has several
+        versions.setdefault((g["name"], g.get("path")), []).append(g)
+    for (name, path), stored in versions.items():
+        latest = stored[-1]
+        where = f" (`{path}`)" if path else ""
+        earlier = (f"; the latest of {len(stored)} versions stored, the earlier ones "
+                   + ", ".join(f"{g['sha256'][:12]} ({g['added_at']})" for g in stored[:-1]) + " are in the database"
+                   if len(stored) > 1 else "")
+        md += [f"<details><summary>Grid <code>{name}</code>{where}{earlier}</summary>", "", "```toml",
+               latest["text"].rstrip(), "```", "", "</details>", ""]
     return "\n".join(md)
 
 
