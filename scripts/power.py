@@ -57,8 +57,9 @@ def power_paired(delta: float, sd: float, n: int, alpha: float) -> float:
     return _two_sided_power(n - 1, delta / (sd / np.sqrt(n)), alpha)
 
 
-def power_pooled(delta: float, sd: float, n: int, k: int, alpha: float = 0.05) -> float:
-    return _two_sided_power(k - 1, delta / (sd / np.sqrt(n) / np.sqrt(k)), alpha)
+def power_pooled(delta: float, sd: float, n: int, k: int, tau: float = 0.0, alpha: float = 0.05) -> float:
+    """The t test over k setting means, each with variance sd^2 / n + tau^2 (tau: heterogeneity)."""
+    return _two_sided_power(k - 1, delta / (np.sqrt(sd ** 2 / n + tau ** 2) / np.sqrt(k)), alpha)
 
 
 def claim_settings(config: str) -> dict[str, int]:
@@ -115,16 +116,13 @@ def main(argv: list[str]) -> int:
     for claim, k in claims.items():
         parts = [f"pooled, {claim}: k={k} settings, 10 seeds, sd {sd_mix:.2f}"]
         for tau in (0.0, 0.5, 1.0):   # sd of the true difference between settings (heterogeneity), pp
-            sd_setting = float(np.sqrt(sd_mix ** 2 / 10 + tau ** 2))
-            p1 = _two_sided_power(k - 1, delta / (sd_setting / np.sqrt(k)), 0.05)
-            p05 = _two_sided_power(k - 1, 0.5 / (sd_setting / np.sqrt(k)), 0.05)
+            p1, p05 = power_pooled(delta, sd_mix, 10, k, tau), power_pooled(0.5, sd_mix, 10, k, tau)
             parts.append(f"heterogeneity sd {tau:g} pp: power {p1:.3f} for a mean 1 pp difference, {p05:.3f} for 0.5 pp")
         print("; ".join(parts))
     print("pooled power for a mean 1 pp difference by the number of settings k compared (a claim decided before "
           "all its settings are in, or a design with fewer): " + "; ".join(
               f"k={k}: " + ", ".join(
-                  f"{_two_sided_power(k - 1, delta / (np.sqrt(sd_mix ** 2 / 10 + tau ** 2) / np.sqrt(k)), 0.05):.2f}"
-                  f" (heterogeneity {tau:g} pp)" for tau in (0.0, 0.5, 1.0))
+                  f"{power_pooled(delta, sd_mix, 10, k, tau):.2f} (heterogeneity {tau:g} pp)" for tau in (0.0, 0.5, 1.0))
               for k in range(2, max(claims.values()) + 1)))
     if Path(pilot).exists():
         print(f"paired sd (pp) at the pilot's budgets, {pilot} (2 seeds each: a rough check of the archived values):")
