@@ -80,6 +80,8 @@ _RUN_COLUMNS = ("key", "status", "config", "label", "grid", "dataset", "regime",
                 "metrics", "extras", "error", "wall_seconds", "attempts", "gence_version", "torch_version",
                 "python_version", "hardware", "host", "owner", "lease_until", "created_at", "started_at",
                 "finished_at")
+_STORE_ROW = (f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) "
+              f"VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})")   # a whole row, columns in _RUN_COLUMNS order
 
 
 def utcnow() -> str:
@@ -414,8 +416,7 @@ class ResultsDB:
             if mine is not None and (mine["status"] == "done"
                                      or (mine["status"] == "running" and not self._stale(mine, now))):
                 return False
-            cur.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' for _ in _RUN_COLUMNS)})", tuple(values[c] for c in _RUN_COLUMNS))
+            cur.execute(_STORE_ROW, tuple(values[c] for c in _RUN_COLUMNS))
         return True
 
     def merge_from(self, other: str | os.PathLike) -> dict[str, int]:
@@ -428,7 +429,6 @@ class ResultsDB:
             raise ValueError(f"merge: cannot merge {other} into itself")
         rows, grids = read_database(other, "merge")
         stats = {"added": 0, "replaced": 0, "kept": 0, "conflicts": 0, "skipped_running": 0}
-        placeholders = ", ".join("?" for _ in _RUN_COLUMNS)
         with self.transaction() as cur:
             for row in rows:
                 if row["status"] == "running":
@@ -447,8 +447,7 @@ class ResultsDB:
                     action = "kept"
                 stats[action] += 1
                 if action != "kept":
-                    cur.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({placeholders})",
-                                tuple(row))
+                    cur.execute(_STORE_ROW, tuple(row))
             for g in grids:
                 cur.execute("INSERT OR IGNORE INTO grids VALUES (?, ?, ?, ?, ?)", tuple(g))
         return stats
