@@ -134,24 +134,37 @@ def uniform_noise(like: ArrayDataset, data_dir, n: int, generator: torch.Generat
     return torch.randint(0, 256, (n, *like.image_shape), generator=generator, dtype=torch.uint8)
 
 
-def ood_files_problem(name: str, dataset: str, data_dir: str | os.PathLike | None = None) -> str | None:
-    """Why :func:`load_ood` would not find the files of OOD set ``name`` for a dataset ``dataset`` loaded with
-    ``data_dir`` (the loader's message), or None; it decodes nothing. Noise sets and ``heldout`` read no files
-    of their own."""
+def _ood_read(name: str, dataset: str, data_dir, dataset_dir) -> tuple[str, object, dict] | None:
+    """What :func:`load_ood` reads for OOD set ``name`` beside a dataset ``dataset`` (its name) loaded from
+    ``dataset_dir``: ``(dataset to load, data_dir, params)``. For another dataset by name, ``data_dir`` defaults
+    to ``dataset_dir`` (its folder when it is an archive), but not beside a user's dataset, whose directory is
+    its own files. None for what reads no files here: the sets of :data:`OOD_SETS`, a name that is no image
+    dataset, the in-distribution dataset itself (load_ood refuses the last two). ValueError for a
+    ``folder:``/``arrays:`` name without a path."""
     file_source = _file_source(name)
     if file_source is not None:
         source, path = file_source
         if not path:
-            return f"OOD set {name!r} names no path; expected '{source}:PATH'"
-        return dataset_files_problem(source, None, **{OOD_FILE_SOURCES[source]: path})
+            raise ValueError(f"load_ood: {name!r} names no path; expected '{source}:PATH'")
+        return source, data_dir, {OOD_FILE_SOURCES[source]: path}
     key = _ood_key(name)
     if key in OOD_SETS or key not in image_datasets() or key == dataset:
         return None
-    if dataset in USER_DATASETS:   # as load_ood: a user's data_dir is its own files, not a folder of datasets
-        data_dir = None
-    elif data_dir is not None and os.path.isfile(data_dir):
-        data_dir = os.path.dirname(data_dir)
-    return dataset_files_problem(key, data_dir)
+    if data_dir is None and dataset_dir is not None and dataset not in USER_DATASETS:
+        # the dataset may have been read from an archive (data_dir=".../cifar10-jpeg.tar.gz"): use its folder.
+        data_dir = dataset_dir if os.path.isdir(dataset_dir) else os.path.dirname(dataset_dir)
+    return key, data_dir, {}
+
+
+def ood_files_problem(name: str, dataset: str, data_dir: str | os.PathLike | None = None) -> str | None:
+    """Why :func:`load_ood` would not find the files of OOD set ``name`` for a dataset ``dataset`` loaded with
+    ``data_dir`` (the loader's message), or None; it decodes nothing. Noise sets and ``heldout`` read no files
+    of their own."""
+    try:
+        read = _ood_read(name, dataset, None, data_dir)
+    except ValueError as exc:
+        return str(exc)
+    return None if read is None else dataset_files_problem(read[0], read[1], **read[2])
 
 
 def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: int = 0) -> torch.Tensor:
@@ -165,24 +178,15 @@ def load_ood(name: str, like: ArrayDataset, data_dir=None, n: int = 2000, seed: 
     if int(n) != n or n < 1:
         raise ValueError(f"load_ood: n must be an integer >= 1, got {n!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    file_source = _file_source(name)
-    if file_source is not None:
-        source, path = file_source
-        if not path:
-            raise ValueError(f"load_ood: {name!r} names no path; expected '{source}:PATH'")
-        other = load_dataset(source, data_dir, **{OOD_FILE_SOURCES[source]: path})
-        if not other.is_image:
-            raise ValueError(f"load_ood: {name!r} holds feature vectors; expected images")
-        return convert_images(_subset(other.test_x, n, gen), like.image_shape)
-    key = _ood_key(name)
-    if key in OOD_SETS:
-        return OOD_SETS.get(key).builder(like, data_dir, n, gen)
-    if key not in image_datasets():
-        raise ValueError(f"load_ood: unknown OOD set {name!r}; available: {ood_names()}")
-    if key == like.source:
+    read = _ood_read(name, like.source, data_dir, like.data_dir)
+    if read is None:
+        key = _ood_key(name)
+        if key in OOD_SETS:
+            return OOD_SETS.get(key).builder(like, data_dir, n, gen)
+        if key not in image_datasets():
+            raise ValueError(f"load_ood: unknown OOD set {name!r}; available: {ood_names()}")
         raise ValueError(f"load_ood: {name!r} is the in-distribution dataset itself; use 'heldout' with classes=[...]")
-    if data_dir is None and like.data_dir is not None and like.source not in USER_DATASETS:
-        # like may have been read from an archive (data_dir=".../cifar10-jpeg.tar.gz"): use its folder.
-        data_dir = like.data_dir if os.path.isdir(like.data_dir) else os.path.dirname(like.data_dir)
-    other = load_dataset(key, data_dir)
+    other = load_dataset(read[0], read[1], **read[2])
+    if not other.is_image:   # only a user's arrays can hold feature vectors; the named datasets are images
+        raise ValueError(f"load_ood: {name!r} holds feature vectors; expected images")
     return convert_images(_subset(other.test_x, n, gen), like.image_shape)
