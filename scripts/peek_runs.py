@@ -5,7 +5,14 @@
 import json
 import sqlite3
 import sys
+from pathlib import Path
 
+if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+    print(__doc__)
+    sys.exit(0)
+if len(sys.argv) < 2 or not Path(sys.argv[1]).is_file():   # sqlite3.connect would create the file
+    sys.exit(f"peek_runs.py: expected a results database file as the first argument, got "
+             f"{sys.argv[1] if len(sys.argv) > 1 else 'nothing'!r}\n{__doc__}")
 db, *metrics = sys.argv[1:]
 metrics = metrics or ["test/error", "val/error", "train/loss", "test/ece", "test_ts/ece"]
 con = sqlite3.connect(db)

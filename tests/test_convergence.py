@@ -14,7 +14,7 @@ from gence.report import write_report
 from gence.report import convergence as C
 from gence.report.convergence import ConvergenceError, ConvergenceSpec, plateau_change
 from gence.report.sections import DEFAULT_SECTIONS, with_pilot
-from gence.report.tables import Run
+from gence.report.tables import Run, load_results
 
 CONVERGENCE = """
 [convergence]
@@ -161,6 +161,31 @@ def test_convergence_tables_and_plots(report):
     for p in (out / "plots").glob("convergence_*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p in rep.files
     assert "convergence_digits_balanced-5_small_cnn.png" in md
+
+
+def test_convergence_curves_run_in_epochs_done():
+    # 20 epochs, evaluated at epochs 3, 6, ..., 18 and 20: x is progress x epochs, not progress
+    runs = [Run("k", {"seed": s, "epochs": 20}, "ce", {}, fake_run({"epochs": 20, "seed": s, "loss": "ce",
+                                                                     "regime": "balanced:5", "lr": 0.1})[1],
+                0.0, "cpu", {}) for s in (0, 2)]
+    xs, mean, lo, hi = C.curve(runs, "val/error")
+    assert xs == pytest.approx([3, 6, 9, 12, 15, 18, 20])
+    assert mean[1] == pytest.approx((val_error(0.3, 0) + val_error(0.3, 2)) / 2)
+    assert (lo[1], hi[1]) == pytest.approx((val_error(0.3, 0), val_error(0.3, 2)))
+
+
+def test_pilot_plots_the_error_at_every_budget(db, report):
+    rep, out = report
+    settings = {s.setting[1]: s for s in C.pilot(load_results(db), ConvergenceSpec())}
+    five = settings["balanced:5"].errors
+    # every budget, the largest (20, no 2E partner) too; test error + 0.001 * seed
+    assert sorted(five) == ["ce", "gence", "label_smoothing"]
+    assert five["gence"][20] == pytest.approx({s: 0.277 + 0.001 * s for s in range(3)})
+    assert five["ce"][5] == pytest.approx({s: 0.30 + 0.001 * s for s in range(3)})
+    pngs = sorted(p.name for p in (out / "plots").glob("pilot_*.png"))
+    assert pngs == ["pilot_digits_balanced-20_small_cnn.png", "pilot_digits_balanced-5_small_cnn.png"]
+    md = section(rep.markdown, "## Convergence pilot")
+    assert "(plots/pilot_digits_balanced-5_small_cnn.png)" in md and (out / "plots" / pngs[0]) in rep.files
 
 
 def test_pilot_picks_the_smallest_passing_budget(report):

@@ -72,14 +72,22 @@ def floor_gap(metrics: Mapping[str, float]) -> float:
     return float(metrics.get(METRIC["train_loss"], math.nan)) - float(metrics.get(METRIC["train_loss_floor"], math.nan))
 
 
+def budget(run: T.Run) -> float | None:
+    """The run's training budget in epochs (``config["epochs"]``), None when it has none."""
+    e = run.config.get(PILOT_FIELD)
+    return float(e) if isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0 else None
+
+
 def curve(runs: Sequence[T.Run], metric: str) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Progress, mean, min and max over the runs of history metric ``metric`` at each evaluated progress."""
+    """Epochs done (progress × the run's epochs; progress alone for a run without ``epochs``), mean, min and
+    max over the runs of history metric ``metric`` at each evaluated point."""
     at: dict[float, list[float]] = defaultdict(list)
     for r in runs:
+        scale = budget(r) or 1.0
         for h in eval_points(r):
             v = h.get(metric)
             if v is not None and not math.isnan(float(v)):
-                at[round(float(h[HISTORY_PROGRESS]), 9)].append(float(v))
+                at[round(float(h[HISTORY_PROGRESS]) * scale, 6)].append(float(v))
     xs = sorted(at)
     return (xs, [sum(at[x]) / len(at[x]) for x in xs], [min(at[x]) for x in xs], [max(at[x]) for x in xs])
 
@@ -104,19 +112,26 @@ def convergence(ctx: Context) -> str:
     csv_rows = []
     for setting in results.settings():
         lines, styles = [], {}
-        colours = {}
+        colours: dict[str, int] = {}
+        budgets: dict[str, set] = defaultdict(set)   # label -> the budgets (epochs) of its lines
         for g in results.groups_of(setting):
-            for d, variant in enumerate(sorted(g.variants, key=natural_order)):
+            for variant in sorted(g.variants, key=natural_order):
                 runs = [r for r in g.variants[variant] if eval_points(r)]
                 if not runs:
                     continue
                 name = results.display(g.label) + (f" [{variant}]" if variant else "")
                 if results.multi_block():
                     name += f" ({g.block})"
-                lines.append((name, runs))
-                styles[name] = (colours.setdefault((g.label, g.block), len(colours)), d)
+                longest = max((budget(r) or 0.0) for r in runs)
+                lines.append((name, runs, g.label, longest))
+                colours.setdefault(g.label, len(colours))
+                budgets[g.label].add(longest)
         if not lines:
             continue
+        # one colour per loss; its budgets told apart by line style, the longest solid
+        for name, _, label, longest in lines:
+            styles[name] = (colours[label], sorted(budgets[label], reverse=True).index(longest))
+        lines = [(name, runs) for name, runs, _, _ in lines]
         title = f"{setting[0]}, {setting[1]}, {setting[2]}"
         rows = []
         for name, runs in lines:
@@ -143,8 +158,9 @@ def convergence(ctx: Context) -> str:
         return ""
     head = ["## Convergence", "",
             "Runs that evaluated the validation split during training (`eval_every`): validation error and NLL "
-            "against the fraction of training steps done, one line per loss (mean over seeds, the seeds' range "
-            "shaded). Tables: means over seeds of the final model's error on the un-augmented training subset, "
+            "against the epochs done, one line per loss and budget (mean over seeds, the seeds' range shaded; "
+            "one colour per loss, the longest budget solid; a log axis where budgets differ, so each line ends "
+            "at its own budget). Tables: means over seeds of the final model's error on the un-augmented training subset, "
             "of the last epoch's training loss minus its floor (the loss a model certain and right on every "
             "training image would have had on the same batches: 0 for CE), of the final validation error, and "
             f"of the change of validation error over the last {PLATEAU_WINDOW:.0%} of training (last evaluation "
@@ -246,6 +262,8 @@ class PilotSetting:
     passing: dict[int, bool]
     missing: dict[int, list[str]]           # E -> judged losses without runs at E and 2E
     setting: tuple[str, str, str] = ("", "", "")   # (dataset, regime, model)
+    errors: dict[str, dict[int, dict[int, float]]] = dataclasses.field(default_factory=dict)
+    # label -> epochs -> seed -> test error, every budget run (the largest too, which has no 2E partner)
 
     def settled(self, epochs: int) -> bool:
         """E passes and so does every larger budget judged: a pass followed by a fail is taken for chance
@@ -307,7 +325,9 @@ def pilot(results: T.Results, spec: ConvergenceSpec) -> list[PilotSetting]:
                         gone.append(lab)
                 passing[e] = ok and not gone
                 missing[e] = gone
-            out.append(PilotSetting(name, rows, budgets, passing, missing, setting))
+            errors = {lab: {e: {seed: float(r.metrics.get(METRIC["error"], math.nan)) for seed, r in runs.items()}
+                            for e, runs in sorted(labels[lab].items())} for lab in sorted(labels, key=T.label_order)}
+            out.append(PilotSetting(name, rows, budgets, passing, missing, setting, errors))
     return out
 
 
@@ -399,5 +419,19 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
                       [[s.name, r.label, r.epochs, r.seeds, r.train_error, r.floor_gap, r.test_error,
                         r.test_error_double, r.change.mean, r.change.low, r.change.high, int(r.fits),
                         int(r.stable), int(s.passing[r.epochs])] for s in settings for r in s.rows])
-        return "## Convergence pilot\n\n" + pilot_markdown(settings, use) + "\n" + csv
+        md = pilot_markdown(settings, use)
+        if ctx.with_plots:
+            ctx.plots_dir.mkdir(parents=True, exist_ok=True)
+            figures = ["Test error at the end of training against the budget, per setting: a line per loss "
+                       "through its mean over the seeds run at each budget, each seed a dot (the rule asks the mean to move less than "
+                       f"{100 * use.test_error_change_below:g} pp from E to 2E: a flat end is a plateau).", ""]
+            seen: dict[tuple, int] = defaultdict(int)
+            for s in settings:   # a setting run in several variants (say two lrs) gets a file each
+                seen[s.setting] += 1
+                stem = f"pilot_{T.slug(*s.setting)}" + (f"_{seen[s.setting]}" if seen[s.setting] > 1 else "")
+                path = plots.pilot_budgets(s.errors, ctx.plots_dir / f"{stem}.png", s.name)
+                ctx.files.append(path)
+                figures += [f"![test error against the budget, {s.name}]({ctx.link(path)})", ""]
+            md += "\n" + "\n".join(figures)
+        return "## Convergence pilot\n\n" + md + "\n" + csv
     return section

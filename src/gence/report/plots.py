@@ -310,10 +310,13 @@ CURVE_NAMES = {"val/error": ("validation error %", 100.0), "val/nll": ("validati
 
 def convergence_curves(lines: dict[str, dict[str, tuple[list, list, list, list]]], path: Path, title: str,
                        metrics: Sequence[str], styles: dict[str, tuple[int, int]] | None = None) -> Path:
-    """One panel per history metric against training progress: per line (a loss) the mean over seeds, the
-    seeds' range shaded. ``lines``: {name: {metric: (progress, mean, min, max)}}; ``styles``: {name: (colour
-    index, line-style index)}, e.g. one colour per loss and one style per budget (default: a colour each)."""
+    """One panel per history metric against epochs done: per line (a loss at a budget) the mean over seeds,
+    the seeds' range shaded. ``lines``: {name: {metric: (epochs done, mean, min, max)}}; ``styles``: {name:
+    (colour index, line-style index)}, e.g. one colour per loss and one style per budget (default: a colour
+    each). The x axis is logarithmic when the lines end at budgets a factor 2 or more apart."""
     dashes = ["-", "--", ":", "-."]
+    ends = [max(c[metrics[0]][0]) for c in lines.values() if c[metrics[0]][0]]
+    log_x = bool(ends) and min(ends) > 0 and max(ends) / min(ends) >= 2
     fig = _figure(figsize=(5.0 * len(metrics) + 2.6, 3.9), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
@@ -326,15 +329,53 @@ def convergence_curves(lines: dict[str, dict[str, tuple[list, list, list, list]]
             color = f"C{c % 10}"
             ax.plot(xs, [m * scale for m in mean], dashes[d % len(dashes)], marker="o", ms=3, color=color,
                     label=name, linewidth=1.6)
-            ax.fill_between(xs, [v * scale for v in lo], [v * scale for v in hi], color=color, alpha=0.15,
+            ax.fill_between(xs, [v * scale for v in lo], [v * scale for v in hi], color=color, alpha=0.1,
                             linewidth=0)
-        ax.set_xlim(0, 1.02)
-        ax.set_xlabel("fraction of training steps done")
+        if log_x:   # ticks at each budget and a tenth of it (where evaluation every 10% starts)
+            ax.set_xscale("log")
+            ticks = sorted({round(t, 6) for e in ends for t in (e, e / 10)})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+        else:
+            ax.set_xlim(left=0)
+        ax.set_xlabel("epochs done")
         ax.set_ylabel(ylabel + " (mean; range over seeds)")
         ax.grid(True, alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside right upper", fontsize="small")
     fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def pilot_budgets(errors: dict[str, dict[int, dict[int, float]]], path: Path, title: str) -> Path:
+    """Test error at the end of training against the budget (epochs, log axis): per loss a line through the
+    mean over its seeds at each budget, each seed a dot. ``errors``: {loss: {epochs: {seed: error}}} (fractions)."""
+    fig = _figure(figsize=(6.2, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ticks: set[int] = set()
+    for k, (label, by_e) in enumerate(errors.items()):
+        color = f"C{k % 10}"
+        xs, means = [], []
+        for e, seeds in sorted(by_e.items()):
+            values = [100 * v for v in seeds.values() if not math.isnan(v)]
+            if not values:
+                continue
+            ticks.add(e)
+            ax.plot([e] * len(values), values, "o", ms=3.5, color=color, alpha=0.45, linewidth=0)
+            xs.append(e)
+            means.append(sum(values) / len(values))
+        if xs:
+            ax.plot(xs, means, "-", marker="D", ms=5, color=color, linewidth=1.8, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel("budget (epochs)")
+    ax.set_ylabel("test error % (line: mean; dots: seeds)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
