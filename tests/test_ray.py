@@ -1,5 +1,5 @@
 """The Ray backend on a local Ray cluster with 2 CPUs: a tiny grid trained under Ray equals the local
-runner's database (same keys, same metrics), a tuned block waits for its tuning runs, a failed task stores
+runner's database (same keys, same metrics), a tuned block waits for its tuning runs, a task whose worker dies resumes from its checkpoint, a failed task stores
 its traceback, a driver killed mid-grid loses only the runs in flight, and a missing Ray is named.
 
 Skipped when Ray is not installed (``pip install ray``); CI installs only ``.[test]``."""
@@ -43,6 +43,19 @@ def run(config):
     d = (math.log10(config["lr"]) - math.log10(opt)) ** 2
     err = 0.2 + 0.3 * d + 0.001 * config["seed"]
     return {"val/error": err, "val/nll": 2 * err, "test/error": err}, {}
+
+
+def run_dies_once(config, checkpoint=None):
+    """Saves its "state" (the epoch it reached) and dies like a lost node; the retry resumes from it."""
+    if checkpoint is None:
+        raise RuntimeError("no checkpoint given")
+    if not os.path.exists(checkpoint):
+        with open(checkpoint, "w") as f:
+            f.write("3")
+        os._exit(1)
+    with open(checkpoint) as f:
+        epoch = int(f.read())
+    return {"val/error": 0.5, "test/error": 0.5, "resumed_at_epoch": float(epoch)}, {}
 '''
 
 TINY = """
@@ -227,6 +240,24 @@ def test_killed_driver_loses_only_runs_in_flight(cluster, tmp_path):
     assert set(after) == {s.key for s in runs} and all(r["status"] == "done" for r in after.values())
     for key, r in before.items():  # stored once: not run again
         assert after[key]["finished_at"] == r["finished_at"] and after[key]["attempts"] == 1
+
+
+@needs_ray
+def test_a_task_whose_worker_dies_resumes_from_its_checkpoint(cluster, tmp_path):
+    runs = parse_grid(textwrap.dedent(TINY)).runs[:1]
+    db, ckpts = tmp_path / "c.sqlite", tmp_path / "shared_checkpoints"
+    summary = run_grid(runs, db, progress=False, run_fn="fake_ray_run:run_dies_once",
+                       executor=RayExecutor(max_in_flight=1, checkpoint_dir=ckpts))
+    assert summary.done == 1 and summary.failed == 0
+    (r,) = rows(db).values()
+    assert r["status"] == "done" and r["metrics"]["resumed_at_epoch"] == 3.0   # the first attempt's state
+    assert list(ckpts.iterdir()) == []   # stored: its checkpoint deleted
+    # without a checkpoint directory a task is given no checkpoint file (this fake then refuses to run)
+    summary = run_grid(runs, tmp_path / "n.sqlite", progress=False, run_fn="fake_ray_run:run_dies_once",
+                       executor=RayExecutor(max_in_flight=1))
+    assert summary.failed == 1
+    (r,) = rows(tmp_path / "n.sqlite").values()
+    assert r["status"] == "failed" and "no checkpoint given" in r["error"]
 
 
 def test_missing_ray_names_the_extra(monkeypatch, tmp_path, capsys):
