@@ -1,6 +1,7 @@
 """The Ray backend on a local Ray cluster with 2 CPUs: a tiny grid trained under Ray equals the local
-runner's database (same keys, same metrics), a tuned block waits for its tuning runs, a task whose worker dies resumes from its checkpoint, a failed task stores
-its traceback, a driver killed mid-grid loses only the runs in flight, and a missing Ray is named.
+runner's database (same keys, same metrics), a tuned block waits for its tuning runs, a task whose worker
+dies resumes from its checkpoint, a failed task stores its traceback, a driver killed mid-grid loses only the
+runs in flight, and a missing Ray is named.
 
 Skipped when Ray is not installed (``pip install ray``); CI installs only ``.[test]``."""
 from __future__ import annotations
