@@ -369,6 +369,46 @@ def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, mon
 _alive = helpers.pid_alive
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_mid_grid_stops_cleanly_and_releases_claims(tmp_path, fake, monkeypatch, workers):
+    """SIGTERM (what a batch system or `kill` sends) to `gence bench` is Ctrl-C: the runs in flight give up
+    their claims, the runner says how to resume and exits 130, and no worker or semaphore is left behind."""
+    run_fn, log = fake
+    grid = write_grid(tmp_path)
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setenv("FAKE_SLEEP", "0.6")
+    cmd = [sys.executable, "-c", "import sys; from gence.cli import main; sys.exit(main(sys.argv[1:]))",
+           "bench", str(grid), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report",
+           "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=5) as con:
+                        done, running = con.execute("SELECT SUM(status='done'), SUM(status='running') "
+                                                    "FROM runs").fetchone()
+                except sqlite3.OperationalError:
+                    done = running = 0
+                if (done or 0) >= 2 and (running or 0) >= workers:
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted; finished runs are stored, run the same command to resume" in err
+    assert "leaked" not in err and "Traceback" not in err, err
+    statuses = [r["status"] for r in db_rows(db)]
+    assert "running" not in statuses and 2 <= statuses.count("done") < 12   # claims given up at once
+    s = run_grid(parse_grid(GRID).runs, db, run_fn=run_fn, progress=False)
+    assert s.already_done == statuses.count("done") and s.done == 12 - statuses.count("done")
+
+
 def test_two_workers_share_one_db_without_duplicates(tmp_path, fake, monkeypatch):
     run_fn, log = fake
     monkeypatch.setenv("FAKE_SLEEP", "0.15")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import torch
 
 from gence.experiments.db import hardware_string, software_versions
 from gence.experiments.grid import RunSpec
-from gence.experiments.runner import (Dispatch, RunOutcome, _raise_interrupt, _takes_checkpoint,
+from gence.experiments.runner import (Dispatch, RunOutcome, _takes_checkpoint,
                                       call_run_fn, describe, resolve_run_fn, store_outcome)
 
 RAY_EXTRA = "pip install ray (the extra [ray]: pip install -e '.[ray]' from a clone)"
@@ -134,11 +132,7 @@ class RayExecutor:
                 if d.bar is not None:
                     d.bar.set_description_str(describe(spec)[:60], refresh=True)
 
-        previous = signal.getsignal(signal.SIGTERM)
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
-            signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
+        try:   # SIGTERM arrives as KeyboardInterrupt: run_grid's sigterm_interrupts() around this call
             submit()
             while True:
                 if not in_flight:
@@ -168,7 +162,5 @@ class RayExecutor:
                 d.db.release(spec.key)  # a checkpoint stays: the next invocation resumes from it
             raise
         finally:
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
             if started:
                 ray.shutdown()

@@ -42,6 +42,7 @@ with ``retry_failed``).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import heapq
@@ -171,6 +172,22 @@ class _Interrupted(KeyboardInterrupt):
 
 def _raise_interrupt(signum, frame):  # SIGTERM -> release the claim like Ctrl-C does
     raise _Interrupted(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within the block, SIGTERM raises KeyboardInterrupt (in the main thread; elsewhere it is left alone),
+    so a ``kill`` or a batch system's stop is handled as Ctrl-C: claims given up, workers stopped, queues
+    closed. The previous handler is restored on leaving."""
+    if not _in_main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
@@ -579,19 +596,15 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
 
         sched.release()
         account_released()
-        if executor is not None:
-            executor.run(Dispatch(sched, db, run_fn, runtime, retry_failed, record, account_released, bar))
-        elif workers == 1 or len(sched.queue) + len(sched.waiting) <= 1:
-            fn = resolve_run_fn(run_fn)
-            versions = software_versions()
-            hardware: dict = {}
-            previous = signal.getsignal(signal.SIGTERM)
-            in_main = _in_main_thread()
-            if threads:
-                torch.set_num_threads(threads)
-            if in_main:
-                signal.signal(signal.SIGTERM, _raise_interrupt)
-            try:
+        with sigterm_interrupts():
+            if executor is not None:
+                executor.run(Dispatch(sched, db, run_fn, runtime, retry_failed, record, account_released, bar))
+            elif workers == 1 or len(sched.queue) + len(sched.waiting) <= 1:
+                fn = resolve_run_fn(run_fn)
+                versions = software_versions()
+                hardware: dict = {}
+                if threads:
+                    torch.set_num_threads(threads)
                 while True:
                     if not sched.queue:
                         sched.release()  # tuning runs finished by another process in the meantime
@@ -606,16 +619,13 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
                     if sched.finished(spec.key):
                         sched.release()
                         account_released()
-            finally:
-                if in_main:
-                    signal.signal(signal.SIGTERM, previous)
-        else:
-            devices = _devices(list(specs) + list(tuned), runtime)
-            gpus = (gpu_assignment(workers, workers_per_gpu, visible_gpus())
-                    if uses_gpu(list(specs) + list(tuned), runtime)
-                    and not any(d.startswith("cuda:") for d in devices) else [None] * workers)
-            _run_workers(sched, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, threads,
-                         record, account_released, gpus)
+            else:
+                devices = _devices(list(specs) + list(tuned), runtime)
+                gpus = (gpu_assignment(workers, workers_per_gpu, visible_gpus())
+                        if uses_gpu(list(specs) + list(tuned), runtime)
+                        and not any(d.startswith("cuda:") for d in devices) else [None] * workers)
+                _run_workers(sched, str(db_path), run_fn, runtime, retry_failed, lease_seconds, workers, threads,
+                             record, account_released, gpus)
         summary.waiting = len(sched.waiting)
         if extensions:
             rows = db.states({k for g in extensions for k in g.keys})
