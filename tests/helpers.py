@@ -6,8 +6,12 @@ import json
 import os
 import sqlite3
 import struct
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -27,6 +31,33 @@ def stored_rows(db) -> list[dict]:
            for k, s, g, lab, c, m in con.execute("SELECT key, status, grid, label, config, metrics FROM runs")]
     con.close()
     return out
+
+
+def start_bench(grid: Path, db: Path, run_fn: str, workers: int) -> subprocess.Popen:
+    """`gence bench GRID --db DB --run-fn RUN_FN --workers N --quiet --no-report` in a subprocess (stderr
+    piped, as text)."""
+    cmd = [sys.executable, "-c", "import sys; from gence.cli import main; sys.exit(main(sys.argv[1:]))",
+           "bench", str(grid), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report",
+           "--workers", str(workers)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_runs(proc: subprocess.Popen, db: Path, enough: Callable[[int, int], bool], timeout: float) -> None:
+    """Poll ``db`` until ``enough(done, running)`` (row counts by status) or ``timeout`` seconds; assert
+    that ``proc`` is still running then (its stderr in the message otherwise)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=5) as con:
+                    done, running = con.execute("SELECT COALESCE(SUM(status = 'done'), 0), "
+                                                "COALESCE(SUM(status = 'running'), 0) FROM runs").fetchone()
+            except sqlite3.OperationalError:  # not created yet
+                done = running = 0
+            if enough(done, running):
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read()
 
 
 def pid_alive(pid: int) -> bool:

@@ -316,24 +316,9 @@ def test_sigkill_mid_grid_then_resume_runs_each_exactly_once(tmp_path, fake, mon
     grid = write_grid(tmp_path)
     db = tmp_path / "r.sqlite"
     monkeypatch.setenv("FAKE_SLEEP", "0.4")
-    cmd = [sys.executable, "-c", "import sys; from gence.cli import main; sys.exit(main(sys.argv[1:]))",
-           "bench", str(grid), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report",
-           "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = helpers.start_bench(grid, db, run_fn, workers)
     try:
-        deadline = time.time() + 40
-        done = 0
-        while time.time() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db, timeout=5) as con:
-                        done = con.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
-                except sqlite3.OperationalError:
-                    done = 0
-                if done >= 4:
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()
+        helpers.wait_for_runs(proc, db, lambda done, running: done >= 4, timeout=40)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=10)
@@ -377,24 +362,9 @@ def test_sigterm_mid_grid_stops_cleanly_and_releases_claims(tmp_path, fake, monk
     grid = write_grid(tmp_path)
     db = tmp_path / "r.sqlite"
     monkeypatch.setenv("FAKE_SLEEP", "0.6")
-    cmd = [sys.executable, "-c", "import sys; from gence.cli import main; sys.exit(main(sys.argv[1:]))",
-           "bench", str(grid), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report",
-           "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = helpers.start_bench(grid, db, run_fn, workers)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db, timeout=5) as con:
-                        done, running = con.execute("SELECT SUM(status='done'), SUM(status='running') "
-                                                    "FROM runs").fetchone()
-                except sqlite3.OperationalError:
-                    done = running = 0
-                if (done or 0) >= 2 and (running or 0) >= workers:
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read()
+        helpers.wait_for_runs(proc, db, lambda done, running: done >= 2 and running >= workers, timeout=60)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:

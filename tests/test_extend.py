@@ -21,8 +21,6 @@ import math
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -334,23 +332,9 @@ def test_sigkill_mid_extension_then_rerun_stores_each_run_once(tmp_path, fake, m
     path = grid_file(tmp_path, FAR)
     db = tmp_path / "r.sqlite"
     monkeypatch.setenv("FAKE_SLEEP", "0.25")
-    cmd = [sys.executable, "-c", "import sys; from gence.cli import main; sys.exit(main(sys.argv[1:]))",
-           "bench", str(path), "--db", str(db), "--run-fn", run_fn, "--quiet", "--no-report",
-           "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:
-            if db.exists():
-                try:
-                    with sqlite3.connect(db, timeout=5) as con:
-                        done = con.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
-                except sqlite3.OperationalError:
-                    done = 0
-                if done >= 12:  # swept runs and the first extension round done: mid-extension
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()
+    proc = helpers.start_bench(path, db, run_fn, workers)
+    try:   # swept runs and the first extension round done: mid-extension
+        helpers.wait_for_runs(proc, db, lambda done, running: done >= 12, timeout=60)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=10)
