@@ -455,6 +455,44 @@ def test_reuse_copies_a_pilots_done_runs_into_the_tuned_block_instead_of_trainin
     assert code == 0 and sorted(k for _, k in listed) == sorted(k[:12] for k in pilot_rows) and not fresh.exists()
 
 
+def test_reuse_sees_runs_the_pilot_stores_while_the_grid_runs(tmp_path, fake, monkeypatch):
+    # The pilot DB starts without the runs; the pilot stores them while the study's sweep runs (here: the
+    # study's first tuning run triggers it). The tuned main runs are queued after that, when CE's lr is
+    # chosen (0.1, the fake's optimum), so the two with the pilot's keys are copied, not trained.
+    run_fn, log = fake
+    from fake_tune_run import run as fake_run
+    pilot_grid = parse_grid(textwrap.dedent("""
+        [train]
+        epochs = 1
+        ood = ["gaussian_noise"]
+        [[grid]]
+        name = "pilot"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = [{ name = "ce", label = "ce_pilot" }]
+        train = { lr = 0.1 }
+        """))
+    pilot = tmp_path / "pilot.sqlite"
+    assert run_grid(pilot_grid.runs[:0], pilot, run_fn=fake_run, progress=False).done == 0   # empty, valid
+    calls = []
+
+    def study_run(config):
+        if not calls:
+            assert run_grid(pilot_grid.runs, pilot, run_fn=fake_run, progress=False).done == 2
+        calls.append(config)
+        return fake_run(config)
+
+    grid = parse_grid(textwrap.dedent(GRID))
+    db = tmp_path / "study.sqlite"
+    s = run_grid(grid.runs, db, run_fn=study_run, progress=False, tuned=grid.tuned, reuse=[pilot])
+    assert s.copied == 2 and len(calls) == N_TUNE + N_MAIN - 2
+    pilot_keys = {r["key"] for r in rows(pilot)}
+    stored = {r["key"]: r for r in rows(db)}
+    assert all((stored[k]["grid"], stored[k]["label"]) == ("main", "ce") for k in pilot_keys)
+
+
 def test_reuse_needs_another_results_database(tmp_path, fake, capsys):
     run_fn, _ = fake
     path = grid_file(tmp_path)

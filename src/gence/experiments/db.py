@@ -186,6 +186,19 @@ def read_database(path: str | os.PathLike, what: str = "read") -> tuple[list[sql
     return rows, grids
 
 
+def done_run(path: str | os.PathLike, key: str) -> dict | None:
+    """The done run ``key`` of a database file (read only, as it is now), or None, for
+    :meth:`ResultsDB.adopt`."""
+    src = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    src.row_factory = sqlite3.Row
+    try:
+        row = src.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE key=? AND status='done'",
+                          (key,)).fetchone()
+    finally:
+        src.close()
+    return None if row is None else dict(row)
+
+
 def done_runs(path: str | os.PathLike) -> dict[str, dict]:
     """``{key: row}`` of the done runs of a database file (read only), for :meth:`ResultsDB.adopt`."""
     rows, _ = read_database(path, "reuse")

@@ -28,7 +28,8 @@
 - ``reuse``: the done runs of other databases (a pilot's) are copied in, not trained, wherever a run of
   the grid has their key, and stored under the grid's block and label (``extras["copied_from"]`` says
   from where); a run is the same run wherever it was trained, so a budget the pilot already ran is not
-  trained twice.
+  trained twice. The other databases are read as each run is queued (a tuned run when its lr is chosen),
+  so runs a pilot stores while the grid runs are copied too.
 
 The run function is injectable: ``run_fn(config: dict) -> (metrics: dict, extras)``, given as a callable
 or as ``"module:function"`` (it must be importable by name when ``workers > 1``). The default,
@@ -59,13 +60,13 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from gence.contract import KEY_EXCLUDED_FIELDS, TrainConfig
-from gence.experiments.db import ResultsDB, done_runs, hardware_string, software_versions
+from gence.experiments.db import ResultsDB, done_run, hardware_string, software_versions
 from gence.experiments.grid import (ExtendGroup, ExtensionState, RunSpec, TunedSpec, describe_group,
                                     extension_state, tune_state)
 from gence.train import fit
@@ -380,9 +381,9 @@ class Scheduler:
 
     def __init__(self, db: ResultsDB, specs: list[RunSpec], tuned: list[TunedSpec], retry_failed: bool,
                  summary: RunnerSummary, extensions: Sequence[ExtendGroup] = (), order: Sequence[str] = (),
-                 reuse: Mapping[str, tuple[str, dict]] | None = None):
+                 reuse: Sequence[str | os.PathLike] = ()):
         self.db, self.retry_failed, self.summary = db, retry_failed, summary
-        self.reuse = dict(reuse or {})   # key -> (source database, its done row)
+        self.reuse = [str(p) for p in reuse]   # databases whose done runs are copied, looked up as runs are added
         status = db.statuses()
         self.queue = RunQueue(order)
         self.known: set[str] = set()
@@ -409,11 +410,12 @@ class Scheduler:
         if spec.key in self.known:
             return False
         self.known.add(spec.key)
-        if st != "done" and spec.key in self.reuse:
-            source, row = self.reuse[spec.key]
-            if self.db.adopt(row, label=spec.label, grid=spec.grid, source=source):
-                self.summary.copied += 1
-                return False
+        if st != "done":   # read now, not at start: a tuned run released hours later sees a pilot's new runs
+            for source in self.reuse:
+                row = done_run(source, spec.key)
+                if row is not None and self.db.adopt(row, label=spec.label, grid=spec.grid, source=source):
+                    self.summary.copied += 1
+                    return False
         if st == "done":
             self.summary.already_done += 1
             return False
@@ -551,11 +553,7 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     try:
         if grid_text is not None:
             db.add_grid(*grid_text)
-        reused: dict[str, tuple[str, dict]] = {}
-        for path in reuse:
-            for key, row in done_runs(path).items():
-                reused.setdefault(key, (str(path), row))
-        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions, order, reused)
+        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions, order, reuse)
         bar = _progress_bar(len(sched.queue) + len(sched.waiting), progress)
 
         def account_released():
