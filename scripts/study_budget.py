@@ -1,7 +1,7 @@
 """The compute a grid will take on this machine, from measured costs: the study's budget line.
 
     python scripts/study_budget.py configs/study.toml --pilot results/pilot.sqlite [--workers 2] \
-        > results/study/budget.txt
+        [--study results/study.sqlite] > results/study/budget.txt
 
 Per run: its SGD steps (epochs x ceil(n_train / batch)) times the seconds per step of its (dataset, model,
 amp). Seconds per step come from the pilot's stored runs of the same dataset and model (wall time, or the
@@ -12,6 +12,9 @@ the dataset's shape (interleaved repeats, one thread, bf16 autocast as the runs 
 under the same load. Sweeps with ``extend`` are counted as planned, plus (second total) every rung the
 runner may add, one way per group (an lr can sit at one edge only). Tuned runs count once each. Blocks are
 listed in file order, the order the runner starts them in (a tuned block's runs once its sweep is done).
+With ``--study DB`` (the study's own database as it grows): seconds per step from the study's runs trained
+so far (copied runs left out: their time is the pilot's) replace the pilot's where the study has them, and
+each block's hours still to go count the runs not yet done there.
 """
 from __future__ import annotations
 
@@ -45,20 +48,29 @@ def steps_of(config: dict, num_classes: int = 10) -> int:
     return config.get("steps") or config["epochs"] * per_epoch
 
 
-def pilot_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float]]:
-    """(dataset, model, amp) -> (0, b): b the median seconds per step of the pilot's finished runs. (A fit
-    a + b * steps over budgets is not used: how busy the machine was moves a run's time more than its
-    fixed evaluation cost does.)"""
+def measured_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float, int]]:
+    """(dataset, model, amp) -> (0, b, n): b the median seconds per step of a database's n finished runs
+    trained there (copied runs left out). (A fit a + b * steps over budgets is not used: how busy the
+    machine was moves a run's time more than its fixed evaluation cost does.)"""
     per = defaultdict(list)
     rows = sqlite3.connect(db).execute("select config, wall_seconds, extras from runs where status='done'")
     for config, wall, extras in rows:
         config = json.loads(config)
+        extras = json.loads(extras) if extras else {}
+        if not isinstance(extras, dict) or "copied_from" in extras:
+            continue
         # a run resumed from a checkpoint stores the wall time of its last attempt only; its history's
         # seconds count the training time of every attempt
-        history = (json.loads(extras) if extras else {}).get("history") or [{}]
+        history = extras.get("history") or [{}]
         wall = max(wall, history[-1].get("seconds", 0.0))
         per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append(wall / steps_of(config))
-    return {k: (0.0, statistics.median(v)) for k, v in per.items()}
+    return {k: (0.0, statistics.median(v), len(v)) for k, v in per.items()}
+
+
+def done_per_block(db: str) -> dict[str, int]:
+    """Block -> number of its runs stored done in a database."""
+    con = sqlite3.connect(db)
+    return dict(con.execute("select grid, count(*) from runs where status='done' group by grid").fetchall())
 
 
 def step_seconds(config: dict, repeats: int = 3, steps: int = 10) -> list[float]:
@@ -89,13 +101,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("config")
     p.add_argument("--pilot", default="results/pilot.sqlite")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--study", default=None, help="the study's database: its measured step times, runs done")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     grid = load_grid(args.config)
-    costs = pilot_costs(args.pilot)
+    costs = {k: (a, b, "pilot") for k, (a, b, _) in measured_costs(args.pilot).items()}
+    done = {}
+    if args.study:
+        costs.update({k: (a, b, f"study, {n} runs") for k, (a, b, n) in measured_costs(args.study).items()})
+        done = done_per_block(args.study)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"$ python scripts/study_budget.py {' '.join(argv)}   (commit {commit or 'unknown'})")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; seconds per step from {args.pilot}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; seconds per step from {args.pilot}"
+          + (f" and {args.study}" if args.study else ""))
 
     configs = [s.config for s in grid.runs] + [t.config for t in grid.tuned]
     ladder = [g for g in grid.extensions]
@@ -105,7 +123,7 @@ def main(argv: list[str]) -> int:
     per_step = {}
     for key in needed:
         if key in costs:
-            per_step[key] = (*costs[key], "pilot")
+            per_step[key] = costs[key]
             continue
         refs = [k for k in costs if k[0] == key[0] and k[2] == key[2]]
         if not refs:
@@ -117,7 +135,8 @@ def main(argv: list[str]) -> int:
             a += step_seconds(example[key])
             b += step_seconds(ref_config)
         ratio = statistics.median(a) / statistics.median(b)
-        per_step[key] = (costs[ref][0] * ratio, costs[ref][1] * ratio, f"{ratio:.2f} x pilot's {ref[1]} (measured here)")
+        per_step[key] = (costs[ref][0] * ratio, costs[ref][1] * ratio,
+                         f"{ratio:.2f} x {ref[1]}'s ({costs[ref][2]}), ratio measured here")
     print("\nseconds a run of s steps takes (dataset, model, amp): a + b * s")
     for key, (a, b, how) in per_step.items():
         print(f"  {key[0]:14s} {key[1]:16s} amp={key[2]!s:5s} a {a:6.0f} s, b {b:.3f} s  ({how})")
@@ -134,16 +153,26 @@ def main(argv: list[str]) -> int:
     for g in ladder:
         extra += max(sum(seconds(s.config) for s in specs) for specs in
                      [[s for _, ss in g.down for s in ss], [s for _, ss in g.up for s in ss]])
-    print(f"\nin the order the runner starts them (file order), with the wall hours so far at {args.workers} workers:")
-    print(f"{'block':36s} {'runs':>5s} {'worker-h':>9s} {'wall h so far':>14s}")
-    total = 0.0
+    print(f"\nin the order the runner starts them (file order), with the wall hours so far at {args.workers} workers"
+          + (f"; done: runs stored done in {args.study}, left: the worker-hours of the rest" if args.study else "")
+          + ":")
+    print(f"{'block':36s} {'runs':>5s} {'worker-h':>9s} {'wall h so far':>14s}"
+          + (f" {'done':>5s} {'left':>6s}" if args.study else ""))
+    total = left = 0.0
     for name in grid.blocks:
         n, sec = by_block.get(name, (0, 0.0))
         total += sec
-        print(f"{name:36s} {n:5d} {sec / 3600:9.1f} {total / 3600 / args.workers:14.1f}")
+        k = min(done.get(name, 0), n)
+        left += sec * (n - k) / n if n else 0.0
+        print(f"{name:36s} {n:5d} {sec / 3600:9.1f} {total / 3600 / args.workers:14.1f}"
+              + (f" {k:5d} {sec * (n - k) / n / 3600 if n else 0.0:6.1f}" if args.study else ""))
     n_runs = sum(n for n, _ in by_block.values())
     print(f"\n{n_runs} runs as planned: {total / 3600:.1f} worker-hours = {total / 3600 / args.workers:.1f} h "
           f"with {args.workers} workers")
+    if args.study:
+        print(f"still to run: {n_runs - sum(min(done.get(b, 0), by_block[b][0]) for b in by_block)} runs, "
+              f"{left / 3600:.1f} worker-hours = {left / 3600 / args.workers:.1f} h with {args.workers} workers "
+              f"(the study's step times include whatever ran beside it)")
     print(f"every possible extension rung added: +{extra / 3600:.1f} worker-hours "
           f"(at most {(total + extra) / 3600 / args.workers:.1f} h with {args.workers} workers)")
     return 0
