@@ -160,8 +160,8 @@ def convergence(ctx: Context) -> str:
             "Runs that evaluated the validation split during training (`eval_every`): validation error and NLL "
             "against the epochs done, one line per loss and budget (mean over seeds, the seeds' range shaded; "
             "one colour per loss, the longest budget solid; a log axis where budgets differ, so each line ends "
-            "at its own budget). Tables: means over seeds of the final model's error on the un-augmented training subset, "
-            "of the last epoch's training loss minus its floor (the loss a model certain and right on every "
+            "at its own budget). Tables: means over seeds of the final model's error on the un-augmented "
+            "training subset, of the last epoch's training loss minus its floor (the loss a model certain and right on every "
             "training image would have had on the same batches: 0 for CE), of the final validation error, and "
             f"of the change of validation error over the last {PLATEAU_WINDOW:.0%} of training (last evaluation "
             f"minus the last one at least {PLATEAU_WINDOW:.0%} of the steps before it; near 0: a plateau).", ""]
@@ -423,8 +423,9 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
         if ctx.with_plots:
             ctx.plots_dir.mkdir(parents=True, exist_ok=True)
             figures = ["Test error at the end of training against the budget, per setting: a line per loss "
-                       "through its mean over the seeds run at each budget, each seed a dot (the rule asks the mean to move less than "
-                       f"{100 * use.test_error_change_below:g} pp from E to 2E: a flat end is a plateau).", ""]
+                       "through its mean over the seeds run at each budget, each seed a dot (the rule asks the "
+                       f"mean to move less than {100 * use.test_error_change_below:g} pp from E to 2E: a flat end "
+                       "is a plateau).", ""]
             seen: dict[tuple, int] = defaultdict(int)
             for s in settings:   # a setting run in several variants (say two lrs) gets a file each
                 seen[s.setting] += 1
