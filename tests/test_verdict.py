@@ -4,6 +4,7 @@ decisions against the stated rules (pooled t interval over settings, Holm over s
 --verdict` command. Runs come from a fake run function in which the test decides which loss is better."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -429,13 +430,25 @@ def pilot_run(config):
     return {"test/error": test, "train/error": 0.0, "train/loss": 0.01, "train/loss_floor": 0.0}, {}
 
 
+def make_pilot(tmp_path: Path) -> None:
+    """tmp_path/pilot.sqlite: the pilot of PILOT_GRID (E = 1 passes at balanced:5, fails at balanced:20)."""
+    grid = parse_grid(textwrap.dedent(PILOT_GRID), name="pilot-grid")
+    run_grid(grid.runs, tmp_path / "pilot.sqlite", run_fn=pilot_run, progress=False,
+             grid_text=(grid.name, None, grid.text))
+
+
+def pooled_cell(stored, settings) -> tuple[str, float, float]:
+    """GenCE − CE test error over ``settings`` of block balanced, by scipy: the cell text, CI low and high."""
+    means = np.array([expected(stored, "balanced", s, "gence", "ce", "test/error")[1] for s in settings])
+    ci = stats.ttest_1samp(means, 0.0).confidence_interval()      # t over the settings
+    return f"{signed(100 * means.mean())} [{signed(100 * ci.low)}, {signed(100 * ci.high)}]", ci.low, ci.high
+
+
 def test_pilot_marks_each_setting_budget_and_pools_the_settings_shown_converged(full, tmp_path, monkeypatch):
     # The study ran 1 epoch. The pilot passes E = 1 at balanced:5 (both models) and fails it at balanced:20.
     db = full[0]
     stored = rows(db)
-    grid = parse_grid(textwrap.dedent(PILOT_GRID), name="pilot-grid")
-    pilot = tmp_path / "pilot.sqlite"
-    run_grid(grid.runs, pilot, run_fn=pilot_run, progress=False, grid_text=(grid.name, None, grid.text))
+    make_pilot(tmp_path)
     monkeypatch.chdir(tmp_path)
     spec = VerdictSpec.from_table({**textwrap_table(VERDICT), "pilot": "pilot.sqlite"})
     verdict = build_verdict(load_results(db), spec)
@@ -443,10 +456,7 @@ def test_pilot_marks_each_setting_budget_and_pools_the_settings_shown_converged(
     for dataset, regime, model in BALANCED:
         line = next(x for x in body.splitlines() if x.startswith(f"| {dataset} | {model} | {regime} | 5/5"))
         assert line.endswith("| passes (E = 1) |" if regime == "balanced:5" else "| fails (E = 1) |"), line
-    shown = [s for s in BALANCED if s[1] == "balanced:5"]
-    means = np.array([expected(stored, "balanced", s, "gence", "ce", "test/error")[1] for s in shown])
-    ci = stats.ttest_1samp(means, 0.0).confidence_interval()      # t over the 2 settings, df 1
-    cell = f"{signed(100 * means.mean())} [{signed(100 * ci.low)}, {signed(100 * ci.high)}]"
+    cell = pooled_cell(stored, [s for s in BALANCED if s[1] == "balanced:5"])[0]   # t over 2 settings, df 1
     assert next(x for x in body.splitlines() if x.startswith("| shown converged | 2 | 10 |")).count(cell) == 1
     assert "4 of 4 settings" in claim(verdict, "Accuracy with few").evidence
     assert "; 2 of the 4 at a budget the pilot's rule passes" in claim(verdict, "Accuracy with few").evidence
@@ -467,6 +477,46 @@ def test_pilot_marks_each_setting_budget_and_pools_the_settings_shown_converged(
     assert "pilot's rule" not in claim(plain, "Accuracy with few").body + claim(plain, "Accuracy with few").evidence
     with pytest.raises(VerdictError, match=r"\[verdict\]\.pilot = 'nope.sqlite': no such database"):
         build_verdict(load_results(db), VerdictSpec(few_labels=("balanced",), pilot="nope.sqlite"))
+
+
+def test_decide_on_converged_rests_the_verdict_on_the_settings_shown_converged(full, tmp_path, monkeypatch):
+    db = full[0]
+    stored = rows(db)
+    make_pilot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    spec = VerdictSpec.from_table({**textwrap_table(VERDICT), "pilot": "pilot.sqlite", "decide_on": "converged"})
+    verdict = build_verdict(load_results(db), spec)
+    few = claim(verdict, "Accuracy with few")
+    shown = [s for s in BALANCED if s[1] == "balanced:5"]
+    cell, low, high = pooled_cell(stored, shown)
+    assert high < 0    # GenCE lower error over the 2 converged settings, each significant: holds by the rule
+    assert few.decision.status == HOLDS and few.decision.compared == 2
+    assert few.evidence.startswith(f"2 of 4 settings shown converged: pooled Δ {cell} pp")
+    assert "at a budget the pilot's rule passes" not in few.evidence
+    for dataset, regime, model in BALANCED:
+        line = next(x for x in few.body.splitlines() if x.startswith(f"| {dataset} | {model} | {regime} | 5/5"))
+        assert line.endswith("| GenCE better | passes (E = 1) |" if regime == "balanced:5" else
+                             "| not in the verdict (budget not shown converged) | fails (E = 1) |"), line
+    # Holm over the 2 settings in the verdict: their paired-t p times 2 (the larger: max with itself)
+    ps = sorted(expected(stored, "balanced", st, "gence", "ce", "test/error")[4] for st in shown)
+    assert all(p * 2 < 0.05 for p in ps)
+    assert "Not in the verdict (its budget not shown converged by the pilot's rule): 2 setting(s)" in few.body
+    # the long-tailed regime is not in the pilot: nothing shown converged, so no verdict
+    assert claim(verdict, "Accuracy under class imbalance").decision.status == NO_DATA
+    md = write_for(db, tmp_path / "out", verdict_spec=spec).markdown
+    glance = md[md.index("## At a glance"):md.index("## Study progress")]
+    assert "| only settings shown converged (pilot), the verdict decides on these | verdict |" in glance
+    every = pooled_cell(stored, BALANCED)[0]    # the all-settings column: over all 4
+    line = next(x for x in glance.splitlines() if x.startswith("| Accuracy with few labels |"))
+    assert line == f"| Accuracy with few labels | error % | {every} pp (4) | {every} pp (4) | {cell} pp (2) | **holds** |"
+    assert "The verdict is decided on the settings shown converged only." in glance
+    assert 'Decided on the settings shown converged only (`[verdict] decide_on = "converged"`)' in md
+    # the default decides on every setting; converged needs a pilot; other values are refused
+    assert build_verdict(load_results(db), dataclasses.replace(spec, decide_on="all")).claims[0].decision.compared == 4
+    with pytest.raises(VerdictError, match=r"decide_on = 'converged' needs \[verdict\]\.pilot"):
+        VerdictSpec.from_table({"few_labels": ["balanced"], "decide_on": "converged"})
+    with pytest.raises(VerdictError, match=r"decide_on = 'trained': expected one of 'all', 'converged'"):
+        VerdictSpec.from_table({"few_labels": ["balanced"], "decide_on": "trained"})
 
 
 def textwrap_table(text: str) -> dict:

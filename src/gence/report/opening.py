@@ -30,8 +30,9 @@ def _column(claim: Claim):
     return claim.decision.column or (claim.comparisons[0].column if claim.comparisons else None)
 
 
-def claims_table(claims: Sequence[Claim], label: str, baseline: str) -> str:
-    """Per claim: metric, pooled Δ over all its settings, per dataset, and the verdict."""
+def claims_table(claims: Sequence[Claim], label: str, baseline: str, only_converged: bool = False) -> str:
+    """Per claim: metric, pooled Δ over all its settings, per dataset, over the settings shown converged (with
+    a pilot; ``only_converged``: the verdict is decided on those), and the verdict."""
     datasets = sorted({c.setting[0] for claim in claims for c in claim.comparisons if c.compared})
     with_pilot = any(c.pilot for claim in claims for c in claim.comparisons)
     columns = datasets + ([SHOWN_CONVERGED] if with_pilot else [])
@@ -40,25 +41,33 @@ def claims_table(claims: Sequence[Claim], label: str, baseline: str) -> str:
         col = _column(claim)
         metric = ("worst-lr " if claim.key == "lr_robustness" else "") + (col.name if col else "–")
         per = dict(pooled_by_dataset(claim.comparisons)) if col else {}
-        pooled = claim.decision.pooled or per.get("all")   # below min_fraction: shown, the verdict says why not used
-        rows.append([claim.name, metric, _cell(pooled, col) if col else "–",
+        # over every compared setting: the verdict's own estimate unless it is decided on those shown converged
+        # (and shown below min_fraction too, where the verdict says why it is not used)
+        rows.append([claim.name, metric, _cell(per.get("all"), col) if col else "–",
                      *[_cell(per.get(name), col) if col else "–" for name in columns], f"**{claim.decision.text}**"])
     header = ["claim", "metric", f"{label} − {baseline}, all [95% CI] (settings)", *datasets,
-              *(["only settings shown converged (pilot)"] if with_pilot else []), "verdict"]
+              *([f"only settings shown converged (pilot){', the verdict decides on these' if only_converged else ''}"]
+                if with_pilot else []), "verdict"]
     return T.markdown_table(header, rows, ["l", "l"] + ["r"] * (1 + len(columns)) + ["l"])
+
+
+POOLED = "pooled"
 
 
 def _forest_rows(comps: Sequence[Comparison], series: str, pooled, column) -> dict[str, dict]:
     compared = [c for c in comps if c.compared]
     several = len({c.block for c in compared}) > 1
+    judged = all(c.in_verdict for c in compared)
     rows: dict[str, dict] = {}
     s = column.scale
     for c in compared:
-        name = setting_name(c.setting) + (f" [{c.block}]" if several else "")
+        name = (setting_name(c.setting) + (f" [{c.block}]" if several else "")
+                + ("" if c.in_verdict else " (not in the verdict)"))
         rows.setdefault(name, {})[series] = (c.result.mean * s, c.result.low * s, c.result.high * s)
     if pooled is not None and pooled.k:
         r = pooled.random
-        rows.setdefault("pooled", {})[series] = (r.mean * s, r.low * s, r.high * s)
+        rows.setdefault(POOLED if judged else f"{POOLED} (the verdict's settings)", {})[series] = (
+            r.mean * s, r.low * s, r.high * s)
     return rows
 
 
@@ -78,8 +87,8 @@ def forest_of(claims: Sequence[Claim], path: Path, title: str, label: str, basel
             rows.setdefault(name, {}).update(d)
     if not rows or column is None:
         return None
-    ordered = [(n, d) for n, d in rows.items() if n != "pooled"] + ([("pooled", rows["pooled"])] if "pooled" in rows
-                                                                    else [])
+    ordered = ([(n, d) for n, d in rows.items() if not n.startswith(POOLED)]
+               + [(n, d) for n, d in rows.items() if n.startswith(POOLED)])
     direction = "higher is better" if column.higher_is_better else "lower is better"
     what = column.name.replace(" %", "") + (f" ({column.unit})" if column.unit else "")
     return plots.forest(ordered, path, title, f"{label} − {baseline}, {what}: mean over paired seeds, 95% CI; "
@@ -97,12 +106,17 @@ def opening_section(spec: VerdictSpec) -> Section:
               f"`{label}` − `{base}` per claim: the pooled difference the verdict decides on (mean of the settings' "
               "mean paired differences, t 95% interval over settings; the number of settings in brackets), the "
               "same per dataset, and the verdict by the rules stated under 'Verdict' below.", "",
-              claims_table(v.claims, label, base), ""]
+              claims_table(v.claims, label, base, spec.decide_on == "converged"), ""]
         if spec.pilot is not None:
-            md += [f"The verdict is decided on every setting of the grid. A setting is *shown converged* when its "
-                   f"budget (epochs) passes the rule of the convergence pilot (`{spec.pilot}`; its rule and "
-                   "numbers are in its own report); the column of those settings alone is what the claims say "
-                   "of trained models, the others speak only for the budget they ran.", ""]
+            shown = (f"A setting is *shown converged* when its budget (epochs) passes the rule of the convergence "
+                     f"pilot (`{spec.pilot}`; its rule and numbers are in its own report).")
+            if spec.decide_on == "converged":
+                md += [f"The verdict is decided on the settings shown converged only. {shown} The all-settings "
+                       "column adds the others, which speak only for the budget they ran.", ""]
+            else:
+                md += [f"The verdict is decided on every setting of the grid. {shown} The column of those settings "
+                       "alone is what the claims say of trained models, the others speak only for the budget they "
+                       "ran.", ""]
         if ctx.with_plots:
             md += figures(ctx, spec, v.claims, label, base)
         md += [line + "  " for line in compute_lines(ctx.results)]

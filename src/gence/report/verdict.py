@@ -50,8 +50,10 @@ from gence.report.stats import (PairedDifference, Pooled, equivalence_p, fmt_p, 
 ALPHA = 0.05
 HOLDS, NOT_HOLDS, NO_BETTER, MIXED, INCONCLUSIVE, NO_DATA = (
     "holds", "does not hold", "does not hold (no better)", "mixed", "inconclusive", "not enough data yet")
-BETTER, WORSE, UNCLEAR, TOO_FEW = "better", "worse", "unclear", "not compared"
-MARK = {BETTER: "GenCE better", WORSE: "**GenCE worse**", UNCLEAR: "unclear", TOO_FEW: "< 2 pairs"}
+BETTER, WORSE, UNCLEAR, TOO_FEW, OUTSIDE = "better", "worse", "unclear", "not compared", "not judged"
+MARK = {BETTER: "GenCE better", WORSE: "**GenCE worse**", UNCLEAR: "unclear", TOO_FEW: "< 2 pairs",
+        OUTSIDE: "not in the verdict (budget not shown converged)"}
+DECIDE_ON = ("all", "converged")   # [verdict].decide_on: every compared setting, or those shown converged
 PARTIAL = "†"
 SHOWN_CONVERGED = "shown converged"   # with a pilot: the pooled estimate over the settings whose budget passes
 EXTENSIONS_HEADING = "Sweeps that extend"   # the subsection of the study progress
@@ -79,6 +81,8 @@ class VerdictSpec:
         margins = { error = 0.005 }     # equivalence margins per column key, raw units (0.005 = 0.5 pp)
         pilot = "results/pilot.sqlite"  # a convergence pilot's database (its grid's [convergence] rule):
                                         # each setting's budget is shown as passing or failing that rule
+        decide_on = "converged"         # with a pilot: the verdict rests on the settings whose budget
+                                        # passes its rule only (default "all": every compared setting)
 
     A claim with no blocks is left out."""
 
@@ -95,6 +99,7 @@ class VerdictSpec:
     min_fraction: float = 0.25
     margins: Mapping[str, float] = dataclasses.field(default_factory=dict)
     pilot: str | None = None
+    decide_on: str = "all"
 
     @property
     def main_blocks(self) -> tuple[str, ...]:
@@ -116,7 +121,12 @@ class VerdictSpec:
         for key, value in table.items():
             if key not in fields:
                 raise VerdictError(f"{where}: unknown key {key!r}; valid keys: {', '.join(fields)}")
-            if key in ("label", "baseline", "mixed", "field", "pilot"):
+            if key == "decide_on":
+                if value not in DECIDE_ON:
+                    raise VerdictError(f"{where}.decide_on = {value!r}: expected one of "
+                                       + ", ".join(repr(v) for v in DECIDE_ON))
+                kwargs[key] = value
+            elif key in ("label", "baseline", "mixed", "field", "pilot"):
                 if not isinstance(value, str) or not value:
                     raise VerdictError(f"{where}.{key} = {value!r}: expected a non-empty string")
                 kwargs[key] = value
@@ -135,6 +145,9 @@ class VerdictSpec:
                 if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                     raise VerdictError(f"{where}.{key} = {value!r}: expected a list of block or label names")
                 kwargs[key] = tuple(value)
+        if kwargs.get("decide_on") == "converged" and "pilot" not in kwargs:
+            raise VerdictError(f"{where}.decide_on = 'converged' needs {where}.pilot: the convergence pilot's "
+                               "database that says which settings are shown converged")
         return cls(**kwargs)
 
 
@@ -246,6 +259,7 @@ class Comparison:
     p_holm: float = math.nan    # set by decide(): the paired-t p after Holm over the claim's settings
     pilot: str = ""             # set by annotate_pilot(): the pilot's rule at this setting's budget
     epochs: Any = None          # the budget of this setting's runs (with a pilot)
+    in_verdict: bool = True     # set by verdict_family(): False when [verdict].decide_on leaves it out
 
     @property
     def compared(self) -> bool:
@@ -255,6 +269,8 @@ class Comparison:
     def outcome(self) -> str:
         if not self.compared:
             return TOO_FEW
+        if not self.in_verdict:
+            return OUTSIDE
         if math.isnan(self.p_holm) or self.p_holm >= ALPHA:
             return UNCLEAR
         good = self.result.mean > 0 if self.column.higher_is_better else self.result.mean < 0
@@ -304,6 +320,16 @@ def converged(comps: Sequence[Comparison]) -> list[Comparison]:
     return [c for c in comps if c.compared and c.pilot == C.PASSES]
 
 
+def verdict_family(comps: Sequence[Comparison], spec: VerdictSpec) -> list[Comparison]:
+    """The comparisons the verdict is decided on (and Holm runs over): every one, or with ``decide_on =
+    "converged"`` those whose budget passes the pilot's rule (the others marked ``in_verdict = False``)."""
+    if spec.decide_on != "converged":
+        return list(comps)
+    for c in comps:
+        c.in_verdict = c.pilot == C.PASSES
+    return [c for c in comps if c.in_verdict]
+
+
 def compare(results: T.Results, progress: Progress, block: str, label: str, other: str,
             column: Column) -> list[Comparison]:
     """``label`` against ``other`` in every setting of ``block`` where both have runs (selected variants)."""
@@ -335,6 +361,7 @@ class Decision:
     pooled: Pooled | None = None
     p_equivalence: float = math.nan
     shown_converged: int | None = None   # with a pilot: compared settings whose budget passes its rule
+    only_converged: bool = False         # decided on the settings shown converged only (decide_on)
 
     @property
     def text(self) -> str:
@@ -342,7 +369,7 @@ class Decision:
 
     def evidence(self) -> str:
         of = f" of {self.grid_settings}" if self.grid_settings else ""
-        text = f"{self.compared}{of} settings"
+        text = f"{self.compared}{of} settings" + (" shown converged" if self.only_converged else "")
         if self.pooled is not None and self.pooled.k and self.column is not None:
             c, r = self.column, self.pooled.random
             text += f": pooled Δ {fmt_estimate(r.mean, r.low, r.high, c)}{unit(c)}"
@@ -461,9 +488,11 @@ def pooled_table(comps: Sequence[Comparison]) -> str:
 def outcome_sentence(comps: Sequence[Comparison], decision: Decision, what: str, who: str = "GenCE",
                      other: str = "CE") -> str:
     """The pooled estimate, the Holm counts and every setting where ``who`` is significantly worse."""
-    compared = [c for c in comps if c.compared]
+    compared = [c for c in comps if c.compared and c.in_verdict]
+    outside = [c for c in comps if c.compared and not c.in_verdict]
     if not compared:
-        return f"{who} vs {other}, {what}: no setting with 2 or more paired seeds yet."
+        return (f"{who} vs {other}, {what}: **{decision.text}**: no setting with 2 or more paired seeds "
+                + ("at a budget shown converged yet" if outside else "yet") + ".")
     col = compared[0].column
     direction = "higher is better" if col.higher_is_better else "lower is better"
     counts = {o: sum(c.outcome == o for c in compared) for o in (BETTER, WORSE, UNCLEAR)}
@@ -487,6 +516,9 @@ def outcome_sentence(comps: Sequence[Comparison], decision: Decision, what: str,
     if worse:
         text += f" {who} is significantly worse in: " + "; ".join(
             f"{setting_name(c.setting)} ({fmt_diff(c)}{unit(col)}, {p_text(c.p_holm, 'Holm p')})" for c in worse) + "."
+    if outside:
+        text += (f" Not in the verdict (its budget not shown converged by the pilot's rule): {len(outside)} "
+                 "setting(s), in the table below.")
     short = [c for c in comps if not c.compared]
     if short:
         text += f" Not compared yet (fewer than 2 pairs): {len(short)} setting(s)."
@@ -557,6 +589,12 @@ LR_RULE = ("does not hold: GenCE collapses (a class never predicted on test) sig
            "is significantly higher; holds: neither, and the pooled worst-lr difference is significantly lower or "
            "equivalent within the margin; mixed: settings significant in both directions after Holm; "
            "inconclusive: otherwise")
+CONVERGED_RULE = (" Decided on the settings shown converged only (`[verdict] decide_on = \"converged\"`): a "
+                  "setting counts when its budget passes the rule of the convergence pilot (`{pilot}`); Holm's "
+                  "correction, the pooled estimate and the share of the grid's settings (`min_fraction`) run over "
+                  "those, and the other settings are listed in the tables as not in the verdict (a model that has "
+                  "not been shown to stop improving says nothing about a trained one). Collapse counts in the "
+                  "learning-rate claim use every run of its blocks.")
 SETTING_RULE = ("A setting (dataset × model × regime) is significantly better or worse for GenCE when its paired-t p, "
                 "after Holm's correction over the claim's settings, is below 0.05. The exact Wilcoxon p (smallest "
                 "possible 2/2^n: 0.0625 for 5 seeds) and the Hodges–Lehmann estimate are shown as a sensitivity "
@@ -589,9 +627,9 @@ def _metric_part(results, progress, spec, blocks, column, what, label=None, othe
     label, other = label or spec.label, other or spec.baseline
     comps = _compare_blocks(results, progress, blocks, label, other, column)
     annotate_pilot(comps, results, spec)
-    d = decide(comps, _grid_count(progress, spec, blocks, grid_labels or (other, label)), spec.min_fraction)
-    if spec.pilot is not None:
-        d = dataclasses.replace(d, shown_converged=len(converged(comps)))
+    d = decide(verdict_family(comps, spec), _grid_count(progress, spec, blocks, grid_labels or (other, label)),
+               spec.min_fraction)
+    d = with_pilot_counts(d, comps, spec)
     if not comps:
         return d, [f"{label} vs {results.display(other)}, {what}: no setting with runs of both yet.", ""], comps
     md = [outcome_sentence(comps, d, what, who=label, other=results.display(other)), ""]
@@ -599,6 +637,18 @@ def _metric_part(results, progress, spec, blocks, column, what, label=None, othe
         md += [pooled_table(comps), ""]
     md += [comparison_table(comps, label, results.display(other)), ""]
     return d, md, comps
+
+
+def with_pilot_counts(d: Decision, comps: Sequence[Comparison], spec: VerdictSpec) -> Decision:
+    """``d`` with what its evidence says of the pilot: how many settings are shown converged, or that it was
+    decided on those only."""
+    if spec.pilot is None:
+        return d
+    if spec.decide_on == "converged":   # provisional: settings or seeds missing, not settings left out
+        compared = [c for c in comps if c.compared]
+        provisional = any(c.partial for c in compared) or bool(d.grid_settings and len(compared) < d.grid_settings)
+        return dataclasses.replace(d, only_converged=True, provisional=provisional)
+    return dataclasses.replace(d, shown_converged=len(converged(comps)))
 
 
 def _intro(progress, spec, blocks, comps, what) -> str:
@@ -683,7 +733,8 @@ def ood_claim(results, progress, spec) -> Claim:
     for s in sets:
         col = spec.column(ood_column(s, "auroc"))
         comps_s = _compare_blocks(results, progress, blocks, spec.label, spec.baseline, col)
-        ds = decide(comps_s, 0, spec.min_fraction)
+        annotate_pilot(comps_s, results, spec)
+        ds = decide(verdict_family(comps_s, spec), 0, spec.min_fraction)
         body += ["- " + outcome_sentence(comps_s, ds, f"MSP AUROC against {s}", spec.label, spec.baseline)]
     return Claim(name, heading, d, d.evidence(), "\n".join(body), "ood", comps)
 
@@ -760,9 +811,7 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
                                    [n_coll[ce_l], n_runs[ce_l] - n_coll[ce_l]]])[1]) if all(n_runs.values()) else math.nan
     more_collapse = p_fisher < ALPHA and n_coll[ge_l] / n_runs[ge_l] > n_coll[ce_l] / n_runs[ce_l]
     annotate_pilot(worst_comps, results, spec)
-    d = decide(worst_comps, 0, spec.min_fraction)
-    if spec.pilot is not None:
-        d = dataclasses.replace(d, shown_converged=len(converged(worst_comps)))
+    d = with_pilot_counts(decide(verdict_family(worst_comps, spec), 0, spec.min_fraction), worst_comps, spec)
     if not d.compared:
         status = NOT_HOLDS if more_collapse else NO_DATA
     elif more_collapse or d.status == NOT_HOLDS:
@@ -889,7 +938,8 @@ def verdict_markdown(verdict: Verdict) -> str:
             + SETTING_RULE + "\n\n" + T.markdown_table(["claim", "verdict", "evidence"], rows, ["l", "l", "l"])
             + "\n\nRules. Accuracy, calibration and OOD claims — " + RULE.format(min_fraction=spec.min_fraction)
             + ". Learning-rate robustness — " + LR_RULE + ". \"Provisional\": settings or seeds the grid asks for "
-            "are still missing.\n\n### Method\n\n"
+            "are still missing." + (CONVERGED_RULE.format(pilot=spec.pilot) if spec.decide_on == "converged" else "")
+            + "\n\n### Method\n\n"
             "- Per setting: the paired differences GenCE − baseline (one per seed; seed s of both losses shares data "
             "split and initialisation) give a mean with a Student-t 95% interval and the paired-t p "
             "(`gence.report.stats.paired_difference`); their coverage is checked by simulation in "
