@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -257,7 +258,7 @@ def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float
     n = len(panels)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig = _figure(figsize=(3.3 * cols, 2.9 * rows + 0.5), layout="constrained")
+    fig = _figure(figsize=(3.6 * cols, 3.1 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     colors = {}
     for i, (title, losses) in enumerate(panels):
@@ -278,7 +279,8 @@ def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float
         ax.set_xscale("log")
         ax.set_xticks(sorted({lr for by_lr in losses.values() for lr in by_lr}))
         ax.get_xaxis().set_major_formatter(_log_formatter())
-        ax.set_title(title, fontsize="small")
+        ax.minorticks_off()   # the log axis' minor labels (6e-2, ...) overprint the values swept
+        ax.set_title(textwrap.fill(title, 40), fontsize="small")
         ax.grid(True, alpha=0.3)
         ax.set_xlabel(field, fontsize="small")
         if i % cols == 0:
