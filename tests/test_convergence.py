@@ -271,4 +271,7 @@ def test_a_pass_followed_by_a_fail_is_not_the_budget_picked():
     assert s.smallest == 4 and [s.settled(e) for e in (1, 2, 4, 8)] == [False, False, True, False]
     status = [C.budget_status([s], ("d", "r", "m"), e) for e in (1, 2, 4, 8)]
     assert status == [C.LATER_FAILS, C.FAILS, C.PASSES, C.UNTESTED]
-    assert C.budget_status([s], ("d", "r", "other"), 4) == C.NOT_IN_PILOT
+    assert C.budget_status([s], ("d", "r2", "m"), 4) == C.NOT_IN_PILOT
+    # another model of a regime the pilot ran: not a pass for it, with what the rule says of the pilot's model
+    assert C.budget_status([s], ("d", "r", "other"), 4) == "not in the pilot; m here: passes"
+    assert C.budget_status([s], ("d", "r", "other"), 2) == "not in the pilot; m here: fails"

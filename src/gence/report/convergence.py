@@ -340,10 +340,14 @@ def budget_status(settings: Sequence[PilotSetting], setting: tuple[str, str, str
     pilot ran it at E = ``epochs`` and 2E, E passes and so does every larger budget judged:
     :meth:`PilotSetting.settled`; when it ran several variants of the setting, e.g. two learning rates, for
     each), LATER_FAILS (E passes, a larger budget fails), FAILS, UNTESTED (the pilot has the setting, not at E
-    and 2E) or NOT_IN_PILOT."""
+    and 2E) or NOT_IN_PILOT; for a model the pilot did not train, NOT_IN_PILOT followed by what the rule says
+    of the dataset and regime with the pilot's models (``"not in the pilot; resnet8 here: passes"``), which is
+    not a pass for this one."""
     mine = [s for s in settings if s.setting == tuple(setting)]
     if not mine:
-        return NOT_IN_PILOT
+        others = sorted({s.setting[2] for s in settings if s.setting[:2] == tuple(setting[:2])})
+        return NOT_IN_PILOT + "".join(
+            f"; {m} here: {budget_status(settings, (*setting[:2], m), epochs)}" for m in others)
     judged = [s for s in mine if epochs in s.passing]
     if not judged:
         return UNTESTED
