@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The convergence study and its pilot, in the background, resumable on any machine (issue 15).
+#
+#   scripts/study_background.sh start      # restore the databases if absent, start both runners
+#   scripts/study_background.sh status     # what is running, runs done per database
+#   scripts/study_background.sh snapshot   # merge the running databases into results/, regenerate the pages
+#   scripts/study_background.sh stop       # SIGTERM: runs in flight give up their claims, keep checkpoints
+#
+# Each runner works from a git worktree frozen at a pinned commit (below), so edits to this checkout never
+# reach a run in flight; move a pin only in a commit that says why, after scripts/reproduce_run.py shows a
+# stored study run reproduced bit for bit at the new commit. The running databases live in $RUNS (default
+# ../runs beside the clone); results/*.sqlite in the clone are their committed snapshots, from which a new
+# machine starts. Settings: GENCE_DATA (default ../shared/data), GENCE_VENV (default: the active venv, else
+# .venv), RUNS, WORKTREES (default ../wt).
+set -euo pipefail
+
+STUDY_REV=d7964a8            # the study's launch commit (configs/study.toml as launched)
+STUDY_BLOCKS='lr_*_fashion_mnist_*,main_*_fashion_mnist_*'   # tier 1; see the header of configs/study.toml
+PILOT_REV=46ce022            # configs/pilot.toml with the 16,000-step Fashion-MNIST partners
+# the pilot's phases with one worker, in the order its decisions are needed: CIFAR-10's budget, then the
+# Fashion-MNIST 16k partners that judge the study's 8k budgets, then the rest ('*')
+PILOT_PHASES=('pilot_fp32_*' 'pilot_4k_cifar10_*' 'pilot_8k_cifar10_long_tailed_100_500' 'pilot_8k_cifar10_balanced_50'
+              'pilot_16k_*' '*')
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=$(realpath -m "${RUNS:-$REPO/../runs}")
+WORKTREES=$(realpath -m "${WORKTREES:-$REPO/../wt}")
+DATA=$(realpath -m "${GENCE_DATA:-$REPO/../shared/data}")
+PILOT_LOOP=gence-pilot-phases   # the name the pilot's loop of phases runs under (its $0), to find and stop it
+VENV=${GENCE_VENV:-${VIRTUAL_ENV:-$REPO/.venv}}
+
+say() { echo "study_background: $*" >&2; }
+
+worktree() {   # worktree NAME REV: a detached worktree of this clone at REV
+  local dir=$WORKTREES/$1
+  if [ ! -e "$dir/.git" ] || [ "$(git -C "$dir" rev-parse HEAD)" != "$(git -C "$REPO" rev-parse "$2^{commit}")" ]; then
+    rm -rf "$dir"
+    git -C "$REPO" worktree prune
+    git -C "$REPO" worktree add -f --detach "$dir" "$2" >/dev/null
+  fi
+  echo "$dir"
+}
+
+restore() {    # restore NAME: runs/NAME.sqlite from the committed snapshot when absent
+  if [ ! -f "$RUNS/$1.sqlite" ]; then
+    mkdir -p "$RUNS"
+    "$VENV/bin/gence" merge "$RUNS/$1.sqlite" "$REPO/results/$1.sqlite" >&2
+  fi
+}
+
+running() {    # running NAME: a runner on runs/NAME.sqlite, or the pilot's loop between two phases
+  pgrep -f -- "--db $RUNS/$1.sqlite" >/dev/null || { [ "$1" = pilot ] && pgrep -f -- "$PILOT_LOOP $RUNS" >/dev/null; }
+}
+
+start() {
+  [ -x "$VENV/bin/python" ] || { say "no Python at $VENV/bin/python: set GENCE_VENV to the venv gence is installed in"; exit 2; }
+  [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
+  restore study
+  restore pilot
+  if running study; then say "the study is already running"; else
+    local wt; wt=$(worktree launch "$STUDY_REV")
+    (cd "$wt" && PYTHONPATH=src nohup setsid "$VENV/bin/python" -m gence.cli bench configs/study.toml \
+        --blocks "$STUDY_BLOCKS" --data-dir "$DATA" --db "$RUNS/study.sqlite" --reuse "$RUNS/pilot.sqlite" \
+        --no-report --workers 2 --threads 1 --quiet >> "$RUNS/study.log" 2>&1 < /dev/null &)
+    say "study started from $wt ($STUDY_REV), log $RUNS/study.log"
+  fi
+  if running pilot; then say "the pilot is already running"; else
+    local wt; wt=$(worktree pilot "$PILOT_REV")
+    local phases; phases=$(printf "'%s' " "${PILOT_PHASES[@]}")
+    (cd "$wt" && PYTHONPATH=src nohup setsid bash -c "for b in $phases; do echo \"=== \$(date -u) --blocks \$b\";
+        '$VENV/bin/python' -m gence.cli bench configs/pilot.toml --blocks \"\$b\" --data-dir '$DATA' \
+        --db '$RUNS/pilot.sqlite' --no-report --workers 1 --threads 1 --quiet; done" "$PILOT_LOOP $RUNS" \
+        >> "$RUNS/pilot.log" 2>&1 < /dev/null &)
+    say "pilot started from $wt ($PILOT_REV), log $RUNS/pilot.log"
+  fi
+}
+
+status() {
+  for name in study pilot; do
+    local state="stopped"; running "$name" && state="running"
+    local counts="no database"
+    [ -f "$RUNS/$name.sqlite" ] && counts=$("$VENV/bin/python" -c "import sqlite3, sys
+c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)
+print(', '.join(f'{n} {s}' for s, n in c.execute('select status, count(*) from runs group by status')))" "$RUNS/$name.sqlite")
+    echo "$name: $state; $counts ($RUNS/$name.sqlite)"
+  done
+}
+
+snapshot() {   # the commands on the third line of each page regenerate it from the committed database
+  for name in study pilot; do "$VENV/bin/gence" merge "$REPO/results/$name.sqlite" "$RUNS/$name.sqlite" >&2; done
+  cd "$REPO"
+  for page in RESULTS.md results/pilot/README.md; do
+    local cmd; cmd=$(sed -n 3p "$page" | sed 's/.*regenerate with `\(.*\)`\. Nothing.*/\1/')
+    PATH="$VENV/bin:$PATH" bash -c "$cmd" >&2
+  done
+  say "snapshot written; commit results/ and RESULTS.md"
+}
+
+stop() {        # the pilot's loop first, or it would start its next phase
+  pkill -TERM -f -- "$PILOT_LOOP $RUNS" || true
+  for name in study pilot; do pkill -TERM -f -- "--db $RUNS/$name.sqlite" && say "$name: SIGTERM sent" || true; done
+}
+
+case "${1:-}" in
+  start) start ;;
+  status) status ;;
+  snapshot) snapshot ;;
+  stop) stop ;;
+  *) sed -n 2,8p "$0" >&2; exit 2 ;;
+esac
