@@ -398,6 +398,22 @@ def test_runs_start_in_block_order_so_a_tuned_block_goes_before_a_later_ordinary
     assert started == ["tune"] * N_TUNE + ["main"] * N_MAIN + ["base"] * 2
 
 
+PILOT = """
+[train]
+epochs = 1
+ood = ["gaussian_noise"]
+
+[[grid]]
+name = "pilot"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["small_cnn"]
+seeds = [0, 1]
+losses = [{ name = "ce", label = "ce_pilot" }]
+train = { lr = 0.1 }
+"""   # a pilot that ran CE at lr 0.1 (the fake's CE optimum), seeds 0 and 1
+
+
 def test_reuse_copies_a_pilots_done_runs_into_the_tuned_block_instead_of_training_them(tmp_path, fake, capsys):
     # A pilot ran CE at lr 0.1, seeds 0 and 1, on balanced:5. The study tunes lr (the fake's CE optimum is
     # 0.1), so two of its main runs have the pilot's keys: with --reuse they are copied, not trained, and
@@ -405,20 +421,7 @@ def test_reuse_copies_a_pilots_done_runs_into_the_tuned_block_instead_of_trainin
     run_fn, log = fake
     pilot_dir = tmp_path / "pilot"
     pilot_dir.mkdir()
-    pilot_grid = helpers.grid_file(pilot_dir, """
-        [train]
-        epochs = 1
-        ood = ["gaussian_noise"]
-
-        [[grid]]
-        name = "pilot"
-        datasets = ["digits"]
-        regimes = ["balanced:5"]
-        models = ["small_cnn"]
-        seeds = [0, 1]
-        losses = [{ name = "ce", label = "ce_pilot" }]
-        train = { lr = 0.1 }
-        """)
+    pilot_grid = helpers.grid_file(pilot_dir, PILOT)
     pilot = tmp_path / "pilot.sqlite"
     base = ["--run-fn", run_fn, "--workers", "1", "--quiet", "--no-report"]
     assert main(["bench", str(pilot_grid), "--db", str(pilot), *base]) == 0
@@ -461,19 +464,7 @@ def test_reuse_sees_runs_the_pilot_stores_while_the_grid_runs(tmp_path, fake, mo
     # chosen (0.1, the fake's optimum), so the two with the pilot's keys are copied, not trained.
     run_fn, log = fake
     from fake_tune_run import run as fake_run
-    pilot_grid = parse_grid(textwrap.dedent("""
-        [train]
-        epochs = 1
-        ood = ["gaussian_noise"]
-        [[grid]]
-        name = "pilot"
-        datasets = ["digits"]
-        regimes = ["balanced:5"]
-        models = ["small_cnn"]
-        seeds = [0, 1]
-        losses = [{ name = "ce", label = "ce_pilot" }]
-        train = { lr = 0.1 }
-        """))
+    pilot_grid = parse_grid(PILOT)
     pilot = tmp_path / "pilot.sqlite"
     assert run_grid(pilot_grid.runs[:0], pilot, run_fn=fake_run, progress=False).done == 0   # empty, valid
     calls = []
