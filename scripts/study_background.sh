@@ -48,6 +48,15 @@ restore() {    # restore NAME: runs/NAME.sqlite from the committed snapshot when
   fi
 }
 
+close_fds() {   # in a subshell that starts a runner: close every descriptor above 2, so the runner (which
+  # outlives this script) holds no pipe of whoever called it (a caller waiting for EOF would wait for days)
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+}
+
 running() {    # running NAME: a runner on runs/NAME.sqlite, or the pilot's loop between two phases
   pgrep -f -- "--db $RUNS/$1.sqlite" >/dev/null || { [ "$1" = pilot ] && pgrep -f -- "$PILOT_LOOP $RUNS" >/dev/null; }
 }
@@ -59,18 +68,20 @@ start() {
   restore pilot
   if running study; then say "the study is already running"; else
     local wt; wt=$(worktree launch "$STUDY_REV")
-    (cd "$wt" && PYTHONPATH=src nohup setsid "$VENV/bin/python" -m gence.cli bench configs/study.toml \
+    (close_fds; cd "$wt" || exit 1    # exec: no shell stays behind holding the caller's stdout
+     PYTHONPATH=src exec nohup setsid "$VENV/bin/python" -m gence.cli bench configs/study.toml \
         --blocks "$STUDY_BLOCKS" --data-dir "$DATA" --db "$RUNS/study.sqlite" --reuse "$RUNS/pilot.sqlite" \
-        --no-report --workers 2 --threads 1 --quiet >> "$RUNS/study.log" 2>&1 < /dev/null &)
+        --no-report --workers 2 --threads 1 --quiet >> "$RUNS/study.log" 2>&1 < /dev/null) &
     say "study started from $wt ($STUDY_REV), log $RUNS/study.log"
   fi
   if running pilot; then say "the pilot is already running"; else
     local wt; wt=$(worktree pilot "$PILOT_REV")
     local phases; phases=$(printf "'%s' " "${PILOT_PHASES[@]}")
-    (cd "$wt" && PYTHONPATH=src nohup setsid bash -c "for b in $phases; do echo \"=== \$(date -u) --blocks \$b\";
+    (close_fds; cd "$wt" || exit 1
+     PYTHONPATH=src exec nohup setsid bash -c "for b in $phases; do echo \"=== \$(date -u) --blocks \$b\";
         '$VENV/bin/python' -m gence.cli bench configs/pilot.toml --blocks \"\$b\" --data-dir '$DATA' \
         --db '$RUNS/pilot.sqlite' --no-report --workers 1 --threads 1 --quiet; done" "$PILOT_LOOP $RUNS" \
-        >> "$RUNS/pilot.log" 2>&1 < /dev/null &)
+        >> "$RUNS/pilot.log" 2>&1 < /dev/null) &
     say "pilot started from $wt ($PILOT_REV), log $RUNS/pilot.log"
   fi
 }
