@@ -106,11 +106,11 @@ def opening_section(spec: VerdictSpec) -> Section:
               f"`{label}` − `{base}` per claim: the pooled difference the verdict decides on (mean of the settings' "
               "mean paired differences, t 95% interval over settings; the number of settings in brackets), the "
               "same per dataset, and the verdict by the rules stated under 'Verdict' below.", "",
-              claims_table(v.claims, label, base, spec.decide_on == "converged"), ""]
+              claims_table(v.claims, label, base, spec.only_converged), ""]
         if spec.pilot is not None:
             shown = (f"A setting is *shown converged* when its budget (epochs) passes the rule of the convergence "
                      f"pilot (`{spec.pilot}`; its rule and numbers are in its own report).")
-            if spec.decide_on == "converged":
+            if spec.only_converged:
                 md += [f"The verdict is decided on the settings shown converged only. {shown} The all-settings "
                        "column adds the others, which speak only for the budget they ran.", ""]
             else:

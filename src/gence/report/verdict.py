@@ -102,6 +102,11 @@ class VerdictSpec:
     decide_on: str = "all"
 
     @property
+    def only_converged(self) -> bool:
+        """The verdict is decided on the settings the pilot shows converged only (``decide_on``)."""
+        return self.decide_on == "converged"
+
+    @property
     def main_blocks(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.few_labels + self.imbalance))
 
@@ -259,7 +264,7 @@ class Comparison:
     p_holm: float = math.nan    # set by decide(): the paired-t p after Holm over the claim's settings
     pilot: str = ""             # set by annotate_pilot(): the pilot's rule at this setting's budget
     epochs: Any = None          # the budget of this setting's runs (with a pilot)
-    in_verdict: bool = True     # set by verdict_family(): False when [verdict].decide_on leaves it out
+    in_verdict: bool = True     # set by mark_verdict_family(): False when [verdict].decide_on leaves it out
 
     @property
     def compared(self) -> bool:
@@ -320,14 +325,13 @@ def converged(comps: Sequence[Comparison]) -> list[Comparison]:
     return [c for c in comps if c.compared and c.pilot == C.PASSES]
 
 
-def verdict_family(comps: Sequence[Comparison], spec: VerdictSpec) -> list[Comparison]:
-    """The comparisons the verdict is decided on (and Holm runs over): every one, or with ``decide_on =
-    "converged"`` those whose budget passes the pilot's rule (the others marked ``in_verdict = False``)."""
-    if spec.decide_on != "converged":
-        return list(comps)
-    for c in comps:
-        c.in_verdict = c.pilot == C.PASSES
-    return [c for c in comps if c.in_verdict]
+def mark_verdict_family(comps: Sequence[Comparison], spec: VerdictSpec) -> None:
+    """Mark the comparisons the verdict is not decided on (``in_verdict = False``, for :func:`decide`): none,
+    or with ``decide_on = "converged"`` those whose budget does not pass the pilot's rule (after
+    :func:`annotate_pilot`)."""
+    if spec.only_converged:
+        for c in comps:
+            c.in_verdict = c.pilot == C.PASSES
 
 
 def compare(results: T.Results, progress: Progress, block: str, label: str, other: str,
@@ -382,18 +386,21 @@ class Decision:
 
 
 def decide(comparisons: Sequence[Comparison], grid_settings: int, min_fraction: float = 0.25) -> Decision:
-    """The rule of the module docstring for one metric's comparisons (sets each one's ``p_holm``)."""
+    """The rule of the module docstring for one metric's comparisons (sets each one's ``p_holm``): Holm, the
+    counts, ``min_fraction`` and the pooled estimate over the compared ones in the verdict (``in_verdict``,
+    :func:`mark_verdict_family`); provisional while any compared one is short of seeds or settings are missing."""
     compared = [c for c in comparisons if c.compared]
-    for c, p in zip(compared, holm([c.result.p for c in compared])):
+    judged = [c for c in compared if c.in_verdict]
+    for c, p in zip(judged, holm([c.result.p for c in judged])):
         c.p_holm = float(p)
     column = compared[0].column if compared else (comparisons[0].column if comparisons else None)
-    b = sum(c.outcome == BETTER for c in compared)
-    w = sum(c.outcome == WORSE for c in compared)
+    b = sum(c.outcome == BETTER for c in judged)
+    w = sum(c.outcome == WORSE for c in judged)
     needed = max(1, math.ceil(min_fraction * grid_settings)) if grid_settings else 1
     provisional = bool(any(c.partial for c in compared) or (grid_settings and len(compared) < grid_settings))
-    if len(compared) < needed:
-        return Decision(NO_DATA, b, w, len(compared), grid_settings, provisional, column)
-    pooled = pool([c.result for c in compared])
+    if len(judged) < needed:
+        return Decision(NO_DATA, b, w, len(judged), grid_settings, provisional, column)
+    pooled = pool([c.result for c in judged])
     r = pooled.random
     higher = column.higher_is_better
     favours = r.low > 0 if higher else r.high < 0
@@ -409,7 +416,7 @@ def decide(comparisons: Sequence[Comparison], grid_settings: int, min_fraction: 
         status = MIXED
     else:
         status = INCONCLUSIVE
-    return Decision(status, b, w, len(compared), grid_settings, provisional, column, pooled, p_eq)
+    return Decision(status, b, w, len(judged), grid_settings, provisional, column, pooled, p_eq)
 
 
 # ----------------------------------------------------------------------------------------- formatting
@@ -627,9 +634,9 @@ def _metric_part(results, progress, spec, blocks, column, what, label=None, othe
     label, other = label or spec.label, other or spec.baseline
     comps = _compare_blocks(results, progress, blocks, label, other, column)
     annotate_pilot(comps, results, spec)
-    d = decide(verdict_family(comps, spec), _grid_count(progress, spec, blocks, grid_labels or (other, label)),
-               spec.min_fraction)
-    d = with_pilot_counts(d, comps, spec)
+    mark_verdict_family(comps, spec)
+    d = with_pilot_counts(decide(comps, _grid_count(progress, spec, blocks, grid_labels or (other, label)),
+                                 spec.min_fraction), comps, spec)
     if not comps:
         return d, [f"{label} vs {results.display(other)}, {what}: no setting with runs of both yet.", ""], comps
     md = [outcome_sentence(comps, d, what, who=label, other=results.display(other)), ""]
@@ -644,10 +651,8 @@ def with_pilot_counts(d: Decision, comps: Sequence[Comparison], spec: VerdictSpe
     decided on those only."""
     if spec.pilot is None:
         return d
-    if spec.decide_on == "converged":   # provisional: settings or seeds missing, not settings left out
-        compared = [c for c in comps if c.compared]
-        provisional = any(c.partial for c in compared) or bool(d.grid_settings and len(compared) < d.grid_settings)
-        return dataclasses.replace(d, only_converged=True, provisional=provisional)
+    if spec.only_converged:
+        return dataclasses.replace(d, only_converged=True)
     return dataclasses.replace(d, shown_converged=len(converged(comps)))
 
 
@@ -734,7 +739,8 @@ def ood_claim(results, progress, spec) -> Claim:
         col = spec.column(ood_column(s, "auroc"))
         comps_s = _compare_blocks(results, progress, blocks, spec.label, spec.baseline, col)
         annotate_pilot(comps_s, results, spec)
-        ds = decide(verdict_family(comps_s, spec), 0, spec.min_fraction)
+        mark_verdict_family(comps_s, spec)
+        ds = decide(comps_s, 0, spec.min_fraction)
         body += ["- " + outcome_sentence(comps_s, ds, f"MSP AUROC against {s}", spec.label, spec.baseline)]
     return Claim(name, heading, d, d.evidence(), "\n".join(body), "ood", comps)
 
@@ -811,7 +817,8 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
                                    [n_coll[ce_l], n_runs[ce_l] - n_coll[ce_l]]])[1]) if all(n_runs.values()) else math.nan
     more_collapse = p_fisher < ALPHA and n_coll[ge_l] / n_runs[ge_l] > n_coll[ce_l] / n_runs[ce_l]
     annotate_pilot(worst_comps, results, spec)
-    d = with_pilot_counts(decide(verdict_family(worst_comps, spec), 0, spec.min_fraction), worst_comps, spec)
+    mark_verdict_family(worst_comps, spec)
+    d = with_pilot_counts(decide(worst_comps, 0, spec.min_fraction), worst_comps, spec)
     if not d.compared:
         status = NOT_HOLDS if more_collapse else NO_DATA
     elif more_collapse or d.status == NOT_HOLDS:
@@ -938,7 +945,7 @@ def verdict_markdown(verdict: Verdict) -> str:
             + SETTING_RULE + "\n\n" + T.markdown_table(["claim", "verdict", "evidence"], rows, ["l", "l", "l"])
             + "\n\nRules. Accuracy, calibration and OOD claims — " + RULE.format(min_fraction=spec.min_fraction)
             + ". Learning-rate robustness — " + LR_RULE + ". \"Provisional\": settings or seeds the grid asks for "
-            "are still missing." + (CONVERGED_RULE.format(pilot=spec.pilot) if spec.decide_on == "converged" else "")
+            "are still missing." + (CONVERGED_RULE.format(pilot=spec.pilot) if spec.only_converged else "")
             + "\n\n### Method\n\n"
             "- Per setting: the paired differences GenCE − baseline (one per seed; seed s of both losses shares data "
             "split and initialisation) give a mean with a Student-t 95% interval and the paired-t p "
