@@ -4,6 +4,7 @@
 #   scripts/study_background.sh start      # restore the databases if absent, start both runners
 #   scripts/study_background.sh status     # what is running, runs done per database
 #   scripts/study_background.sh snapshot   # merge the running databases into results/, regenerate the pages
+#   scripts/study_background.sh handover   # snapshot, and copy the checkpoints of runs in flight to results/
 #   scripts/study_background.sh stop       # SIGTERM: runs in flight give up their claims, keep checkpoints
 #
 # Each runner works from a git worktree frozen at a pinned commit (below), so edits to this checkout never
@@ -12,6 +13,18 @@
 # ../runs beside the clone); results/*.sqlite in the clone are their committed snapshots, from which a new
 # machine starts. Settings: GENCE_DATA (default ../shared/data), GENCE_VENV (default: the active venv, else
 # .venv), RUNS, WORKTREES (default ../wt).
+#
+# A session's machine goes away with the runs in flight on it (a Fashion-MNIST run is ~30 min, a CIFAR-10
+# pilot run 1-2 h). 'handover', as a session's last snapshot, copies their checkpoints (~0.6 MB per
+# ResNet-8 run, ~2 MB per ResNet-20 one) to results/checkpoints/NAME/, and 'start' on a new machine puts
+# them back beside the restored database, so those runs go on from their last saved epoch instead of epoch
+# 0 (the loop refuses a checkpoint of another config). Hourly snapshots leave results/checkpoints/ alone:
+# each commit of checkpoints is ~3-4 MB of history, once a session. The checkpoints go back only on a CPU
+# of the kind that wrote them (results/checkpoints/MACHINE: torch's CPU capability and native bf16): bf16
+# autocast takes other kernels on another kind, and a run trained half on each is reproducible on neither.
+# A machine without native bf16 (no avx512_bf16) runs the study's bf16 runs ~7x slower than float32 and
+# ~20x slower than one with it (seen 2026-12-02: an 8,000-step Fashion-MNIST run ~10 h instead of 0.5 h);
+# 'start' says so.
 set -euo pipefail
 
 STUDY_REV=d7964a8            # the study's launch commit (configs/study.toml as launched)
@@ -31,6 +44,11 @@ VENV=${GENCE_VENV:-${VIRTUAL_ENV:-$REPO/.venv}}
 
 say() { echo "study_background: $*" >&2; }
 
+machine() {    # the kind of CPU, as far as bf16 kernels go: torch's capability and native bf16
+  local bf16=no; grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && bf16=yes
+  echo "$("$VENV/bin/python" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())') avx512_bf16=$bf16"
+}
+
 worktree() {   # worktree NAME REV: a detached worktree of this clone at REV
   local dir=$WORKTREES/$1
   if [ ! -e "$dir/.git" ] || [ "$(git -C "$dir" rev-parse HEAD)" != "$(git -C "$REPO" rev-parse "$2^{commit}")" ]; then
@@ -45,6 +63,14 @@ restore() {    # restore NAME: runs/NAME.sqlite from the committed snapshot when
   if [ ! -f "$RUNS/$1.sqlite" ]; then
     mkdir -p "$RUNS"
     "$VENV/bin/gence" merge "$RUNS/$1.sqlite" "$REPO/results/$1.sqlite" >&2
+    local wrote; wrote=$(cat "$REPO/results/checkpoints/MACHINE" 2>/dev/null || true)
+    if compgen -G "$REPO/results/checkpoints/$1/*.pt" >/dev/null && [ "$wrote" != "$(machine)" ]; then
+      say "$1: checkpoints of runs in flight left in results/checkpoints: written on '$wrote', this is '$(machine)'"
+    elif compgen -G "$REPO/results/checkpoints/$1/*.pt" >/dev/null; then
+      mkdir -p "$RUNS/$1.sqlite.checkpoints"
+      cp -n "$REPO/results/checkpoints/$1/"*.pt "$RUNS/$1.sqlite.checkpoints/"
+      say "$1: $(ls "$REPO/results/checkpoints/$1/"*.pt | wc -l) checkpoint(s) of runs in flight put back"
+    fi
   fi
 }
 
@@ -64,6 +90,9 @@ running() {    # running NAME: a runner on runs/NAME.sqlite, or the pilot's loop
 start() {
   [ -x "$VENV/bin/python" ] || { say "no Python at $VENV/bin/python: set GENCE_VENV to the venv gence is installed in"; exit 2; }
   [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
+  case "$(machine)" in *avx512_bf16=no*)
+    say "warning: this CPU ($(machine)) has no native bf16: the study's bf16 runs go ~20x slower here than on one with avx512_bf16" ;;
+  esac
   restore study
   restore pilot
   if running study; then say "the study is already running"; else
@@ -107,6 +136,20 @@ snapshot() {   # the commands on the third line of each page regenerate it from 
   say "snapshot written; commit results/ and RESULTS.md"
 }
 
+handover() {    # snapshot, then results/checkpoints/NAME/ = the checkpoints in flight now (stale ones removed)
+  snapshot
+  mkdir -p "$REPO/results/checkpoints"; machine > "$REPO/results/checkpoints/MACHINE"
+  for name in study pilot; do
+    local dst=$REPO/results/checkpoints/$name
+    rm -rf "$dst"; mkdir -p "$dst"
+    if compgen -G "$RUNS/$name.sqlite.checkpoints/*.pt" >/dev/null; then
+      cp "$RUNS/$name.sqlite.checkpoints/"*.pt "$dst/"   # written by rename, so never half a file
+    fi
+    say "$name: $(find "$dst" -name '*.pt' | wc -l) checkpoint(s) in $dst"
+  done
+  say "commit results/ (checkpoints included) and RESULTS.md"
+}
+
 stop() {        # the pilot's loop first, or it would start its next phase
   pkill -TERM -f -- "$PILOT_LOOP $RUNS" || true
   for name in study pilot; do pkill -TERM -f -- "--db $RUNS/$name.sqlite" && say "$name: SIGTERM sent" || true; done
@@ -116,6 +159,7 @@ case "${1:-}" in
   start) start ;;
   status) status ;;
   snapshot) snapshot ;;
+  handover) handover ;;
   stop) stop ;;
-  *) sed -n 2,8p "$0" >&2; exit 2 ;;
+  *) sed -n 2,9p "$0" >&2; exit 2 ;;
 esac
