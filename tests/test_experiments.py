@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gence.cli import main
 from gence.experiments import ResultsDB, load_grid, parse_grid, run_grid, shard
@@ -297,6 +298,9 @@ def test_runner_skips_done_and_stores_failures_retried_only_when_asked(tmp_path,
     done = [r for r in rows if r["status"] == "done"]
     assert all(r["metrics"]["test/error"] > 0 and r["wall_seconds"] >= 0 for r in done)
     assert all(r["hardware"] and r["torch_version"] and r["gence_version"] for r in rows)
+    # one CPU model name covers machines with and without AVX-512 (bf16 ~20x slower without): the stored
+    # hardware names the capability torch's kernels run at
+    assert all(f", {torch.backends.cpu.get_cpu_capability()}, " in r["hardware"] for r in rows)
     # again: nothing runs
     s = run_grid(runs, db, run_fn=run_fn, progress=False)
     assert (s.done, s.failed, s.already_done, s.skipped_failed) == (0, 0, 8, 4)

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_seconds   REAL,                        -- wall time of the run as the runner measured it
     attempts       INTEGER NOT NULL DEFAULT 0,  -- how many times the run was claimed
     gence_version  TEXT, torch_version TEXT, python_version TEXT,
-    hardware       TEXT,                        -- GPU name or CPU model with cores and torch threads
+    hardware       TEXT,                        -- GPU name, or CPU model with cores, kernel capability, torch threads
     host           TEXT,
     owner          TEXT,                        -- host:pid:nonce of the process holding a 'running' claim
     lease_until    REAL,                        -- unix time after which a 'running' claim is stale
@@ -89,7 +89,9 @@ def utcnow() -> str:
 
 
 def hardware_string(device: str | None = None) -> str:
-    """GPU name when the run uses CUDA, else the CPU model with its core count and torch's thread count."""
+    """GPU name when the run uses CUDA, else the CPU model with its core count, the CPU capability torch's
+    kernels use (``DEFAULT``, ``AVX2``, ``AVX512``...: one model name covers CPUs with and without
+    AVX-512, whose bf16 kernels differ in speed ~20x and in rounding) and torch's thread count."""
     if device not in (None, "cpu") and torch.cuda.is_available() \
             and str(device).startswith(("cuda", "auto")):
         index = torch.cuda.current_device()
@@ -104,7 +106,7 @@ def hardware_string(device: str | None = None) -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores, torch threads {torch.get_num_threads()})"
+    return f"{model} ({cores} cores, {torch.backends.cpu.get_cpu_capability()}, torch threads {torch.get_num_threads()})"
 
 
 @functools.lru_cache(maxsize=1)
