@@ -59,14 +59,16 @@ worktree() {   # worktree NAME REV: a detached worktree of this clone at REV
   echo "$dir"
 }
 
-restore() {    # restore NAME: runs/NAME.sqlite from the committed snapshot when absent
+restore() {    # restore NAME: runs/NAME.sqlite from the committed snapshot when absent, and the checkpoints
+  # committed beside it when $MACHINE (set by start) is the kind of CPU that wrote them
   if [ ! -f "$RUNS/$1.sqlite" ]; then
     mkdir -p "$RUNS"
     "$VENV/bin/gence" merge "$RUNS/$1.sqlite" "$REPO/results/$1.sqlite" >&2
+    compgen -G "$REPO/results/checkpoints/$1/*.pt" >/dev/null || return 0
     local wrote; wrote=$(cat "$REPO/results/checkpoints/MACHINE" 2>/dev/null || true)
-    if compgen -G "$REPO/results/checkpoints/$1/*.pt" >/dev/null && [ "$wrote" != "$(machine)" ]; then
-      say "$1: checkpoints of runs in flight left in results/checkpoints: written on '$wrote', this is '$(machine)'"
-    elif compgen -G "$REPO/results/checkpoints/$1/*.pt" >/dev/null; then
+    if [ "$wrote" != "$MACHINE" ]; then
+      say "$1: checkpoints of runs in flight left in results/checkpoints: written on '$wrote', this is '$MACHINE'"
+    else
       mkdir -p "$RUNS/$1.sqlite.checkpoints"
       cp -n "$REPO/results/checkpoints/$1/"*.pt "$RUNS/$1.sqlite.checkpoints/"
       say "$1: $(ls "$REPO/results/checkpoints/$1/"*.pt | wc -l) checkpoint(s) of runs in flight put back"
@@ -90,8 +92,9 @@ running() {    # running NAME: a runner on runs/NAME.sqlite, or the pilot's loop
 start() {
   [ -x "$VENV/bin/python" ] || { say "no Python at $VENV/bin/python: set GENCE_VENV to the venv gence is installed in"; exit 2; }
   [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
-  case "$(machine)" in *avx512_bf16=no*)
-    say "warning: this CPU ($(machine)) has no native bf16: the study's bf16 runs go ~20x slower here than on one with avx512_bf16" ;;
+  MACHINE=$(machine)   # read by restore
+  case "$MACHINE" in *avx512_bf16=no*)
+    say "warning: this CPU ($MACHINE) has no native bf16: the study's bf16 runs go ~20x slower here than on one with avx512_bf16" ;;
   esac
   restore study
   restore pilot
