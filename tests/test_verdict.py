@@ -594,3 +594,62 @@ def test_opening_shows_the_estimate_of_a_claim_with_too_few_settings_beside_its_
     md = write_for(db, tmp_path / "out", verdict_spec=VerdictSpec(few_labels=("balanced",), min_fraction=0.5)).markdown
     line = next(x for x in md.splitlines() if x.startswith("| Accuracy with few labels |"))
     assert line == f"| Accuracy with few labels | error % | {cell} | {cell} | **not enough data yet** |"
+
+
+LR_ONLY_GRID = """
+[verdict]
+lr_robustness = ["lr_sweep"]
+
+[train]
+epochs = 1
+
+[[grid]]
+name = "lr_sweep"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20"]
+models = ["small_cnn"]
+seeds = [200, 201, 202, 203, 204, 205, 206, 207]
+sweep = { lr = [0.01, 0.2] }
+losses = ["ce", "gence"]
+"""
+
+
+def collapse_where_not_converged(config):
+    """GenCE collapses (a class never predicted) at lr 0.2 only at balanced:20, the setting whose budget the
+    pilot fails; its error is CE's, so only the collapse test can decide the claim."""
+    m = {"test/error": 0.3 + 0.01 * noise(config), "test/never_predicted":
+         1.0 if (config["loss"], config["lr"], config["regime"]) == ("gence", 0.2, "balanced:20") else 0.0}
+    return m, {}
+
+
+def test_decide_on_converged_counts_collapses_in_the_settings_shown_converged_only(tmp_path, monkeypatch):
+    grid = parse_grid(textwrap.dedent(LR_ONLY_GRID), name="lr-grid")
+    db = tmp_path / "lr.sqlite"
+    run_grid(grid.runs, db, run_fn=collapse_where_not_converged, progress=False, grid_text=(grid.name, None, grid.text))
+    make_pilot(tmp_path)                     # E = 1 passes at balanced:5, fails at balanced:20
+    monkeypatch.chdir(tmp_path)
+    stored = rows(db)
+    assert len(stored) == 64
+
+    def collapsed(lab, regimes):
+        runs = [r for r in stored if r["label"] == lab and r["config"]["regime"] in regimes]
+        return sum(r["metrics"]["test/never_predicted"] > 0 for r in runs), len(runs)
+    every = {lab: collapsed(lab, ("balanced:5", "balanced:20")) for lab in ("gence", "ce")}
+    assert every == {"gence": (8, 32), "ce": (0, 32)}
+    p_every = stats.fisher_exact([[8, 24], [0, 32]])[1]
+    assert p_every < 0.05
+    table = textwrap_table(LR_ONLY_GRID)
+    # every setting: GenCE collapses significantly more often, so the claim does not hold
+    plain = claim(build_verdict(load_results(db), VerdictSpec.from_table({**table, "pilot": "pilot.sqlite"})),
+                  "Learning-rate")
+    assert plain.decision.status == NOT_HOLDS
+    assert plain.evidence.startswith(f"collapsed runs: gence 8/32, ce 0/32 (Fisher p={p_every:.3g})")
+    # decided on the settings shown converged: balanced:5 only, where nothing collapsed
+    spec = VerdictSpec.from_table({**table, "pilot": "pilot.sqlite", "decide_on": "converged"})
+    conv = claim(build_verdict(load_results(db), spec), "Learning-rate")
+    assert collapsed("gence", ("balanced:5",)) == (0, 16) and collapsed("ce", ("balanced:5",)) == (0, 16)
+    assert conv.evidence.startswith("collapsed runs in the settings shown converged: gence 0/16, ce 0/16")
+    assert conv.decision.status != NOT_HOLDS and conv.decision.compared == 1
+    assert ("Collapsed runs in these blocks in the settings shown converged: gence 0 of 16, ce 0 of 16" in conv.body
+            and "counting every setting (the verdict is not decided on the others): gence 8 of 32, ce 0 of 32."
+            in conv.body)

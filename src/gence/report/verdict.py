@@ -314,10 +314,17 @@ def annotate_pilot(comps: Sequence[Comparison], results: T.Results, spec: Verdic
         return
     runs = [*results.runs, *results.tuning_runs]
     for c in comps:
-        budgets = {r.config.get(C.PILOT_FIELD) for r in runs
-                   if r.block == c.block and r.setting == c.setting and r.label in (c.label, c.other)}
-        c.epochs = budgets.pop() if len(budgets) == 1 else None
-        c.pilot = C.budget_status(settings, c.setting, c.epochs) if c.epochs is not None else "several budgets"
+        c.epochs, c.pilot = _pilot_status(settings, runs, c.block, c.setting, (c.label, c.other))
+
+
+def _pilot_status(settings: Sequence[C.PilotSetting], runs: Sequence[T.Run], block: str, setting: tuple,
+                  labels: Sequence[str]) -> tuple[Any, str]:
+    """The budget (``epochs``) the runs of ``labels`` in ``block`` and ``setting`` share (None when several)
+    and what the pilot's rule says of it."""
+    budgets = {r.config.get(C.PILOT_FIELD) for r in runs
+               if r.block == block and r.setting == setting and r.label in labels}
+    epochs = budgets.pop() if len(budgets) == 1 else None
+    return epochs, C.budget_status(settings, setting, epochs) if epochs is not None else "several budgets"
 
 
 def converged(comps: Sequence[Comparison]) -> list[Comparison]:
@@ -811,11 +818,20 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
         if len(worst) == 2 and len(losses[ce_l]) == len(losses[ge_l]) == len(lrs) and len(lrs) > 1:
             worst_comps.append(comp(block, setting, losses[ge_l][worst[ge_l]], losses[ce_l][worst[ce_l]]))
             worst_what[(block, setting)] = worst
-    n_coll = {lab: sum(_collapsed(r) for r in mine if r.label == lab) for lab in (ce_l, ge_l)}
-    n_runs = {lab: sum(r.label == lab for r in mine) for lab in (ce_l, ge_l)}
+    # the collapse test counts the runs of the settings the verdict is decided on: with decide_on =
+    # "converged", those whose budget passes the pilot's rule (as for the worst-lr comparisons)
+    counted = mine
+    if spec.only_converged:
+        pilot, status = pilot_settings(spec), {}
+        for r in mine:
+            if (r.block, r.setting) not in status:
+                status[(r.block, r.setting)] = _pilot_status(pilot, every, r.block, r.setting, (ce_l, ge_l))[1]
+        counted = [r for r in mine if status[(r.block, r.setting)] == C.PASSES]
+    n_coll = {lab: sum(_collapsed(r) for r in counted if r.label == lab) for lab in (ce_l, ge_l)}
+    n_runs = {lab: sum(r.label == lab for r in counted) for lab in (ce_l, ge_l)}
     p_fisher = float(fisher_exact([[n_coll[ge_l], n_runs[ge_l] - n_coll[ge_l]],
                                    [n_coll[ce_l], n_runs[ce_l] - n_coll[ce_l]]])[1]) if all(n_runs.values()) else math.nan
-    more_collapse = p_fisher < ALPHA and n_coll[ge_l] / n_runs[ge_l] > n_coll[ce_l] / n_runs[ce_l]
+    more_collapse = bool(p_fisher < ALPHA) and n_coll[ge_l] / n_runs[ge_l] > n_coll[ce_l] / n_runs[ce_l]
     annotate_pilot(worst_comps, results, spec)
     mark_verdict_family(worst_comps, spec)
     d = with_pilot_counts(decide(worst_comps, 0, spec.min_fraction), worst_comps, spec)
@@ -831,7 +847,8 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
         status = INCONCLUSIVE
     provisional = any(b.done < b.total for b in progress.blocks if b.block in blocks)
     decision = dataclasses.replace(d, status=status, provisional=provisional)
-    evidence = (f"collapsed runs: {ge_l} {n_coll[ge_l]}/{n_runs[ge_l]}, {ce_l} {n_coll[ce_l]}/{n_runs[ce_l]} "
+    shown = " in the settings shown converged" if spec.only_converged else ""
+    evidence = (f"collapsed runs{shown}: {ge_l} {n_coll[ge_l]}/{n_runs[ge_l]}, {ce_l} {n_coll[ce_l]}/{n_runs[ce_l]} "
                 f"({p_text(p_fisher, 'Fisher p')}); worst-lr error over {d.compared} setting(s)")
     if d.pooled is not None and d.pooled.k:
         r = d.pooled.random
@@ -842,8 +859,12 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     md = [f"Blocks {_blocks_text(blocks)}: {ce_l} and {ge_l} trained at each {field} of the sweep on the same seeds. "
           f"A run has *collapsed* when at least one class is never predicted on the test split "
           f"(`{METRIC['never_predicted']}` > 0).", "",
-          f"- Collapsed runs in these blocks: {ge_l} {n_coll[ge_l]} of {n_runs[ge_l]}, {ce_l} {n_coll[ce_l]} of "
-          f"{n_runs[ce_l]} (Fisher's exact test, two-sided: {p_text(p_fisher)})."]
+          f"- Collapsed runs in these blocks{shown}: {ge_l} {n_coll[ge_l]} of {n_runs[ge_l]}, {ce_l} "
+          f"{n_coll[ce_l]} of {n_runs[ce_l]} (Fisher's exact test, two-sided: {p_text(p_fisher)})"
+          + ("." if not spec.only_converged else
+             f"; counting every setting (the verdict is not decided on the others): "
+             + ", ".join(f"{lab} {sum(_collapsed(r) for r in mine if r.label == lab)} of "
+                         f"{sum(r.label == lab for r in mine)}" for lab in (ge_l, ce_l)) + ".")]
     if coll_where:
         md.append("- Where runs collapsed (loss, " + field + ", dataset, regime): "
                   + "; ".join(f"{lab}, {lr:g}, {ds}, {reg}" for lab, lr, ds, reg in coll_where) + ".")
