@@ -5,6 +5,7 @@ seconds; none reads /work/shared or any data directory.
 """
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -166,6 +167,14 @@ def test_small_cnn_learns_digits_from_50_per_class():
     assert len(result.extras["history"]) == 10
     assert result.metrics["train/loss"] == result.extras["history"][-1]["loss"]
     assert sum(result.extras["reliability"]["test"]["count"]) == len(result.test_labels)
+    # what ran it, in the same words the results database stores: the CPU model (from /proc/cpuinfo where
+    # it exists), its cores, torch's kernel capability and threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert result.extras["hardware"].endswith(f" ({cores} cores, {torch.backends.cpu.get_cpu_capability()}, "
+                                              f"torch threads {torch.get_num_threads()})")
+    if os.path.exists("/proc/cpuinfo"):
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        assert result.extras["hardware"].startswith(f"{model} (")
     json.dumps(result.extras)  # JSON-able
     json.dumps(result.config)
 

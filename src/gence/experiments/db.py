@@ -37,6 +37,7 @@ import torch
 
 import gence
 from gence.contract import KEY_EXCLUDED_FIELDS, canonical_json, run_key
+from gence.train.loop import hardware_string   # re-exported: the runner stores it
 
 __all__ = ["ResultsDB", "database_problem", "SCHEMA_VERSION", "canonical_json", "run_key", "KEY_EXCLUDED_FIELDS", "hardware_string",
            "software_versions", "code_revision", "utcnow"]
@@ -86,27 +87,6 @@ _STORE_ROW = (f"INSERT OR REPLACE INTO runs ({', '.join(_RUN_COLUMNS)}) "
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def hardware_string(device: str | None = None) -> str:
-    """GPU name when the run uses CUDA, else the CPU model with its core count, the CPU capability torch's
-    kernels use (``DEFAULT``, ``AVX2``, ``AVX512``...: one model name covers CPUs with and without
-    AVX-512, whose bf16 kernels differ in speed ~20x and in rounding) and torch's thread count."""
-    if device not in (None, "cpu") and torch.cuda.is_available() \
-            and str(device).startswith(("cuda", "auto")):
-        index = torch.cuda.current_device()
-        return f"{torch.cuda.get_device_name(index)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores, {torch.backends.cpu.get_cpu_capability()}, torch threads {torch.get_num_threads()})"
 
 
 @functools.lru_cache(maxsize=1)

@@ -131,13 +131,28 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def hardware(device: torch.device) -> str:
-    """A one-line description of what ran the training, for every result."""
-    if device.type == "cuda":
-        what = torch.cuda.get_device_name(device)
-    else:
-        what = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    return f"{device.type}: {what}; torch {torch.__version__}"
+def hardware_string(device: str | torch.device | None = None) -> str:
+    """What ran a run, for every result (``fit``'s ``extras["hardware"]``, the results database's ``hardware``):
+    the GPU's name and CUDA version when ``device`` is a CUDA device (or ``"auto"`` with CUDA present), else the
+    CPU model with its core count, the CPU capability torch's kernels use (``DEFAULT``, ``AVX2``,
+    ``AVX512``...: one model name covers CPUs with and without AVX-512, whose bf16 kernels differ in speed ~20x
+    and in rounding) and torch's thread count."""
+    name = str(device) if device is not None else "cpu"
+    if name.startswith(("cuda", "auto")) and torch.cuda.is_available():
+        index = torch.device(name).index if name.startswith("cuda") else None
+        index = torch.cuda.current_device() if index is None else index
+        return f"{torch.cuda.get_device_name(index)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores, {torch.backends.cpu.get_cpu_capability()}, torch threads {torch.get_num_threads()})"
 
 
 @contextlib.contextmanager
@@ -527,7 +542,7 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
         "history": history,
         "data": {"n_train": n_train, "n_val": len(data.val_y), "n_test": len(ds.test_y),
                  "class_counts": data.class_counts, "augment": data.augment or False},
-        "hardware": hardware(device),
+        "hardware": hardware_string(device),
     }
     return TrainResult(metrics=out, extras=extras, config=config.to_dict(),
                        test_logits=test_logits, test_labels=ds.test_y.clone())
