@@ -102,6 +102,38 @@ def test_resumed_run_equals_a_run_never_stopped(tmp_path, monkeypatch):
     assert resumed.metrics["train/seconds"] > first_part > 0
 
 
+def test_checkpoint_from_other_hardware_resumes_with_a_warning(tmp_path, monkeypatch):
+    """Kernels differ by CPU capability, GPU and thread count: a checkpoint written on other hardware of the
+    same device type goes on from its epoch, saying its numbers may not be bit-identical; one from before the
+    field existed, or from this hardware, resumes silently."""
+    import warnings
+
+    config = tiny(epochs=2)
+    path = tmp_path / "run.pt"
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 1)
+        with pytest.raises(Killed):
+            fit(config, progress=False, checkpoint=path)
+    state = torch.load(path, weights_only=True)
+    assert f", {torch.backends.cpu.get_cpu_capability()}, torch threads {torch.get_num_threads()})" in state["hardware"]
+    other = tmp_path / "other.pt"
+    torch.save({**state, "hardware": "Another CPU (64 cores, AVX2, torch threads 8)"}, other)
+    old = tmp_path / "old.pt"
+    torch.save({k: v for k, v in state.items() if k != "hardware"}, old)
+    with monkeypatch.context() as m:
+        epochs = count_epochs(m)
+        with pytest.warns(UserWarning, match=r"written on Another CPU \(64 cores, AVX2, torch threads 8\), this "
+                                             r"run is on .*: it goes on from the saved epoch"):
+            fit(config, progress=False, checkpoint=other)
+    assert len(epochs) == 1                      # resumed after epoch 1, not started again
+    for quiet in (old, path):
+        with monkeypatch.context() as m, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            epochs = count_epochs(m)
+            fit(config, progress=False, checkpoint=quiet)
+        assert len(epochs) == 1
+
+
 def test_checkpoints_are_saved_once_a_minute_and_after_the_last_epoch(tmp_path, monkeypatch):
     import gence.train.loop as loop
 

@@ -46,7 +46,9 @@ Conventions (where the issue left a choice):
   run started again with the same PATH goes on after the last saved epoch, and gives the same metrics as
   a run never stopped (same machine). A checkpoint of another run (another run key; ``data_dir`` and
   ``device`` may differ) raises ValueError; one written on another device type is ignored with a
-  warning (its random streams cannot carry over). ``fit`` leaves the file in place.
+  warning (its random streams cannot carry over); one written on other hardware of the same type (another
+  :func:`hardware_string`: CPU capability, GPU, thread count) is resumed with a warning that the numbers may
+  match neither machine's uninterrupted run bit for bit. ``fit`` leaves the file in place.
 """
 from __future__ import annotations
 
@@ -287,6 +289,11 @@ def _load_checkpoint(path: str | os.PathLike, config: TrainConfig, device: torch
         warnings.warn(f"checkpoint {os.fspath(path)!r} was written on {state['device_type']}, this run is on "
                       f"{device.type}: its random streams cannot carry over, so training starts from epoch 0")
         return None
+    here = hardware_string(device)
+    if state.get("hardware", here) != here:   # checkpoints written before the field existed say nothing
+        warnings.warn(f"checkpoint {os.fspath(path)!r} was written on {state['hardware']}, this run is on {here}: "
+                      "it goes on from the saved epoch, but kernels differ by CPU capability, GPU and thread "
+                      "count, so its numbers may match an uninterrupted run on neither machine bit for bit")
     return state
 
 
@@ -442,7 +449,8 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
                                        or history[-1]["seconds"] - last_save >= CHECKPOINT_SECONDS):
             last_save = history[-1]["seconds"]
             _save_checkpoint(checkpoint, {
-                "config": config.to_dict(), "device_type": device.type, "history": history,
+                "config": config.to_dict(), "device_type": device.type, "hardware": hardware_string(device),
+                "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
