@@ -2,11 +2,22 @@
 # The study's GPU slice (issue 15): a paper-like slice of configs/study.toml on one GPU, several runs at
 # once, each stored in the results database the moment it ends (a kill keeps every finished run).
 #
-#   scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG]
+#   scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]
 #
 # DATA_DIR holds cifar10-jpeg.tar.gz and mnist/ (as ../shared/data does); OUT_DB is created or resumed;
-# WORKERS processes share the one GPU (default 4); CONFIG defaults to configs/gpu_slice.toml.
-# GENCE_SLICE_DEVICE overrides the device (the test runs it on the CPU with a tiny config).
+# WORKERS processes share the one GPU (default 4); CONFIG defaults to configs/gpu_slice.toml; BENCH_ARGS go
+# to `gence bench` as they are (--blocks, --reuse, ...). GENCE_SLICE_DEVICE overrides the device (the test
+# runs it on the CPU with a tiny config).
+#
+# Blocks of the study itself run the same way, into a copy of its database (the device is not part of a
+# run's key, so a run trained here fills the study's own slot; its hardware field names the GPU):
+#   run(command="cp results/study.sqlite $OUT/study.sqlite && scripts/gpu_slice.sh .data $OUT/study.sqlite 8 "
+#               "configs/study.toml --blocks 'lr_b50_cifar10_resnet20,main_b50_cifar10_resnet20' "
+#               "--reuse results/pilot.sqlite", carry=[".data"], timeout_s=540)
+#   gence merge results/study.sqlite <files_at>/study.sqlite
+# (CIFAR-10's blocks wait for the budget its pilot sets: the header of configs/study.toml says when. A GPU
+# run's numbers differ from a CPU run's in the last bits, as two CPU kinds' do: each is reproducible on its
+# own hardware, stored in the run's hardware field.)
 #
 # On a lent GPU machine (the device tool), from the repository root, with the data copied into an
 # ignored folder .data/ (cifar10-jpeg.tar.gz and mnist/, ~31 MB) and named in `carry`:
@@ -16,10 +27,12 @@
 #   gence report results/study.sqlite ...           (the runs carry their GPU in their hardware field)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_DIR=${1:?usage: scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG]}
-OUT_DB=${2:?usage: scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG]}
+USAGE="usage: scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]"
+DATA_DIR=${1:?$USAGE}
+OUT_DB=${2:?$USAGE}
 WORKERS=${3:-4}
 CONFIG=${4:-configs/gpu_slice.toml}
+shift $(( $# < 4 ? $# : 4 ))   # what is left goes to gence bench
 DEVICE=${GENCE_SLICE_DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 
@@ -31,7 +44,7 @@ fi
 echo "gpu_slice: $CONFIG on $DEVICE, $WORKERS workers -> $OUT_DB ($(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
 start=$(date +%s)
 "$PYTHON" -m gence.cli bench "$CONFIG" --data-dir "$DATA_DIR" --db "$OUT_DB" --device "$DEVICE" \
-    --workers "$WORKERS" --threads 2 --no-report --quiet
+    --workers "$WORKERS" --threads 2 --no-report --quiet "$@"
 echo "gpu_slice: done in $(( $(date +%s) - start )) s"
 "$PYTHON" - "$OUT_DB" <<'PY'
 import json, sqlite3, sys

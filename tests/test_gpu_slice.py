@@ -56,3 +56,18 @@ def test_gpu_slice_script_refuses_without_cuda_unless_told(tmp_path):
     assert out.returncode != 0
     assert "no CUDA device" in out.stderr
     assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_gpu_slice_script_passes_the_rest_to_bench(tmp_path):
+    # what a lent GPU runs for blocks of the study: one block of a two-block grid, by --blocks after CONFIG
+    config = tmp_path / "two.toml"
+    other = TINY.split("[[grid]]")[1].replace('"gpu_slice"', '"other"').replace("[0, 1]", "[5, 6]")
+    config.write_text(f"{TINY}\n[[grid]]{other}")
+    db = tmp_path / "slice.sqlite"
+    env = dict(os.environ, GENCE_SLICE_DEVICE="cpu", PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(REPO / "scripts" / "gpu_slice.sh"), str(tmp_path), str(db), "2", str(config),
+                          "--blocks", "oth*"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = sqlite3.connect(db).execute("select grid, label, seed, status from runs").fetchall()
+    assert sorted(rows) == [("other", "ce", 5, "done"), ("other", "ce", 6, "done"),
+                            ("other", "gence", 5, "done"), ("other", "gence", 6, "done")]
