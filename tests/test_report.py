@@ -359,3 +359,19 @@ def test_setup_shows_the_latest_text_of_a_grid_file_edited_between_runs(tmp_path
     assert md.count("<details>") == 1 and "seeds = [0, 1]  # one more seed" in md and "seeds = [0]\n" not in md
     sha_old = hashlib.sha256(old.encode()).hexdigest()[:12]
     assert f"the latest of 2 versions stored, the earlier ones {sha_old} (" in md
+
+
+def test_error_vs_labels_with_one_budget_keeps_the_points_near_the_middle(tmp_path):
+    # one labels-per-class value: the losses' dodged points sit near the middle of the (log) x-axis,
+    # not on its two edges
+    grid = parse_grid(textwrap.dedent(GRID).replace('"balanced:5", "balanced:20", "long_tailed:10:50"',
+                                                    '"balanced:20"'))
+    db = tmp_path / "one.sqlite"
+    run_grid([r for r in grid.runs if r.grid == "main"], db, run_fn=fake_run, progress=False)
+    results = load_results(db)
+    fig = plots._figure()
+    ax = fig.subplots()
+    plots._error_vs_labels_axes(ax, results, results.settings(), ["ce", "gence"])
+    lo, hi = (math.log(v) for v in ax.get_xlim())
+    xs = [x for line in ax.get_lines() for x in line.get_xdata()]
+    assert len(xs) >= 2 and all(abs((math.log(x) - lo) / (hi - lo) - 0.5) < 0.1 for x in xs)

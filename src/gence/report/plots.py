@@ -56,6 +56,8 @@ def _error_vs_labels_axes(ax, results: Results, settings: list, labels: list[str
     ax.set_xscale("log")
     ticks = sorted({_labels_per_class(s[1]) for s in settings})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    if len(ticks) == 1:   # else the limits hug the dodged points, which land on the two edges
+        ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
     ax.minorticks_off()
     ax.set_xlabel("labelled images per class")
     ax.grid(True, which="both", alpha=0.3)
