@@ -827,8 +827,10 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
             if (r.block, r.setting) not in status:
                 status[(r.block, r.setting)] = _pilot_status(pilot, every, r.block, r.setting, (ce_l, ge_l))[1]
         counted = [r for r in mine if status[(r.block, r.setting)] == C.PASSES]
-    n_coll = {lab: sum(_collapsed(r) for r in counted if r.label == lab) for lab in (ce_l, ge_l)}
-    n_runs = {lab: sum(r.label == lab for r in counted) for lab in (ce_l, ge_l)}
+    def collapse_counts(runs):   # per loss: runs collapsed, runs
+        return ({lab: sum(_collapsed(r) for r in runs if r.label == lab) for lab in (ce_l, ge_l)},
+                {lab: sum(r.label == lab for r in runs) for lab in (ce_l, ge_l)})
+    n_coll, n_runs = collapse_counts(counted)
     p_fisher = float(fisher_exact([[n_coll[ge_l], n_runs[ge_l] - n_coll[ge_l]],
                                    [n_coll[ce_l], n_runs[ce_l] - n_coll[ce_l]]])[1]) if all(n_runs.values()) else math.nan
     more_collapse = bool(p_fisher < ALPHA) and n_coll[ge_l] / n_runs[ge_l] > n_coll[ce_l] / n_runs[ce_l]
@@ -848,6 +850,7 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     provisional = any(b.done < b.total for b in progress.blocks if b.block in blocks)
     decision = dataclasses.replace(d, status=status, provisional=provisional)
     shown = " in the settings shown converged" if spec.only_converged else ""
+    all_coll, all_runs = collapse_counts(mine)
     evidence = (f"collapsed runs{shown}: {ge_l} {n_coll[ge_l]}/{n_runs[ge_l]}, {ce_l} {n_coll[ce_l]}/{n_runs[ce_l]} "
                 f"({p_text(p_fisher, 'Fisher p')}); worst-lr error over {d.compared} setting(s)")
     if d.pooled is not None and d.pooled.k:
@@ -863,8 +866,7 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
           f"{n_coll[ce_l]} of {n_runs[ce_l]} (Fisher's exact test, two-sided: {p_text(p_fisher)})"
           + ("." if not spec.only_converged else
              f"; counting every setting (the verdict is not decided on the others): "
-             + ", ".join(f"{lab} {sum(_collapsed(r) for r in mine if r.label == lab)} of "
-                         f"{sum(r.label == lab for r in mine)}" for lab in (ge_l, ce_l)) + ".")]
+             + ", ".join(f"{lab} {all_coll[lab]} of {all_runs[lab]}" for lab in (ge_l, ce_l)) + ".")]
     if coll_where:
         md.append("- Where runs collapsed (loss, " + field + ", dataset, regime): "
                   + "; ".join(f"{lab}, {lr:g}, {ds}, {reg}" for lab, lr, ds, reg in coll_where) + ".")

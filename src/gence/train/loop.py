@@ -389,6 +389,7 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
         history = list(state["history"])
         first_epoch, seconds_before = len(history), history[-1]["seconds"]
     start, last_save = time.perf_counter(), seconds_before
+    hardware = hardware_string(device) if checkpoint is not None else None   # once, not at every save
     model.train()
     # Advanced per step (no device sync needed), described per epoch once the epoch's loss is known.
     bar = tqdm(total=total_steps, initial=min(total_steps, first_epoch * steps_per_epoch), desc="train",
@@ -449,7 +450,7 @@ def train_epochs(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
                                        or history[-1]["seconds"] - last_save >= CHECKPOINT_SECONDS):
             last_save = history[-1]["seconds"]
             _save_checkpoint(checkpoint, {
-                "config": config.to_dict(), "device_type": device.type, "hardware": hardware_string(device),
+                "config": config.to_dict(), "device_type": device.type, "hardware": hardware,
                 "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
