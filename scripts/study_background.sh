@@ -29,7 +29,8 @@ set -euo pipefail
 
 STUDY_REV=d7964a8            # the study's launch commit (configs/study.toml as launched)
 STUDY_BLOCKS='lr_*_fashion_mnist_*,main_*_fashion_mnist_*'   # tier 1; see the header of configs/study.toml
-PILOT_REV=46ce022            # configs/pilot.toml with the 16,000-step Fashion-MNIST partners
+PILOT_REV=db2ec76            # configs/pilot.toml with the 16,000-step partners (Fashion-MNIST, then CIFAR-10); src as at
+                             # 46ce022 and d7964a8 but for changes shown to reproduce study runs bit for bit
 # the pilot's phases with one worker, in the order its decisions are needed: CIFAR-10's budget, then the
 # Fashion-MNIST 16k partners that judge the study's 8k budgets, then the rest ('*')
 PILOT_PHASES=('pilot_fp32_*' 'pilot_4k_cifar10_*' 'pilot_8k_cifar10_long_tailed_100_500' 'pilot_8k_cifar10_balanced_50'
