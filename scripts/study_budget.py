@@ -33,6 +33,7 @@ import torch
 from gence import models
 from gence.data.regimes import parse_regime
 from gence.experiments.grid import load_grid
+from gence.report.tables import compute_seconds
 
 SHAPES = {"cifar10": (3, 32), "fashion_mnist": (1, 28), "mnist": (1, 28)}   # (channels, side)
 
@@ -59,11 +60,8 @@ def measured_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float, i
         extras = json.loads(extras) if extras else {}
         if not isinstance(extras, dict) or "copied_from" in extras:
             continue
-        # a run resumed from a checkpoint stores the wall time of its last attempt only; its history's
-        # seconds count the training time of every attempt
-        history = extras.get("history") or [{}]
-        wall = max(wall, history[-1].get("seconds", 0.0))
-        per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append(wall / steps_of(config))
+        seconds = compute_seconds(wall, extras)   # a resumed run: the training time of every attempt
+        per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append(seconds / steps_of(config))
     return {k: (0.0, statistics.median(v), len(v)) for k, v in per.items()}
 
 

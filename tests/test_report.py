@@ -138,6 +138,25 @@ def test_header_lists_configs_versions_hardware_and_compute_time(report):
     assert 'name = "lr-sweep"' in md  # the grid's TOML
 
 
+def test_compute_time_of_a_resumed_run_counts_every_attempt(report, tmp_path):
+    """A run resumed from a checkpoint stores the wall time of its last attempt only; its history's seconds
+    add up the training of every attempt. Made so here by hand in SQLite: one run's wall time cut to 1 s
+    and its history's training time set to 3 h (the other runs keep their wall times)."""
+    db, _, _, _ = report
+    copy = tmp_path / "resumed.sqlite"
+    sqlite3.connect(db).backup(con := sqlite3.connect(copy))
+    key, extras = con.execute("SELECT key, extras FROM runs WHERE status='done' LIMIT 1").fetchone()
+    extras = json.loads(extras)   # the fixture's run function keeps no per-epoch seconds: the loop's history
+    extras["history"] = [{"epoch": 0, "loss": 2.0, "seconds": 1800.0}, {"epoch": 1, "loss": 1.0, "seconds": 3 * 3600.0}]
+    con.execute("UPDATE runs SET wall_seconds=1.0, extras=? WHERE key=?", (json.dumps(extras), key))
+    con.commit()
+    others = con.execute("SELECT SUM(wall_seconds) FROM runs WHERE key != ?", (key,)).fetchone()[0]
+    con.close()
+    write_report(copy, tmp_path / "out", title="t", with_plots=False)
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert f"total compute time {(3 * 3600.0 + others) / 3600:.2f} h" in md
+
+
 def test_table_means_and_stds_match_numpy_on_stored_metrics(report):
     db, out, _, _ = report
     runs = stored(db)

@@ -17,6 +17,7 @@ import numpy as np
 from gence.contract import TrainConfig, run_key
 from gence.experiments.db import ResultsDB
 from gence.properness.completeness import null_space
+from gence.report.tables import compute_seconds
 from gence.properness.study import DATASET, GRID, Sweep, default_sweep, make_task
 
 __all__ = ["write_report", "collect", "study_rows", "previous_loop_key"]
@@ -184,7 +185,7 @@ def write_report(db_path="runs/gence.sqlite", out="docs/properness.md", sweep: S
     hw = sorted({r["hardware"] or "?" for r in used})
     versions = sorted({f"gence {r['gence_version']}, torch {r['torch_version']}, "
                        f"Python {r['python_version']}" for r in used})
-    compute = sum(r["wall_seconds"] or 0.0 for r in used)
+    compute = sum(compute_seconds(r["wall_seconds"], r["extras"]) for r in used)
 
     bt = sweep.base_task
     base_desc = (f"{bt['num_classes']} classes, {bt['dim']} dimensions, balanced, separation "

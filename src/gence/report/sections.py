@@ -89,11 +89,12 @@ def compute_lines(results: "T.Results") -> tuple[str, str]:
     """The runs with their total compute time, and the hardware with runs and time on each: the two lines
     the setup and the verdict's opening show."""
     runs = list(results.runs) + list(results.tuning_runs)
-    total = sum(r.wall_seconds for r in runs) + sum(f.get("wall_seconds") or 0.0 for f in results.failed)
+    total = sum(r.compute_seconds for r in runs) + sum(f.get("wall_seconds") or 0.0 for f in results.failed)
     hw = Counter(r.hardware for r in runs)
     return (f"Runs: {len(runs)} done, {len(results.failed)} failed; total compute time {hours(total)} (sum of run "
-            "wall times, failed runs included).",
-            "Hardware: " + "; ".join(f"{h} ({n} runs, {hours(sum(r.wall_seconds for r in runs if r.hardware == h))})"
+            "wall times, failed runs included; a run resumed from a checkpoint counts the training time of "
+            "every attempt).",
+            "Hardware: " + "; ".join(f"{h} ({n} runs, {hours(sum(r.compute_seconds for r in runs if r.hardware == h))})"
                                      for h, n in sorted(hw.items())))
 
 

@@ -37,6 +37,17 @@ TIE_BREAK = METRIC["val_nll"]
 BASELINE = "ce"
 
 
+def compute_seconds(wall_seconds: float | None, extras: Any) -> float:
+    """A run's compute time: its stored wall time or, where longer, the training seconds its history counts.
+    A run resumed from a checkpoint stores the wall time of its last attempt only, while its history's
+    ``seconds`` add up the training time of every attempt (evaluations left out), so the larger of the
+    two is the closer lower bound."""
+    history = extras.get("history") if isinstance(extras, dict) else None   # a run function's own may differ
+    last = history[-1] if isinstance(history, list) and history else None
+    trained = last.get("seconds") if isinstance(last, dict) else None
+    return max(wall_seconds or 0.0, trained if isinstance(trained, (int, float)) else 0.0)
+
+
 @dataclasses.dataclass
 class Run:
     key: str
@@ -52,6 +63,10 @@ class Run:
     @property
     def setting(self) -> tuple[str, str, str]:
         return (self.config["dataset"], self.config["regime"], self.config["model"])
+
+    @property
+    def compute_seconds(self) -> float:
+        return compute_seconds(self.wall_seconds, self.extras)
 
     @property
     def seed(self) -> int:
