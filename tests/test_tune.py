@@ -355,6 +355,20 @@ def test_report_tuning_section_against_numpy_and_tuning_blocks_out_of_main_table
     assert {r["variant"] for r in main_rows} == {""}
 
 
+def test_setup_says_a_tuning_rule_once_with_every_block_it_tunes(tmp_path, fake):
+    """Two sweeps tuning two blocks by the same rule: one 'Tuned' line naming both pairs (the study has ten)."""
+    run_fn, _ = fake
+    blocks = GRID[GRID.index("[[grid]]"):]
+    text = GRID + blocks.replace('"tune"', '"tune2"').replace('"main"', '"main2"').replace("balanced:", "long_tailed:2:")
+    grid = parse_grid(textwrap.dedent(text), name="g")
+    db = tmp_path / "r.sqlite"
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, tuned=grid.tuned, grid_text=(grid.name, None, grid.text))
+    lines = [ln for ln in write_report(db, tmp_path / "out", with_plots=False).markdown.splitlines()
+             if ln.startswith("- Tuned `lr`")]
+    assert len(lines) == 1
+    assert "`main` from `tune`" in lines[0] and "`main2` from `tune2`" in lines[0] and "`val/error`" in lines[0]
+
+
 def test_report_skips_properness_rows(tmp_path, fake):
     run_fn, _ = fake
     grid = parse_grid(textwrap.dedent(GRID))

@@ -126,12 +126,16 @@ def setup(ctx: Context) -> str:
         md.append(f"- Swept hyperparameters: each loss's setting in the main tables is the one with the best "
                   f"mean `{results.select_by}` (ties: `{T.TIE_BREAK}`) on the validation split, chosen per "
                   f"dataset, regime, model and loss; see 'Hyperparameter selection'.")
+    by_rule: dict[tuple[str, str], list] = {}   # one line per rule, however many blocks follow it
     for t in results.tuning:
-        md.append(f"- Tuned `{t.field}`: block(s) {', '.join(f'`{b}`' for b in t.tuned_blocks)} take, per dataset, "
-                  f"model and loss, the `{t.field}` with the lowest mean `{t.metric}` over the runs of "
-                  f"{', '.join(f'`{b}`' for b in t.sources)} (ties: `{T.TIE_BREAK}`, then the smaller value), "
-                  f"chosen by the runner; those tuning runs are not in the main tables (see "
-                  f"'{tuning_heading(t.field)}').")
+        by_rule.setdefault((t.field, t.metric), []).append(t)
+    for (field, metric), specs in by_rule.items():
+        pairs = "; ".join(f"{', '.join(f'`{b}`' for b in t.tuned_blocks)} from "
+                          f"{', '.join(f'`{b}`' for b in t.sources)}" for t in specs)
+        md.append(f"- Tuned `{field}`: a tuned block takes, per dataset, model and loss, the `{field}` with the "
+                  f"lowest mean `{metric}` over the runs of its tuning block(s) (ties: `{T.TIE_BREAK}`, then the "
+                  f"smaller value), chosen by the runner ({pairs}); those tuning runs are not in the main tables "
+                  f"(see '{tuning_heading(field)}').")
     if results.multi_block():
         md.append("- Runs of different grid blocks are never pooled: where a setting has runs of several blocks, "
                   "the tables have a `block` column and the paired comparisons stay within a block.")
