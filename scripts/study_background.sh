@@ -27,8 +27,9 @@
 # 'start' says so.
 set -euo pipefail
 
-STUDY_REV=d7964a8            # the study's launch commit (configs/study.toml as launched)
-STUDY_BLOCKS='lr_*_fashion_mnist_*,main_*_fashion_mnist_*'   # tier 1; see the header of configs/study.toml
+STUDY_REV=5122cd4            # configs/study.toml with CIFAR-10's budgets fixed (run keys as at the launch
+                             # commit d7964a8); a stored study run reproduced there: results/study/reproduce.txt
+STUDY_BLOCKS='*'             # every tier, in file order (the launch ran tier 1 alone); see configs/study.toml
 PILOT_REV=db2ec76            # configs/pilot.toml with the 16,000-step partners (Fashion-MNIST, then CIFAR-10); src as at
                              # 46ce022 and d7964a8 but for changes shown to reproduce study runs bit for bit
 # the pilot's phases with one worker, in the order its decisions are needed: CIFAR-10's budget, then the
