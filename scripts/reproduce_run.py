@@ -10,6 +10,11 @@ stored the run: oneDNN picks kernels by instruction set, so an AMD and an Intel 
 bits from the first step on. With --baseline REV it also trains the run with the code of git revision REV
 (a temporary worktree) on this machine and compares the two: that is the check that a change left the
 numbers alone. Exact float comparison, NaN equal to NaN, timings ignored. Exit 0 when they match.
+
+With --bf16 (and --baseline) both sides train the run with amp on in bf16 autocast, even on a CPU whose
+oneDNN has no bf16 kernels, where the loop would train in float32 (gence.train.loop.amp_dtype): the check,
+on any CPU, that a change left the bf16 path alone (the path of the study's CPUs). The key is then not
+the stored run's, so nothing is compared with the store; slow where the kernels are missing.
 """
 from __future__ import annotations
 
@@ -41,13 +46,18 @@ def _strip_history(history: list[dict], like: list[dict] | None = None) -> list[
     return out
 
 
-def _train(config: dict, threads: int | None) -> dict:
+def _train(config: dict, threads: int | None, bf16: bool = False) -> dict:
     import torch
 
+    import gence.train.loop as loop
     from gence.train import TrainConfig, fit
 
     if threads:
         torch.set_num_threads(threads)
+    if bf16:   # code older than the float32 fallback always autocast to bf16 on a CPU
+        config = {**config, "amp": True}
+        if hasattr(loop, "cpu_has_bf16_kernels"):
+            loop.cpu_has_bf16_kernels = lambda: True
     result = fit(TrainConfig.from_dict(config))
     return {"metrics": result.metrics, "history": result.extras.get("history", [])}
 
@@ -79,9 +89,15 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", help="and of this grid block")
     parser.add_argument("--data-dir")
     parser.add_argument("--baseline", metavar="REV", help="also train it with the code of git revision REV here")
+    parser.add_argument("--bf16", action="store_true",
+                        help="with --baseline: both sides in bf16 autocast, on any CPU (not compared with the store)")
     parser.add_argument("--emit-json", metavar="PATH", help=argparse.SUPPRESS)  # used for --baseline
     args = parser.parse_args(argv)
 
+    if args.bf16 and not (args.baseline or args.emit_json):
+        print("reproduce_run: --bf16 needs --baseline REV (a bf16 run of a stored config has no stored twin)",
+              file=sys.stderr)
+        return 2
     if not Path(args.db).is_file():
         print(f"reproduce_run: {args.db}: no such results database", file=sys.stderr)
         return 2
@@ -104,14 +120,17 @@ def main(argv=None) -> int:
     found = re.search(r"torch threads (\d+)", row["hardware"] or "")
     threads = int(found.group(1)) if found else None
     if args.emit_json:
-        Path(args.emit_json).write_text(json.dumps(_train(config, threads)))
+        Path(args.emit_json).write_text(json.dumps(_train(config, threads, args.bf16)))
         return 0
 
     print(f"run {row['key'][:12]} {row['label']} {row['dataset']} {row['regime']} {row['model']} seed {row['seed']}"
           f" (stored by gence {row['gence_version']}, torch {row['torch_version']}, {row['hardware']})")
-    now = _train(config, threads)
-    stored = {"metrics": json.loads(row["metrics"]), "history": json.loads(row["extras"] or "{}").get("history", [])}
-    ok = _compare("stored", stored, "this checkout", now)
+    now = _train(config, threads, args.bf16)
+    ok = True
+    if not args.bf16:
+        stored = {"metrics": json.loads(row["metrics"]),
+                  "history": json.loads(row["extras"] or "{}").get("history", [])}
+        ok = _compare("stored", stored, "this checkout", now)
     if args.baseline:
         with tempfile.TemporaryDirectory() as tmp:
             tree = Path(tmp) / "tree"
@@ -124,6 +143,8 @@ def main(argv=None) -> int:
                        "--key", row["key"], "--emit-json", str(out)]
                 if args.data_dir:
                     cmd += ["--data-dir", args.data_dir]
+                if args.bf16:
+                    cmd += ["--bf16"]
                 subprocess.run(cmd, check=True, env=env, cwd=tree, stderr=subprocess.DEVNULL)
                 ok = _compare(f"baseline {args.baseline}", json.loads(out.read_text()), "this checkout", now)
             finally:

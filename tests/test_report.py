@@ -394,3 +394,26 @@ def test_error_vs_labels_with_one_budget_keeps_the_points_near_the_middle(tmp_pa
     lo, hi = (math.log(v) for v in ax.get_xlim())
     xs = [x for line in ax.get_lines() for x in line.get_xdata()]
     assert len(xs) >= 2 and all(abs((math.log(x) - lo) / (hi - lo) - 0.5) < 0.1 for x in xs)
+
+
+def test_setup_counts_runs_per_precision(report, tmp_path):
+    """The setup line says how many runs trained in which arithmetic: from extras["precision"] where a run
+    stored it, else from amp (float32 when off). Set so here by hand in SQLite: one run's extras say it ran
+    float32 for amp, two runs have amp on and no such field (bf16 on this CPU, as amp meant before)."""
+    db, _, _, _ = report
+    copy = tmp_path / "precision.sqlite"
+    sqlite3.connect(db).backup(con := sqlite3.connect(copy))
+    rows = con.execute("SELECT key, extras, config FROM runs WHERE status='done' ORDER BY key").fetchall()
+    fallback = "float32 (amp: no bf16 kernels on this CPU)"
+    for i, (key, extras, config) in enumerate(rows[:3]):
+        extras, config = json.loads(extras), json.loads(config)
+        config["amp"] = True
+        if i == 0:
+            extras["precision"] = fallback
+        con.execute("UPDATE runs SET extras=?, config=? WHERE key=?", (json.dumps(extras), json.dumps(config), key))
+    con.commit()
+    con.close()
+    write_report(copy, tmp_path / "out", title="t", with_plots=False)
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert (f"- Precision: bfloat16 autocast (2 runs); float32 ({len(rows) - 3} runs); {fallback} (1 runs)"
+            in md), [line for line in md.splitlines() if "Precision" in line]

@@ -405,3 +405,54 @@ def test_train_error_is_the_final_models_error_on_its_training_subset():
     expected = float((logits.argmax(1) != ds.train_y[torch.from_numpy(train_idx)]).double().mean())
     assert 0.5 < expected  # an untrained net: most training images wrong, so the check has teeth
     assert result.metrics["train/error"] == pytest.approx(expected, abs=1e-12)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_bf16_kernel_check_agrees_with_the_cpu_flags():
+    """oneDNN has bf16 kernels on x86 with AVX-512 (BW, VL, DQ) and none on AVX2 alone: read from
+    /proc/cpuinfo, not from torch. CPUs with neither description (other ISAs, AVX2 with AVX-NE-CONVERT)
+    are not decided here."""
+    import gence.train.loop as loop
+    flags = _cpu_flags()
+    if {"avx512bw", "avx512vl", "avx512dq"} <= flags:
+        assert loop.cpu_has_bf16_kernels()
+    elif "avx2" in flags and not flags & {"avx512f", "avx_ne_convert", "amx_bf16"}:
+        assert not loop.cpu_has_bf16_kernels()
+    else:
+        pytest.skip(f"no x86 flags that decide it here ({sorted(flags)[:5]}...)")
+
+
+def test_amp_dtype_per_device(monkeypatch):
+    """fp16 on CUDA, bf16 on a CPU with bf16 kernels, None (float32) on one without."""
+    import gence.train.loop as loop
+    for has, cpu in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(loop, "cpu_has_bf16_kernels", lambda has=has: has)
+        assert loop.amp_dtype(torch.device("cpu")) is cpu
+        assert loop.amp_dtype(torch.device("cuda")) is torch.float16
+    assert loop.precision(torch.device("cpu"), False) == "float32"
+    assert loop.precision(torch.device("cpu"), True) == "float32 (amp: no bf16 kernels on this CPU)"
+
+
+def test_amp_without_bf16_kernels_is_the_float32_run(monkeypatch):
+    """On a CPU without bf16 kernels, amp=True gives exactly the float32 run's numbers (the second method:
+    amp=False), says so in extras and warns; where the kernels exist, amp=True runs bf16: other numbers."""
+    import gence.train.loop as loop
+    float32 = fit(tiny(epochs=1), progress=False)
+    monkeypatch.setattr(loop, "cpu_has_bf16_kernels", lambda: False)
+    with pytest.warns(RuntimeWarning, match="amp=True .* no bf16 kernels .* float32"):
+        fallback = fit(tiny(epochs=1, amp=True), progress=False)
+    assert comparable(fallback.metrics) == comparable(float32.metrics)
+    assert torch.equal(fallback.test_logits, float32.test_logits)
+    assert fallback.extras["precision"] == "float32 (amp: no bf16 kernels on this CPU)"
+    assert float32.extras["precision"] == "float32"
+    monkeypatch.setattr(loop, "cpu_has_bf16_kernels", lambda: True)
+    bf16 = fit(tiny(epochs=1, amp=True), progress=False)
+    assert bf16.extras["precision"] == "bfloat16 autocast"
+    assert not torch.equal(bf16.test_logits, float32.test_logits)

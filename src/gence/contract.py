@@ -198,7 +198,7 @@ class TrainConfig:
     augment: bool | str | None = None    # None: the dataset's default; "none", "crop_flip" (= True), "crop"
     seed: int = 0
     device: str = "auto"                 # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
-    amp: bool = False                    # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    amp: bool = False                    # fp16 + GradScaler on CUDA, bf16 autocast on a CPU with bf16 kernels (float32 on one without)
     compile: bool = False                # torch.compile the training forward pass
     ood: list = field(default_factory=list)  # OOD set names, see gence.data.ood_names()
     n_bins: int = 15

@@ -107,6 +107,8 @@ def setup(ctx: Context) -> str:
         c = Counter(r.versions[key] for r in runs)
         md.append(f"- {what}: " + ", ".join(f"{v} ({n} runs)" for v, n in sorted(c.items(), key=str)))
     md.append(f"- {hardware_line}")
+    c = Counter(r.precision for r in runs)
+    md.append("- Precision: " + "; ".join(f"{p} ({n} runs)" for p, n in sorted(c.items())))
     n_bins = sorted({r.config.get("n_bins") for r in runs if r.config.get("n_bins") is not None})
     sets = sorted({s for r in runs for s in ood_sets(r.metrics)})
     md.append(f"- Metrics: error, NLL, ECE (equal-width, {', '.join(map(str, n_bins)) or '?'} bins), AdaECE "

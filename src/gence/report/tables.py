@@ -69,6 +69,17 @@ class Run:
         return compute_seconds(self.wall_seconds, self.extras)
 
     @property
+    def precision(self) -> str:
+        """The run's arithmetic: ``extras["precision"]`` (see :func:`gence.train.loop.precision`), or for a
+        run stored before that field, what ``amp`` meant then: float16 autocast on CUDA, bf16 on a CPU."""
+        stored = self.extras.get("precision") if isinstance(self.extras, dict) else None
+        if stored:
+            return stored
+        if not self.config.get("amp"):
+            return "float32"
+        return "float16 autocast" if "CUDA" in self.hardware else "bfloat16 autocast"
+
+    @property
     def seed(self) -> int:
         return int(self.config["seed"])
 

@@ -29,6 +29,10 @@ Conventions (where the issue left a choice):
   costs nothing measurable; on CUDA it picks deterministic convolution algorithms.
 - Memory layout: image batches and the model are channels-last (NHWC), the layout oneDNN and cuDNN
   convolutions prefer: about 1.2x faster on a CPU for ResNet-20, same math.
+- Mixed precision (``amp=True``, a speed option): float16 autocast with a GradScaler on CUDA; bf16 autocast
+  on a CPU whose oneDNN has bf16 kernels (x86 with AVX-512, Arm with bf16); float32 on one without (x86 with
+  AVX2 only), where bf16 autocast runs 7-13x slower than float32 (results/benchmarks/amp_cpu_avx2.txt), with
+  a warning; ``extras["precision"]`` says which (see :func:`amp_dtype`). Losses compute in float32 anyway.
 - Non-finite loss: checked once per epoch (one device sync per epoch, not per step), reporting the first
   bad step; raises :class:`NonFiniteLossError`.
 - ``n_val_per_class=0``: no validation split; ``val/*`` and ``val_ts/*`` are NaN and the temperature is 1.
@@ -53,6 +57,7 @@ Conventions (where the issue left a choice):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -76,7 +81,8 @@ from gence.contract import (CURVE_METRICS, FIT_METRICS, GROUPS, KEY_EXCLUDED_FIE
                             split_key)
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "SCHEDULES", "fit", "train_epochs", "evaluate_model",
-           "learning_rate", "step_plan", "StepPlan", "make_optimizer", "group_thresholds", "predict"]
+           "learning_rate", "step_plan", "StepPlan", "make_optimizer", "group_thresholds", "predict",
+           "amp_dtype", "precision"]
 
 @dataclass
 class TrainResult:
@@ -179,9 +185,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also every CUDA device
 
 
+@functools.cache
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN, which runs convolutions and matrix products on a CPU, has bfloat16 kernels for this
+    CPU (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: x86 with AVX-512 or newer, Arm with bf16). On
+    one without (x86 with AVX2 only) bf16 autocast falls back to reference kernels: a training step of
+    ResNet-8 on 28x28 images takes ~7x, ResNet-20 on CIFAR-10 ~13x, the float32 step
+    (benchmarks/amp_cpu.py, results/benchmarks/amp_cpu_avx2.txt).
+    True when this torch cannot tell."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:
+        return True
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype ``amp=True`` autocasts to on ``device``: float16 (with a GradScaler) on CUDA, bfloat16 on
+    a CPU with bf16 kernels (:func:`cpu_has_bf16_kernels`), None on a CPU without them: there ``amp`` trains
+    and evaluates in float32, because mixed precision is a speed option and bf16 would be the slowest
+    choice (``fit`` warns and records it in ``extras["precision"]``). The run key is the config's either
+    way, as it is across devices: the study's check of bf16 against float32 (results/study/bf16.txt)
+    found no difference beyond seed noise."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and not cpu_has_bf16_kernels():
+        return None
+    return torch.bfloat16
+
+
+def precision(device: torch.device, amp: bool) -> str:
+    """What a run's arithmetic is, for ``fit``'s ``extras["precision"]``: ``"float32"``, ``"bfloat16
+    autocast"``, ``"float16 autocast"``, or ``"float32 (amp: no bf16 kernels on this CPU)"``."""
+    if not amp:
+        return "float32"
+    dtype = amp_dtype(device)
+    return "float32 (amp: no bf16 kernels on this CPU)" if dtype is None else f"{str(dtype)[6:]} autocast"
+
+
 def autocast(device: torch.device, enabled: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+    """``torch.autocast`` to :func:`amp_dtype` when ``enabled`` (and the device has one), else a no-op."""
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=True)
 
 
 def as_memory_format(x: torch.Tensor) -> torch.Tensor:
@@ -518,6 +565,11 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
     """
     config.validate()
     device = resolve_device(config.device)
+    arithmetic = precision(device, config.amp)
+    if config.amp and amp_dtype(device) is None:
+        warnings.warn(f"amp=True on {hardware_string(device)}: oneDNN has no bf16 kernels for this CPU, where bf16 "
+                      "autocast runs 7-13x slower than float32, so this run trains and evaluates in float32 "
+                      "(extras['precision'] says so)", RuntimeWarning, stacklevel=2)
     with deterministic_algorithms():
         seed_everything(config.seed)
         data = _load_data(config, device, dataset)
@@ -552,6 +604,7 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
         "data": {"n_train": n_train, "n_val": len(data.val_y), "n_test": len(ds.test_y),
                  "class_counts": data.class_counts, "augment": data.augment or False},
         "hardware": hardware_string(device),
+        "precision": arithmetic,
     }
     return TrainResult(metrics=out, extras=extras, config=config.to_dict(),
                        test_logits=test_logits, test_labels=ds.test_y.clone())
