@@ -22,13 +22,19 @@
 # each commit of checkpoints is ~3-4 MB of history, once a session. The checkpoints go back only on a CPU
 # of the kind that wrote them (results/checkpoints/MACHINE: torch's CPU capability and native bf16): bf16
 # autocast takes other kernels on another kind, and a run trained half on each is reproducible on neither.
-# A machine without native bf16 (no avx512_bf16) runs the study's bf16 runs ~7x slower than float32 and
-# ~20x slower than one with it (seen 2026-12-02: an 8,000-step Fashion-MNIST run ~10 h instead of 0.5 h);
-# 'start' says so.
+# On a CPU whose oneDNN has no bf16 kernels (x86 with AVX2 only) bf16 autocast ran ~7-13x slower than
+# float32 (results/benchmarks/amp_cpu_avx2.txt; an 8,000-step Fashion-MNIST run ~10 h instead of 0.5 h).
+# There the loop, from STUDY_REV_NO_BF16 on, trains amp runs in float32 (gence.train.loop.amp_dtype; the run
+# records it in extras["precision"], the report counts runs per precision), at about the speed of bf16 on
+# the study's AVX-512 CPUs, so 'start' runs the study from that commit on such a CPU, and not the pilot: the
+# pilot's E-to-2E comparisons stay in one precision.
 set -euo pipefail
 
 STUDY_REV=5122cd4            # configs/study.toml with CIFAR-10's budgets fixed (run keys as at the launch
                              # commit d7964a8); a stored study run reproduced there: results/study/reproduce.txt
+STUDY_REV_NO_BF16=e7071f4    # on a CPU without bf16 kernels: the loop with amp's float32 fallback; its bf16
+                             # and float32 paths are 5122cd4's (results/study/reproduce.txt, bc55cfee --bf16);
+                             # STUDY_REV moves there once a stored study run reproduces at it on the study's CPU
 STUDY_BLOCKS='*'             # every tier, in file order (the launch ran tier 1 alone); see configs/study.toml
 PILOT_REV=db2ec76            # configs/pilot.toml with the 16,000-step partners (Fashion-MNIST, then CIFAR-10); src as at
                              # 46ce022 and d7964a8 but for changes shown to reproduce study runs bit for bit
@@ -95,20 +101,24 @@ start() {
   [ -x "$VENV/bin/python" ] || { say "no Python at $VENV/bin/python: set GENCE_VENV to the venv gence is installed in"; exit 2; }
   [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
   MACHINE=$(machine)   # read by restore
-  case "$MACHINE" in *avx512_bf16=no*)
-    say "warning: this CPU ($MACHINE) has no native bf16: the study's bf16 runs go ~20x slower here than on one with avx512_bf16" ;;
-  esac
+  local rev=$STUDY_REV kernels
+  kernels=$("$VENV/bin/python" -c 'import torch; print(int(torch.ops.mkldnn._is_mkldnn_bf16_supported()))')
+  if [ "$kernels" != 1 ]; then
+    rev=$STUDY_REV_NO_BF16
+    say "this CPU ($MACHINE) has no bf16 kernels: the study's amp runs train in float32 here (from $rev); the pilot waits for a CPU with them"
+  fi
   restore study
   restore pilot
   if running study; then say "the study is already running"; else
-    local wt; wt=$(worktree launch "$STUDY_REV")
+    local wt; wt=$(worktree launch "$rev")
     (close_fds; cd "$wt" || exit 1    # exec: no shell stays behind holding the caller's stdout
      PYTHONPATH=src exec nohup setsid "$VENV/bin/python" -m gence.cli bench configs/study.toml \
         --blocks "$STUDY_BLOCKS" --data-dir "$DATA" --db "$RUNS/study.sqlite" --reuse "$RUNS/pilot.sqlite" \
         --no-report --workers 2 --threads 1 --quiet >> "$RUNS/study.log" 2>&1 < /dev/null) &
-    say "study started from $wt ($STUDY_REV), log $RUNS/study.log"
+    say "study started from $wt ($rev), log $RUNS/study.log"
   fi
-  if running pilot; then say "the pilot is already running"; else
+  if [ "$kernels" != 1 ]; then :
+  elif running pilot; then say "the pilot is already running"; else
     local wt; wt=$(worktree pilot "$PILOT_REV")
     local phases; phases=$(printf "'%s' " "${PILOT_PHASES[@]}")
     (close_fds; cd "$wt" || exit 1
