@@ -22,7 +22,7 @@
 # each commit of checkpoints is ~3-4 MB of history, once a session. The checkpoints go back only on a CPU
 # of the kind that wrote them (results/checkpoints/MACHINE: torch's CPU capability and native bf16): bf16
 # autocast takes other kernels on another kind, and a run trained half on each is reproducible on neither.
-# On a CPU whose oneDNN has no bf16 kernels (x86 with AVX2 only) bf16 autocast ran ~7-13x slower than
+# On a CPU whose oneDNN has no bf16 kernels (x86 with AVX2 only) bf16 autocast ran 9-11x slower than
 # float32 (results/benchmarks/amp_cpu_avx2.txt; an 8,000-step Fashion-MNIST run ~10 h instead of 0.5 h).
 # There the loop, from STUDY_REV_NO_BF16 on, trains amp runs in float32 (gence.train.loop.amp_dtype; the run
 # records it in extras["precision"], the report counts runs per precision), at about the speed of bf16 on

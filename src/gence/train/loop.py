@@ -31,7 +31,7 @@ Conventions (where the issue left a choice):
   convolutions prefer: about 1.2x faster on a CPU for ResNet-20, same math.
 - Mixed precision (``amp=True``, a speed option): float16 autocast with a GradScaler on CUDA; bf16 autocast
   on a CPU whose oneDNN has bf16 kernels (x86 with AVX-512, Arm with bf16); float32 on one without (x86 with
-  AVX2 only), where bf16 autocast runs 7-13x slower than float32 (results/benchmarks/amp_cpu_avx2.txt), with
+  AVX2 only), where bf16 autocast runs 9-11x slower than float32 (results/benchmarks/amp_cpu_avx2.txt), with
   a warning; ``extras["precision"]`` says which (see :func:`amp_dtype`). Losses compute in float32 anyway.
 - Non-finite loss: checked once per epoch (one device sync per epoch, not per step), reporting the first
   bad step; raises :class:`NonFiniteLossError`.
@@ -190,7 +190,7 @@ def cpu_has_bf16_kernels() -> bool:
     """Whether oneDNN, which runs convolutions and matrix products on a CPU, has bfloat16 kernels for this
     CPU (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: x86 with AVX-512 or newer, Arm with bf16). On
     one without (x86 with AVX2 only) bf16 autocast falls back to reference kernels: a training step of
-    ResNet-8 on 28x28 images takes ~7x, ResNet-20 on CIFAR-10 ~13x, the float32 step
+    ResNet-8 on 28x28 images takes 9.4x, ResNet-20 on CIFAR-10 11.3x, the float32 step
     (benchmarks/amp_cpu.py, results/benchmarks/amp_cpu_avx2.txt).
     True when this torch cannot tell."""
     check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
@@ -568,7 +568,7 @@ def fit(config: TrainConfig, progress: bool = True, checkpoint: str | os.PathLik
     arithmetic = precision(device, config.amp)
     if config.amp and amp_dtype(device) is None:
         warnings.warn(f"amp=True on {hardware_string(device)}: oneDNN has no bf16 kernels for this CPU, where bf16 "
-                      "autocast runs 7-13x slower than float32, so this run trains and evaluates in float32 "
+                      "autocast runs 9-11x slower than float32, so this run trains and evaluates in float32 "
                       "(extras['precision'] says so)", RuntimeWarning, stacklevel=2)
     with deterministic_algorithms():
         seed_everything(config.seed)
