@@ -403,9 +403,9 @@ def test_setup_counts_runs_per_precision(report, tmp_path):
     db, _, _, _ = report
     copy = tmp_path / "precision.sqlite"
     sqlite3.connect(db).backup(con := sqlite3.connect(copy))
-    rows = con.execute("SELECT key, extras, config FROM runs WHERE status='done' ORDER BY key").fetchall()
+    rows = con.execute("SELECT key, extras, config, grid FROM runs WHERE status='done' ORDER BY key").fetchall()
     fallback = "float32 (amp: no bf16 kernels on this CPU)"
-    for i, (key, extras, config) in enumerate(rows[:3]):
+    for i, (key, extras, config, _) in enumerate(rows[:3]):
         extras, config = json.loads(extras), json.loads(config)
         config["amp"] = True
         if i == 0:
@@ -415,5 +415,8 @@ def test_setup_counts_runs_per_precision(report, tmp_path):
     con.close()
     write_report(copy, tmp_path / "out", title="t", with_plots=False)
     md = (tmp_path / "out" / "README.md").read_text()
-    assert (f"- Precision: bfloat16 autocast (2 runs); float32 ({len(rows) - 3} runs); {fallback} (1 runs)"
-            in md), [line for line in md.splitlines() if "Precision" in line]
+    # the most common precision (float32) names no blocks; each other one names the blocks of its runs
+    b1, b2 = sorted([rows[1][3], rows[2][3]])
+    bf16_blocks = f"2 in {b1}" if b1 == b2 else f"1 in {b1}, 1 in {b2}"
+    assert (f"- Precision: bfloat16 autocast (2 runs: {bf16_blocks}); float32 ({len(rows) - 3} runs); "
+            f"{fallback} (1 runs: 1 in {rows[0][3]})" in md), [line for line in md.splitlines() if "Precision" in line]

@@ -98,6 +98,21 @@ def compute_lines(results: "T.Results") -> tuple[str, str]:
                                      for h, n in sorted(hw.items())))
 
 
+def precision_line(runs: list["T.Run"]) -> str:
+    """Runs per arithmetic (``Run.precision``); where there is more than one, each but the most common
+    also names the blocks its runs are in, so a reader sees which settings mix them."""
+    c = Counter(r.precision for r in runs)
+    common = max(c, key=lambda p: (c[p], p)) if c else None
+    parts = []
+    for p, n in sorted(c.items()):
+        where = ""
+        if p != common:
+            blocks = Counter(r.block for r in runs if r.precision == p)
+            where = ": " + ", ".join(f"{k} in {b or 'no block'}" for b, k in sorted(blocks.items()))
+        parts.append(f"{p} ({n} runs{where})")
+    return "Precision: " + "; ".join(parts)
+
+
 def setup(ctx: Context) -> str:
     results = ctx.results
     runs = list(results.runs) + list(results.tuning_runs)
@@ -107,8 +122,7 @@ def setup(ctx: Context) -> str:
         c = Counter(r.versions[key] for r in runs)
         md.append(f"- {what}: " + ", ".join(f"{v} ({n} runs)" for v, n in sorted(c.items(), key=str)))
     md.append(f"- {hardware_line}")
-    c = Counter(r.precision for r in runs)
-    md.append("- Precision: " + "; ".join(f"{p} ({n} runs)" for p, n in sorted(c.items())))
+    md.append(f"- {precision_line(runs)}")
     n_bins = sorted({r.config.get("n_bins") for r in runs if r.config.get("n_bins") is not None})
     sets = sorted({s for r in runs for s in ood_sets(r.metrics)})
     md.append(f"- Metrics: error, NLL, ECE (equal-width, {', '.join(map(str, n_bins)) or '?'} bins), AdaECE "
