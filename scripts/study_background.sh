@@ -102,7 +102,7 @@ start() {
   [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
   MACHINE=$(machine)   # read by restore
   local rev=$STUDY_REV kernels
-  kernels=$("$VENV/bin/python" -c 'import torch; print(int(torch.ops.mkldnn._is_mkldnn_bf16_supported()))')
+  kernels=$("$VENV/bin/python" -c 'from gence.train.loop import cpu_has_bf16_kernels; print(int(cpu_has_bf16_kernels()))')
   if [ "$kernels" != 1 ]; then
     rev=$STUDY_REV_NO_BF16
     say "this CPU ($MACHINE) has no bf16 kernels: the study's amp runs train in float32 here (from $rev); the pilot waits for a CPU with them"

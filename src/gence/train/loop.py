@@ -220,7 +220,7 @@ def precision(device: torch.device, amp: bool) -> str:
     if not amp:
         return "float32"
     dtype = amp_dtype(device)
-    return "float32 (amp: no bf16 kernels on this CPU)" if dtype is None else f"{str(dtype)[6:]} autocast"
+    return "float32 (amp: no bf16 kernels on this CPU)" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
 def autocast(device: torch.device, enabled: bool):
