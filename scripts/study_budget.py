@@ -8,7 +8,8 @@ amp). Seconds per step come from the pilot's stored runs of the same dataset and
 training seconds of every attempt for a resumed run, against steps; this includes every evaluation the run
 makes, at the pilot's eval_every, and the slowdown of two runs sharing the machine). A (dataset, model) the pilot did not train is scaled from the pilot's model
 of that dataset by the ratio of training-step times measured here, in this process, on random batches of
-the dataset's shape (interleaved repeats, one thread, bf16 autocast as the runs use), so both are measured
+the dataset's shape (interleaved repeats, one thread, the precision ``amp`` gives a run on this CPU:
+bf16 autocast, or float32 where oneDNN has no bf16 kernels, as the loop does), so both are measured
 under the same load. Sweeps with ``extend`` are counted as planned, plus (second total) every rung the
 runner may add, one way per group (an lr can sit at one edge only). Tuned runs count once each. Blocks are
 listed in file order, the order the runner starts them in (a tuned block's runs once its sweep is done).
@@ -34,6 +35,7 @@ from gence import models
 from gence.data.regimes import parse_regime
 from gence.experiments.grid import load_grid
 from gence.report.tables import compute_seconds
+from gence.train.loop import amp_dtype, precision
 
 SHAPES = {"cifar10": (3, 32), "fashion_mnist": (1, 28), "mnist": (1, 28)}   # (channels, side)
 
@@ -80,11 +82,12 @@ def step_seconds(config: dict, repeats: int = 3, steps: int = 10) -> list[float]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(config["batch_size"], c, side, side).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (config["batch_size"],))
+    dtype = amp_dtype(torch.device("cpu")) if config.get("amp") else None   # None: float32, as the loop runs it
     out = []
     for r in range(repeats + 1):
         start = time.perf_counter()
         for _ in range(steps):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.get("amp"))):
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 loss = torch.nn.functional.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,7 +137,8 @@ def main(argv: list[str]) -> int:
             b += step_seconds(ref_config)
         ratio = statistics.median(a) / statistics.median(b)
         per_step[key] = (costs[ref][0] * ratio, costs[ref][1] * ratio,
-                         f"{ratio:.2f} x {ref[1]}'s ({costs[ref][2]}), ratio measured here")
+                         f"{ratio:.2f} x {ref[1]}'s ({costs[ref][2]}), ratio measured here in "
+                         f"{precision(torch.device('cpu'), key[2])}")
     print("\nseconds a run of s steps takes (dataset, model, amp): a + b * s")
     for key, (a, b, how) in per_step.items():
         print(f"  {key[0]:14s} {key[1]:16s} amp={key[2]!s:5s} a {a:6.0f} s, b {b:.3f} s  ({how})")
