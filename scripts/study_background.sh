@@ -6,6 +6,10 @@
 #   scripts/study_background.sh snapshot   # merge the running databases into results/, regenerate the pages
 #   scripts/study_background.sh handover   # snapshot, and copy the checkpoints of runs in flight to results/
 #   scripts/study_background.sh stop       # SIGTERM: runs in flight give up their claims, keep checkpoints
+#   scripts/study_background.sh autosave [MINUTES] [HANDOVER_AT]
+#                                          # in the background: a snapshot committed every MINUTES (60), and at
+#                                          # HANDOVER_AT (any time `date -d` reads, e.g. 06:05) a handover
+#                                          # committed, then it ends; 'stop' ends it too
 #
 # Each runner works from a git worktree frozen at a pinned commit (below), so edits to this checkout never
 # reach a run in flight; move a pin only in a commit that says why, after scripts/reproduce_run.py shows a
@@ -48,6 +52,7 @@ RUNS=$(realpath -m "${RUNS:-$REPO/../runs}")
 WORKTREES=$(realpath -m "${WORKTREES:-$REPO/../wt}")
 DATA=$(realpath -m "${GENCE_DATA:-$REPO/../shared/data}")
 PILOT_LOOP=gence-pilot-phases   # the name the pilot's loop of phases runs under (its $0), to find and stop it
+AUTOSAVE_LOOP=gence-autosave-loop   # the argument the autosave loop runs under, to find and stop it
 VENV=${GENCE_VENV:-${VIRTUAL_ENV:-$REPO/.venv}}
 
 say() { echo "study_background: $*" >&2; }
@@ -139,15 +144,20 @@ c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)
 print(', '.join(f'{n} {s}' for s, n in c.execute('select status, count(*) from runs group by status')))" "$RUNS/$name.sqlite")
     echo "$name: $state; $counts ($RUNS/$name.sqlite)"
   done
+  local state="stopped"; pgrep -f -- "$AUTOSAVE_LOOP [0-9]+ [0-9]+ $RUNS\$" >/dev/null && state="running"
+  echo "autosave: $state ($RUNS/autosave.log)"
 }
 
-snapshot() {   # the commands on the third line of each page regenerate it from the committed database
-  for name in study pilot; do "$VENV/bin/gence" merge "$REPO/results/$name.sqlite" "$RUNS/$name.sqlite" >&2; done
-  cd "$REPO"
-  for page in RESULTS.md results/pilot/README.md; do
-    local cmd; cmd=$(sed -n 3p "$page" | sed 's/.*regenerate with `\(.*\)`\. Nothing.*/\1/')
-    PATH="$VENV/bin:$PATH" bash -c "$cmd" >&2
-  done
+snapshot() {   # the commands on the third line of each page regenerate it from the committed database; with
+  # SNAPSHOT_SRC set (autosave), gence is imported from there instead of the checkout's src/, whose edits in
+  # progress then never reach a committed page
+  ( [ -z "${SNAPSHOT_SRC:-}" ] || export PYTHONPATH=$SNAPSHOT_SRC
+    for name in study pilot; do "$VENV/bin/gence" merge "$REPO/results/$name.sqlite" "$RUNS/$name.sqlite" >&2; done
+    cd "$REPO"
+    for page in RESULTS.md results/pilot/README.md; do
+      local cmd; cmd=$(sed -n 3p "$page" | sed 's/.*regenerate with `\(.*\)`\. Nothing.*/\1/')
+      PATH="$VENV/bin:$PATH" bash -c "$cmd" >&2
+    done )
   say "snapshot written; commit results/ and RESULTS.md"
 }
 
@@ -165,7 +175,68 @@ handover() {    # snapshot, then results/checkpoints/NAME/ = the checkpoints in 
   say "commit results/ (checkpoints included) and RESULTS.md"
 }
 
+done_counts() {  # "study N, pilot M": runs stored done in the committed snapshots
+  "$VENV/bin/python" -c "import sqlite3, sys
+print(', '.join(f'{n} ' + str(sqlite3.connect(f'file:{sys.argv[1]}/{n}.sqlite?mode=ro', uri=True).execute(
+    \"select count(*) from runs where status = 'done'\").fetchone()[0]) for n in ('study', 'pilot')))" "$REPO/results"
+}
+
+commit_results() {  # commit_results WHAT: commit results/ and the pages, and nothing else of the index
+  local paths=(results RESULTS.md) pages=(RESULTS.md results/pilot/README.md) try
+  if git -C "$REPO" diff --quiet HEAD -- results/study.sqlite results/pilot.sqlite results/checkpoints \
+     && [ -z "$(git -C "$REPO" ls-files --others --exclude-standard -- results/checkpoints)" ]; then
+    git -C "$REPO" checkout -q HEAD -- "${pages[@]}"   # they differ by their date line only
+    say "$1: no run finished and no checkpoint moved since the last commit: nothing committed"; return 0
+  fi
+  for try in 1 2 3 4 5 6; do   # a git command of the session's may hold the index for a moment
+    if git -C "$REPO" add -A -- "${paths[@]}" 2>/dev/null; then
+      if git -C "$REPO" diff --cached --quiet -- "${paths[@]}"; then say "$1: nothing new to commit"; return 0; fi
+      git -C "$REPO" commit -q -m "$1 (autosave): $(done_counts) runs done; $MACHINE" -- "${paths[@]}" && return 0
+    fi
+    sleep 10
+  done
+  say "$1: commit failed (the index stayed locked?); the files are written, commit them by hand"
+}
+
+autosave() {   # autosave [MINUTES] [HANDOVER_AT]: hourly snapshots and the session's handover, committed by
+  # a loop in the background, so that a session which ends without warning (two did) loses at most an
+  # interval of runs; the pages are made by the code of the commit at HEAD (a worktree), never by edits in
+  # progress in the checkout
+  local minutes=${1:-60} at=${2:-} deadline=0
+  [[ "$minutes" =~ ^[1-9][0-9]*$ ]] || { say "autosave: MINUTES must be a whole number above 0, got '$minutes'"; exit 2; }
+  if [ -n "$at" ]; then
+    deadline=$(date -d "$at" +%s 2>/dev/null) || { say "autosave: HANDOVER_AT must be a time date -d reads (e.g. 06:05), got '$at'"; exit 2; }
+    [ "$deadline" -gt "$(date +%s)" ] || { say "autosave: HANDOVER_AT '$at' ($(date -d "@$deadline")) is not in the future"; exit 2; }
+  fi
+  if pgrep -f -- "$AUTOSAVE_LOOP [0-9]+ [0-9]+ $RUNS\$" >/dev/null; then say "autosave is already running"; exit 0; fi
+  (close_fds; exec nohup setsid bash "$0" "$AUTOSAVE_LOOP" "$minutes" "$deadline" "$RUNS" \
+     >> "$RUNS/autosave.log" 2>&1 < /dev/null) &
+  say "autosave: a snapshot committed every $minutes min$([ -z "$at" ] || echo ", the handover at $(date -d "@$deadline" '+%F %H:%M %Z')"), log $RUNS/autosave.log"
+}
+
+save_and_commit() {   # save_and_commit snapshot|handover: made by the code at HEAD, then committed
+  local wt
+  if wt=$(worktree autosave HEAD) && SNAPSHOT_SRC=$wt/src "$1"; then commit_results "$1"; else say "$1 failed"; fi
+}
+
+autosave_loop() {   # autosave_loop MINUTES DEADLINE (epoch seconds, 0: none)
+  local minutes=$1 deadline=$2 next now
+  MACHINE=$(machine)
+  next=$(( $(date +%s) + minutes * 60 ))
+  while :; do
+    now=$(date +%s)
+    if [ "$deadline" -gt 0 ] && [ "$deadline" -le "$next" ]; then
+      [ "$deadline" -le "$now" ] || sleep $(( deadline - now ))
+      echo "=== $(date -u) handover"; save_and_commit handover; return 0
+    fi
+    [ "$next" -le "$now" ] || sleep $(( next - now ))
+    echo "=== $(date -u) snapshot"; save_and_commit snapshot
+    next=$(( next + minutes * 60 ))
+  done
+}
+
 stop() {        # the pilot's loop first, or it would start its next phase
+  pkill -TERM -f -- "$AUTOSAVE_LOOP [0-9]+ [0-9]+ $RUNS\$" && say "autosave: SIGTERM sent" || true
   pkill -TERM -f -- "$PILOT_LOOP $RUNS" || true
   for name in study pilot; do pkill -TERM -f -- "--db $RUNS/$name.sqlite" && say "$name: SIGTERM sent" || true; done
 }
@@ -176,5 +247,7 @@ case "${1:-}" in
   snapshot) snapshot ;;
   handover) handover ;;
   stop) stop ;;
-  *) sed -n 2,9p "$0" >&2; exit 2 ;;
+  autosave) shift; autosave "$@" ;;
+  "$AUTOSAVE_LOOP") shift; autosave_loop "$1" "$2" ;;
+  *) sed -n 2,12p "$0" >&2; exit 2 ;;
 esac
