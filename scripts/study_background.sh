@@ -28,24 +28,30 @@
 # autocast takes other kernels on another kind, and a run trained half on each is reproducible on neither.
 # On a CPU whose oneDNN has no bf16 kernels (x86 with AVX2 only) bf16 autocast ran 9-11x slower than
 # float32 (results/benchmarks/amp_cpu_avx2.txt; an 8,000-step Fashion-MNIST run ~10 h instead of 0.5 h).
-# There the loop, from STUDY_REV_NO_BF16 on, trains amp runs in float32 (gence.train.loop.amp_dtype; the run
-# records it in extras["precision"], the report counts runs per precision), at about the speed of bf16 on
-# the study's AVX-512 CPUs, so 'start' runs the study from that commit on such a CPU, and not the pilot: the
-# pilot's E-to-2E comparisons stay in one precision.
+# There the loop, from STUDY_REV on, trains amp runs in float32 (gence.train.loop.amp_dtype; the run records
+# it in extras["precision"], the report counts runs per precision), at about the speed of bf16 on the
+# study's AVX-512 CPUs, so 'start' runs the study on such a CPU too, and not the pilot: the pilot's E-to-2E
+# comparisons stay in one precision.
 set -euo pipefail
 
-STUDY_REV=5122cd4            # configs/study.toml with CIFAR-10's budgets fixed (run keys as at the launch
-                             # commit d7964a8); a stored study run reproduced there: results/study/reproduce.txt
-STUDY_REV_NO_BF16=e7071f4    # on a CPU without bf16 kernels: the loop with amp's float32 fallback; its bf16
-                             # and float32 paths are 5122cd4's (results/study/reproduce.txt, bc55cfee --bf16);
-                             # STUDY_REV moves there once a stored study run reproduces at it on the study's CPU
+STUDY_REV=e7071f4            # configs/study.toml with CIFAR-10's budgets fixed (run keys as at the launch commit
+                             # d7964a8), and amp's float32 fallback for a CPU without bf16 kernels; a stored study
+                             # run reproduced there, bf16 on AVX-512 (c5d3269d) and float32 and --bf16 on AVX2
+                             # (bc55cfee against 5122cd4): results/study/reproduce.txt
 STUDY_BLOCKS='*'             # every tier, in file order (the launch ran tier 1 alone); see configs/study.toml
 PILOT_REV=db2ec76            # configs/pilot.toml with the 16,000-step partners (Fashion-MNIST, then CIFAR-10); src as at
                              # 46ce022 and d7964a8 but for changes shown to reproduce study runs bit for bit
-# the pilot's phases with one worker, in the order its decisions are needed: CIFAR-10's budget, then the
-# Fashion-MNIST 16k partners that judge the study's 8k budgets, then the rest ('*')
+# the pilot's phases, in the order its decisions are needed: CIFAR-10's budget, then the 16k partners that
+# judge the study's 8k budgets (Fashion-MNIST first), then the rest ('*')
 PILOT_PHASES=('pilot_fp32_*' 'pilot_4k_cifar10_*' 'pilot_8k_cifar10_long_tailed_100_500' 'pilot_8k_cifar10_balanced_50'
               'pilot_16k_*' '*')
+
+# Two pilot workers beside the study's two (four one-thread processes on the 2 cores, so each side gets about
+# a core while both run, and the study both once the pilot ends): two of the study's settings are complete
+# and none of them can be shown converged before the pilot's 16k partners are stored (12 Fashion-MNIST runs of
+# 16,000 steps: ~10 worker-h at budget.txt's 0.191 s a step), which one worker in three took sessions to reach
+STUDY_WORKERS=2
+PILOT_WORKERS=2
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=$(realpath -m "${RUNS:-$REPO/../runs}")
@@ -109,8 +115,7 @@ start() {
   local rev=$STUDY_REV kernels
   kernels=$("$VENV/bin/python" -c 'from gence.train.loop import cpu_has_bf16_kernels; print(int(cpu_has_bf16_kernels()))')
   if [ "$kernels" != 1 ]; then
-    rev=$STUDY_REV_NO_BF16
-    say "this CPU ($MACHINE) has no bf16 kernels: the study's amp runs train in float32 here (from $rev); the pilot waits for a CPU with them"
+    say "this CPU ($MACHINE) has no bf16 kernels: the study's amp runs train in float32 here; the pilot waits for a CPU with them"
   fi
   restore study
   restore pilot
@@ -119,7 +124,7 @@ start() {
     (close_fds; cd "$wt" || exit 1    # exec: no shell stays behind holding the caller's stdout
      PYTHONPATH=src exec nohup setsid "$VENV/bin/python" -m gence.cli bench configs/study.toml \
         --blocks "$STUDY_BLOCKS" --data-dir "$DATA" --db "$RUNS/study.sqlite" --reuse "$RUNS/pilot.sqlite" \
-        --no-report --workers 2 --threads 1 --quiet >> "$RUNS/study.log" 2>&1 < /dev/null) &
+        --no-report --workers $STUDY_WORKERS --threads 1 --quiet >> "$RUNS/study.log" 2>&1 < /dev/null) &
     say "study started from $wt ($rev), log $RUNS/study.log"
   fi
   if [ "$kernels" != 1 ]; then :
@@ -129,7 +134,7 @@ start() {
     (close_fds; cd "$wt" || exit 1
      PYTHONPATH=src exec nohup setsid bash -c "for b in $phases; do echo \"=== \$(date -u) --blocks \$b\";
         '$VENV/bin/python' -m gence.cli bench configs/pilot.toml --blocks \"\$b\" --data-dir '$DATA' \
-        --db '$RUNS/pilot.sqlite' --no-report --workers 1 --threads 1 --quiet; done" "$PILOT_LOOP $RUNS" \
+        --db '$RUNS/pilot.sqlite' --no-report --workers $PILOT_WORKERS --threads 1 --quiet; done" "$PILOT_LOOP $RUNS" \
         >> "$RUNS/pilot.log" 2>&1 < /dev/null) &
     say "pilot started from $wt ($PILOT_REV), log $RUNS/pilot.log"
   fi
