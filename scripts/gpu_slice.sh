@@ -25,6 +25,13 @@
 # then, here:
 #   gence merge results/study.sqlite <files_at>/gpu_slice.sqlite
 #   gence report results/study.sqlite ...           (the runs carry their GPU in their hardware field)
+#
+# SIZE: the device tool sends the whole working tree plus `carry` and refuses more than 64 MiB. Before a call,
+# `scripts/travel_size.sh .data` says, at no device time, whether it fits. On 2026-12-06 it did not: the
+# tree was 41.7 MB (the committed results databases, growing ~0.11 MB a study run) and .data (cifar10-jpeg
+# + mnist/) 31.1 MB, 72.8 MB in all; the study's CIFAR-10 blocks also need fashion-mnist/ (30.9 MB) for
+# their OOD sets. What fits then: the CUDA benchmarks (no data), or this slice with its OOD list cut to the
+# noise sets (.data = the CIFAR-10 tar alone: 61.4 MB in all) while the tree stays under ~47 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USAGE="usage: scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]"

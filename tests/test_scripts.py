@@ -1,8 +1,11 @@
 """Scripts under scripts/ whose output the study states: bf16_check's rule against scipy on a database the
-test writes (float32 twins with known differences from their bf16 runs)."""
+test writes (float32 twins with known differences from their bf16 runs); travel_size's total against the
+sizes of the files a test repository holds."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -59,3 +62,44 @@ def test_bf16_check_pairs_twins_and_applies_the_rule(tmp_path, capsys):
     run_grid(grid.runs, db2, run_fn=fake, progress=False)
     assert bf16.main([str(db2)]) == 0
     assert "bf16 REJECTED" in capsys.readouterr().out
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_travel_size_counts_what_the_device_tool_sends(tmp_path):
+    """Tracked and untracked-not-ignored files count, ignored ones only when carried; over 64 MiB exits 1."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "travel_size.sh", repo / "scripts" / "travel_size.sh")
+    (repo / ".gitignore").write_text(".data/\n")
+    (repo / "tracked.bin").write_bytes(b"x" * 3_000_000)
+    (repo / "untracked.bin").write_bytes(b"y" * 1_000_000)
+    (repo / ".data").mkdir()
+    (repo / ".data" / "images.bin").write_bytes(b"z" * 2_000_000)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "scripts", ".gitignore", "tracked.bin")
+    tree = sum(p.stat().st_size for p in (repo / "scripts" / "travel_size.sh", repo / ".gitignore",
+                                          repo / "tracked.bin", repo / "untracked.bin"))
+
+    def run(*carry):
+        return subprocess.run(["bash", str(repo / "scripts" / "travel_size.sh"), *carry], cwd=tmp_path,
+                              capture_output=True, text=True)
+
+    alone = run()
+    assert alone.returncode == 0, alone.stderr
+    assert f"working tree (tracked + untracked not ignored): {tree / 1e6:.1f} MB" in alone.stdout
+    assert f"total {tree / 1e6:.1f} MB: fits" in alone.stdout
+    carried = run(".data")
+    assert "carry .data: 2.0 MB" in carried.stdout
+    assert f"total {(tree + 2_000_000) / 1e6:.1f} MB: fits" in carried.stdout
+
+    with open(repo / ".data" / "big.bin", "wb") as f:    # sparse: 65 MB apparent, no disk
+        f.truncate(65_000_000)
+    over = run(".data")
+    assert over.returncode == 1
+    excess = tree + 67_000_000 - 64 * 1024 * 1024
+    assert f"over the device tool's 64 MiB by {excess / 1e6:.1f} MB" in over.stdout
+    missing = run("nothing-here")
+    assert missing.returncode == 2 and "'nothing-here' does not exist" in missing.stderr
