@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The convergence study and its pilot, in the background, resumable on any machine (issue 15).
 #
-#   scripts/study_background.sh start      # restore the databases if absent, start both runners
+#   scripts/study_background.sh start      # restore the databases if absent, start both runners and autosave
+#                                          # (its handover 160 min on: a session lasts 180; AUTOSAVE=0: none)
 #   scripts/study_background.sh status     # what is running, runs done per database
 #   scripts/study_background.sh snapshot   # merge the running databases into results/, regenerate the pages
 #   scripts/study_background.sh handover   # snapshot, and copy the checkpoints of runs in flight to results/
@@ -138,6 +139,8 @@ start() {
         >> "$RUNS/pilot.log" 2>&1 < /dev/null) &
     say "pilot started from $wt ($PILOT_REV), log $RUNS/pilot.log"
   fi
+  # last: autosave exits the script when one is already running (a second start keeps the first deadline)
+  [ "${AUTOSAVE:-1}" = 0 ] || autosave 60 "${AUTOSAVE_HANDOVER_AT:-+160 minutes}"
 }
 
 status() {
