@@ -1,11 +1,13 @@
 """Power of the convergence study's paired design for a true GenCE - CE difference, per setting and pooled.
 
-    python scripts/power.py [ARCHIVE_DB [STUDY_GRID [PILOT_DB]]] > results/study/power.txt
-        (defaults: results/archive/short_budget/cpu_study.sqlite, configs/study.toml, results/pilot.sqlite)
+    python scripts/power.py [ARCHIVE_DB [STUDY_GRID [PILOT_DB [STUDY_DB]]]] > results/study/power.txt
+        (defaults: results/archive/short_budget/cpu_study.sqlite, configs/study.toml, results/pilot.sqlite,
+        results/study.sqlite)
 
 The paired standard deviation (sd of the per-seed differences GenCE - CE in test error) is measured per
-dataset as the median over the archived short-budget study's settings (5 seeds each); the study's own
-runs will replace it once stored. Per setting: the two-sided paired t-test at 5% with n seeds (and at the
+dataset as the median over the archived short-budget study's settings (5 seeds each): the assumption the
+design was sized with. The study's own main blocks check it as they complete: their paired sd and the power
+each gives at its seeds, in a section of their own. Per setting: the two-sided paired t-test at 5% with n seeds (and at the
 Holm threshold of the claim's first step, 5% / number of settings), noncentral t. Pooled: the t test over
 k setting means (the verdict's random-effects estimate), k counted from the study grid's [verdict] blocks;
 each setting mean has variance sd^2 / n + tau^2, tau the sd of the true difference between settings
@@ -92,6 +94,24 @@ def pilot_paired_sds(db: str) -> list[str]:
     return out
 
 
+def study_paired_sds(db: str, min_pairs: int = 5) -> list[tuple[str, int, float, float]]:
+    """(block, seeds, mean, sd) of GenCE - CE test error (pp) per main block of the study with at least
+    ``min_pairs`` seeds run by both losses."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    errors = defaultdict(dict)
+    for grid, label, seed, metrics in con.execute(
+            "select grid, label, seed, metrics from runs where status='done' and grid like 'main\\_%' escape '\\' "
+            "and label in ('ce', 'gence')"):
+        errors[grid].setdefault(label, {})[seed] = json.loads(metrics)["test/error"]
+    out = []
+    for grid, by_label in sorted(errors.items()):
+        seeds = sorted(set(by_label.get("ce", {})) & set(by_label.get("gence", {})))
+        if len(seeds) >= min_pairs:
+            d = [100 * (by_label["gence"][s] - by_label["ce"][s]) for s in seeds]
+            out.append((grid, len(seeds), statistics.mean(d), statistics.stdev(d)))
+    return out
+
+
 def main(argv: list[str]) -> int:
     db = argv[0] if argv else "results/archive/short_budget/cpu_study.sqlite"
     config = argv[1] if len(argv) > 1 else "configs/study.toml"
@@ -124,6 +144,13 @@ def main(argv: list[str]) -> int:
               f"k={k}: " + ", ".join(
                   f"{power_pooled(delta, sd_mix, 10, k, tau):.2f} (heterogeneity {tau:g} pp)" for tau in (0.0, 0.5, 1.0))
               for k in range(2, max(claims.values()) + 1)))
+    study = argv[3] if len(argv) > 3 else "results/study.sqlite"
+    if Path(study).exists():
+        rows = study_paired_sds(study)
+        print(f"paired sd (pp) in the study's own main blocks, {study} (blocks with 5 or more paired seeds; "
+              f"power per setting for a 1 pp difference at its seeds, 5%): "
+              + ("; ".join(f"{grid}: sd {sd:.2f}, mean {mean:+.2f} ({n} seeds), power {power_paired(delta, sd, n, 0.05):.2f}"
+                           for grid, n, mean, sd in rows) if rows else "none yet"))
     if Path(pilot).exists():
         print(f"paired sd (pp) at the pilot's budgets, {pilot} (2 seeds each: a rough check of the archived values):")
         for line in pilot_paired_sds(pilot):

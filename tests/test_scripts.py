@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from gence.experiments import parse_grid, run_grid
@@ -103,3 +104,84 @@ def test_travel_size_counts_what_the_device_tool_sends(tmp_path):
     assert f"over the device tool's 64 MiB by {excess / 1e6:.1f} MB" in over.stdout
     missing = run("nothing-here")
     assert missing.returncode == 2 and "'nothing-here' does not exist" in missing.stderr
+
+
+MAIN_GRID = """
+[train]
+epochs = 1
+
+[[grid]]
+name = "main_b5_digits_mlp"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["mlp"]
+seeds = [0, 1, 2, 3, 4, 5]
+losses = ["ce", "gence"]
+
+[[grid]]
+name = "lr_b5_digits_mlp"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["mlp"]
+seeds = [0, 1, 2, 3, 4, 5]
+losses = ["ce", "gence"]
+
+[[grid]]
+name = "main_b9_digits_mlp"
+datasets = ["digits"]
+regimes = ["balanced:9"]
+models = ["mlp"]
+seeds = [0, 1, 2, 3]
+losses = ["ce", "gence"]
+"""
+GAP = [0.011, -0.004, 0.007, 0.002, 0.013, -0.001]   # GenCE - CE test error per seed in main_b5
+
+
+def fake_main(config):
+    err = 0.3 + 0.02 * config["seed"]
+    if config["loss"] == "gence":
+        err += GAP[config["seed"]] if config["regime"] == "balanced:5" else 0.05
+    return {"test/error": err}, {}
+
+
+def test_power_checks_the_design_against_the_studys_own_pairs(tmp_path, capsys):
+    """The study section: paired sd per main block with 5+ pairs (numpy), and the paired t-test's power at
+    that sd against a simulation of the test itself (scipy's ttest_1samp on normal differences)."""
+    db = tmp_path / "study.sqlite"
+    run_grid(parse_grid(textwrap.dedent(MAIN_GRID)).runs, db, run_fn=fake_main, progress=False)
+    power = load_script("power")
+    rows = power.study_paired_sds(str(db))
+    d = 100 * np.array(GAP)
+    assert [r[:2] for r in rows] == [("main_b5_digits_mlp", 6)]    # the lr_ block and the 4-seed block left out
+    assert rows[0][2] == pytest.approx(d.mean()) and rows[0][3] == pytest.approx(d.std(ddof=1))
+
+    rng = np.random.default_rng(0)
+    sd, n = 0.8, 10
+    sims = rng.normal(1.0, sd, size=(20000, n))
+    simulated = float(np.mean(stats.ttest_1samp(sims, 0.0, axis=1).pvalue < 0.05))
+    assert power.power_paired(1.0, sd, n, 0.05) == pytest.approx(simulated, abs=0.01)
+
+    archive = tmp_path / "archive.sqlite"
+    run_grid(parse_grid(textwrap.dedent(ARCHIVE_GRID)).runs, archive, run_fn=fake_archive, progress=False)
+    assert power.main([str(archive), str(REPO / "configs" / "study.toml"), str(tmp_path / "none.sqlite"), str(db)]) == 0
+    out = capsys.readouterr().out
+    p = power.power_paired(1.0, d.std(ddof=1), 6, 0.05)
+    assert (f"main_b5_digits_mlp: sd {d.std(ddof=1):.2f}, mean {d.mean():+.2f} (6 seeds), power {p:.2f}") in out
+
+
+ARCHIVE_GRID = """
+[train]
+epochs = 1
+
+[[grid]]
+name = "balanced"
+datasets = ["cifar10", "fashion_mnist"]
+regimes = ["balanced:5"]
+models = ["mlp"]
+seeds = [0, 1, 2]
+losses = ["ce", "gence"]
+"""
+
+
+def fake_archive(config):
+    return {"test/error": 0.3 + (0.01 * config["seed"] if config["loss"] == "gence" else 0.0)}, {}
