@@ -257,5 +257,6 @@ case "${1:-}" in
   stop) stop ;;
   autosave) shift; autosave "$@" ;;
   "$AUTOSAVE_LOOP") shift; autosave_loop "$1" "$2" ;;
+  _commit_results) MACHINE=$(machine); commit_results "${2:?what}" ;;   # one autosave commit (its test)
   *) sed -n 2,12p "$0" >&2; exit 2 ;;
 esac

@@ -1,11 +1,15 @@
 """Scripts under scripts/ whose output the study states: bf16_check's rule against scipy on a database the
-test writes (float32 twins with known differences from their bf16 runs); travel_size's total against the
-sizes of the files a test repository holds."""
+test writes (float32 twins with known differences from their bf16 runs); power's check of the design
+against the study's own pairs; travel_size's total against the sizes of the files a test repository
+holds; and what study_background's autosave commits in such a repository."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import sqlite3
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -185,3 +189,68 @@ losses = ["ce", "gence"]
 
 def fake_archive(config):
     return {"test/error": 0.3 + (0.01 * config["seed"] if config["loss"] == "gence" else 0.0)}, {}
+
+
+def _make_db(path, done):
+    con = sqlite3.connect(path)
+    con.execute("create table if not exists runs (key text primary key, status text)")
+    con.executemany("insert or replace into runs values (?, 'done')", [(f"k{i}",) for i in range(done)])
+    con.commit()
+    con.close()
+
+
+def test_autosave_commits_results_and_pages_only(tmp_path):
+    """study_background.sh's autosave commit: results/ and the pages, never the index's other staged
+    changes; nothing when only the pages' date moved (they are put back); checkpoints alone do commit."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "study_background.sh", repo / "scripts" / "study_background.sh")
+    (repo / "results" / "pilot").mkdir(parents=True)
+    _make_db(repo / "results" / "study.sqlite", 3)
+    _make_db(repo / "results" / "pilot.sqlite", 2)
+    (repo / "RESULTS.md").write_text("# results\nGenerated on day 1\n")
+    (repo / "results" / "pilot" / "README.md").write_text("# pilot\nGenerated on day 1\n")
+    (repo / "other.txt").write_text("a\n")
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "test@example.com")
+    _git(repo, "config", "user.name", "test")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "start")
+
+    def commit(what):
+        out = subprocess.run(["bash", str(repo / "scripts" / "study_background.sh"), "_commit_results", what],
+                             env={**os.environ, "GENCE_VENV": sys.prefix}, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stderr
+
+    def log():
+        return subprocess.run(["git", "-C", str(repo), "log", "--format=%s"], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+
+    def files(rev="HEAD"):
+        return sorted(subprocess.run(["git", "-C", str(repo), "show", "--name-only", "--format=", rev],
+                                     capture_output=True, text=True, check=True).stdout.split())
+
+    (repo / "other.txt").write_text("b\n")
+    _git(repo, "add", "other.txt")                             # a change of the session's, staged
+    (repo / "RESULTS.md").write_text("# results\nGenerated on day 2\n")
+    assert "nothing committed" in commit("snapshot")
+    assert log() == ["start"]
+    assert (repo / "RESULTS.md").read_text() == "# results\nGenerated on day 1\n"
+
+    _make_db(repo / "results" / "study.sqlite", 5)            # two runs finished
+    (repo / "RESULTS.md").write_text("# results\n5 runs\n")
+    (repo / "results" / "study" / "plots").mkdir(parents=True)
+    (repo / "results" / "study" / "plots" / "new.png").write_bytes(b"png")
+    commit("snapshot")
+    assert log()[0].startswith("snapshot (autosave): study 5, pilot 2 runs done; ")
+    assert files() == ["RESULTS.md", "results/study.sqlite", "results/study/plots/new.png"]
+    staged = subprocess.run(["git", "-C", str(repo), "diff", "--cached", "--name-only"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert staged == ["other.txt"]                             # still staged, not committed
+
+    (repo / "results" / "checkpoints" / "study").mkdir(parents=True)
+    (repo / "results" / "checkpoints" / "study" / "run.pt").write_bytes(b"state")
+    commit("handover")
+    assert log()[0].startswith("handover (autosave): study 5, pilot 2 runs done; ")
+    assert files() == ["results/checkpoints/study/run.pt"]
