@@ -249,14 +249,20 @@ stop() {        # the pilot's loop first, or it would start its next phase
   for name in study pilot; do pkill -TERM -f -- "--db $RUNS/$name.sqlite" && say "$name: SIGTERM sent" || true; done
 }
 
-case "${1:-}" in
-  start) start ;;
-  status) status ;;
-  snapshot) snapshot ;;
-  handover) handover ;;
-  stop) stop ;;
-  autosave) shift; autosave "$@" ;;
-  "$AUTOSAVE_LOOP") shift; autosave_loop "$1" "$2" ;;
-  _commit_results) MACHINE=$(machine); commit_results "${2:?what}" ;;   # one autosave commit (its test)
-  *) sed -n 2,12p "$0" >&2; exit 2 ;;
-esac
+# The whole dispatch is one function, called on the script's last line with its exit: bash reads a script as it
+# runs it, and a long-running command of this file (the autosave loop) would otherwise go on reading, after it
+# returns, at its old offset in a file edited since
+main() {
+  case "${1:-}" in
+    start) start ;;
+    status) status ;;
+    snapshot) snapshot ;;
+    handover) handover ;;
+    stop) stop ;;
+    autosave) shift; autosave "$@" ;;
+    "$AUTOSAVE_LOOP") shift; autosave_loop "$1" "$2" ;;
+    _commit_results) MACHINE=$(machine); commit_results "${2:?what}" ;;   # one autosave commit (its test)
+    *) sed -n 2,13p "$0" >&2; exit 2 ;;
+  esac
+}
+main "$@"; exit
