@@ -4,7 +4,8 @@
 #
 #   scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]
 #
-# DATA_DIR holds cifar10-jpeg.tar.gz and mnist/ (as ../shared/data does); OUT_DB is created or resumed;
+# DATA_DIR holds cifar10-jpeg.tar.gz (as ../shared/data does; configs/study.toml's blocks also read mnist/
+# and fashion-mnist/ for their OOD sets); OUT_DB is created or resumed;
 # WORKERS processes share the one GPU (default 4); CONFIG defaults to configs/gpu_slice.toml; BENCH_ARGS go
 # to `gence bench` as they are (--blocks, --reuse, ...). GENCE_SLICE_DEVICE overrides the device (the test
 # runs it on the CPU with a tiny config).
@@ -19,19 +20,19 @@
 # run's numbers differ from a CPU run's in the last bits, as two CPU kinds' do: each is reproducible on its
 # own hardware, stored in the run's hardware field.)
 #
-# On a lent GPU machine (the device tool), from the repository root, with the data copied into an
-# ignored folder .data/ (cifar10-jpeg.tar.gz and mnist/, ~31 MB) and named in `carry`:
-#   run(command="scripts/gpu_slice.sh .data $OUT/gpu_slice.sqlite 4", carry=[".data"], timeout_s=540)
-# then, here:
+# On a lent GPU machine, run it through scripts/device_checks.sh (the CUDA speed ratios first, then this
+# slice for the time left, all in one call of the device tool; its header has the commands); the slice's
+# database comes back, and here:
 #   gence merge results/study.sqlite <files_at>/gpu_slice.sqlite
-#   gence report results/study.sqlite ...           (the runs carry their GPU in their hardware field)
+#   scripts/study_background.sh snapshot      (RESULTS.md: a block of its own, never pooled with the study's
+#                                              blocks; its runs carry their GPU in their hardware field)
 #
 # SIZE: the device tool sends the whole working tree plus `carry` and refuses more than 64 MiB. Before a call,
-# `scripts/travel_size.sh .data` says, at no device time, whether it fits. On 2026-12-06 it did not: the
-# tree was 41.7 MB (the committed results databases, growing ~0.11 MB a study run) and .data (cifar10-jpeg
-# + mnist/) 31.1 MB, 72.8 MB in all; the study's CIFAR-10 blocks also need fashion-mnist/ (30.9 MB) for
-# their OOD sets. What fits then: the CUDA benchmarks (no data), or this slice with its OOD list cut to the
-# noise sets (.data = the CIFAR-10 tar alone: 61.4 MB in all) while the tree stays under ~47 MB.
+# `scripts/travel_size.sh .data` says, at no device time, whether it fits. On 2026-12-06: the tree 41.7 MB
+# (the committed results databases, growing ~0.11 MB a study run), the CIFAR-10 tar 19.8 MB: 61.4 MB, which
+# fits while the tree stays under ~47 MB; with mnist/ (11.4 MB) it did not, so configs/gpu_slice.toml's OOD
+# sets are the noise sets. The study's CIFAR-10 blocks need mnist/ and fashion-mnist/ (30.9 MB) as well:
+# they cannot go to a lent GPU through the device tool while the tree is this large.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USAGE="usage: scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]"

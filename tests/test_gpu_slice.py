@@ -71,3 +71,33 @@ def test_gpu_slice_script_passes_the_rest_to_bench(tmp_path):
     rows = sqlite3.connect(db).execute("select grid, label, seed, status from runs").fetchall()
     assert sorted(rows) == [("other", "ce", 5, "done"), ("other", "ce", 6, "done"),
                             ("other", "gence", 5, "done"), ("other", "gence", 6, "done")]
+
+
+def test_device_checks_runs_the_slice_into_out_and_keeps_to_its_budget(tmp_path):
+    """scripts/device_checks.sh, the one device call of a GPU session, on the CPU with the tiny slice and
+    the benchmarks off: OUT gets the device description, the slice's database with every run, and its log;
+    with a budget too small for a step it skips the step and says so; a bad budget or data folder is refused."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    out_dir = tmp_path / "out"
+    env = dict(os.environ, DEVICE_CHECKS_DEVICE="cpu", PYTHON=sys.executable, BENCH="0", CONFIG=str(config))
+    script = str(REPO / "scripts" / "device_checks.sh")
+    out = subprocess.run(["bash", script, str(tmp_path), str(out_dir), "300"], env=env, capture_output=True,
+                         text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["device.txt", "gpu_slice.log", "gpu_slice.sqlite"]
+    assert "torch" in (out_dir / "device.txt").read_text()
+    rows = sqlite3.connect(out_dir / "gpu_slice.sqlite").execute("select label, seed, status from runs").fetchall()
+    assert sorted(rows) == [("ce", 0, "done"), ("ce", 1, "done"), ("gence", 0, "done"), ("gence", 1, "done")]
+    assert "gpu_slice: done in" in (out_dir / "gpu_slice.log").read_text()
+
+    short = subprocess.run(["bash", script, str(tmp_path), str(tmp_path / "out2"), "5"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert short.returncode == 0
+    assert "no time left for gpu_slice.log" in short.stdout
+    assert not (tmp_path / "out2" / "gpu_slice.sqlite").exists()
+
+    for args, message in (([str(tmp_path), str(tmp_path / "o3"), "soon"], "SECONDS must be a whole number"),
+                          ([str(tmp_path / "none"), str(tmp_path / "o4")], "is not a folder")):
+        bad = subprocess.run(["bash", script, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
