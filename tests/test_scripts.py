@@ -5,6 +5,7 @@ holds; and what study_background's autosave commits in such a repository."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sqlite3
@@ -110,34 +111,16 @@ def test_travel_size_counts_what_the_device_tool_sends(tmp_path):
     assert missing.returncode == 2 and "'nothing-here' does not exist" in missing.stderr
 
 
-MAIN_GRID = """
-[train]
-epochs = 1
+def _grid(*blocks: tuple[str, list[str], str, list[int]]) -> str:
+    """A grid file of (name, datasets, regime, seeds) blocks of CE and GenCE with the MLP, one epoch."""
+    return "[train]\nepochs = 1\n" + "".join(
+        f'\n[[grid]]\nname = "{name}"\ndatasets = {json.dumps(datasets)}\nregimes = ["{regime}"]\n'
+        f'models = ["mlp"]\nseeds = {json.dumps(seeds)}\nlosses = ["ce", "gence"]\n' for name, datasets, regime, seeds in blocks)
 
-[[grid]]
-name = "main_b5_digits_mlp"
-datasets = ["digits"]
-regimes = ["balanced:5"]
-models = ["mlp"]
-seeds = [0, 1, 2, 3, 4, 5]
-losses = ["ce", "gence"]
 
-[[grid]]
-name = "lr_b5_digits_mlp"
-datasets = ["digits"]
-regimes = ["balanced:5"]
-models = ["mlp"]
-seeds = [0, 1, 2, 3, 4, 5]
-losses = ["ce", "gence"]
-
-[[grid]]
-name = "main_b9_digits_mlp"
-datasets = ["digits"]
-regimes = ["balanced:9"]
-models = ["mlp"]
-seeds = [0, 1, 2, 3]
-losses = ["ce", "gence"]
-"""
+MAIN_GRID = _grid(("main_b5_digits_mlp", ["digits"], "balanced:5", [0, 1, 2, 3, 4, 5]),
+                  ("lr_b5_digits_mlp", ["digits"], "balanced:5", [0, 1, 2, 3, 4, 5]),
+                  ("main_b9_digits_mlp", ["digits"], "balanced:9", [0, 1, 2, 3]))
 GAP = [0.011, -0.004, 0.007, 0.002, 0.013, -0.001]   # GenCE - CE test error per seed in main_b5
 
 
@@ -152,7 +135,7 @@ def test_power_checks_the_design_against_the_studys_own_pairs(tmp_path, capsys):
     """The study section: paired sd per main block with 5+ pairs (numpy), and the paired t-test's power at
     that sd against a simulation of the test itself (scipy's ttest_1samp on normal differences)."""
     db = tmp_path / "study.sqlite"
-    run_grid(parse_grid(textwrap.dedent(MAIN_GRID)).runs, db, run_fn=fake_main, progress=False)
+    run_grid(parse_grid(MAIN_GRID).runs, db, run_fn=fake_main, progress=False)
     power = load_script("power")
     rows = power.study_paired_sds(str(db))
     d = 100 * np.array(GAP)
@@ -166,25 +149,14 @@ def test_power_checks_the_design_against_the_studys_own_pairs(tmp_path, capsys):
     assert power.power_paired(1.0, sd, n, 0.05) == pytest.approx(simulated, abs=0.01)
 
     archive = tmp_path / "archive.sqlite"
-    run_grid(parse_grid(textwrap.dedent(ARCHIVE_GRID)).runs, archive, run_fn=fake_archive, progress=False)
+    run_grid(parse_grid(ARCHIVE_GRID).runs, archive, run_fn=fake_archive, progress=False)
     assert power.main([str(archive), str(REPO / "configs" / "study.toml"), str(tmp_path / "none.sqlite"), str(db)]) == 0
     out = capsys.readouterr().out
     p = power.power_paired(1.0, d.std(ddof=1), 6, 0.05)
     assert (f"main_b5_digits_mlp: sd {d.std(ddof=1):.2f}, mean {d.mean():+.2f} (6 seeds), power {p:.2f}") in out
 
 
-ARCHIVE_GRID = """
-[train]
-epochs = 1
-
-[[grid]]
-name = "balanced"
-datasets = ["cifar10", "fashion_mnist"]
-regimes = ["balanced:5"]
-models = ["mlp"]
-seeds = [0, 1, 2]
-losses = ["ce", "gence"]
-"""
+ARCHIVE_GRID = _grid(("balanced", ["cifar10", "fashion_mnist"], "balanced:5", [0, 1, 2]))
 
 
 def fake_archive(config):
