@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from scipy import stats
 
 from gence.cli import main
@@ -394,6 +395,26 @@ def test_error_vs_labels_with_one_budget_keeps_the_points_near_the_middle(tmp_pa
     lo, hi = (math.log(v) for v in ax.get_xlim())
     xs = [x for line in ax.get_lines() for x in line.get_xdata()]
     assert len(xs) >= 2 and all(abs((math.log(x) - lo) / (hi - lo) - 0.5) < 0.1 for x in xs)
+
+
+def test_forest_keeps_long_setting_names_and_its_axis_label_inside_the_image():
+    # the study's glance plots name each setting with its block: at the figure's fixed width such names
+    # had pushed the axis label past the image's right edge (RESULTS.md's calibration figure, 2026-12-06)
+    long = "fashion_mnist / resnet8 / long_tailed:100:500 [main_lt_fashion_mnist_resnet8]"
+    rows = [(long, {"before TS": (-0.2, -12.5, 12.0), "after TS": (0.3, -3.0, 3.4)}),
+            (long.replace("long_tailed:100:500", "balanced:50"), {"before TS": (-0.4, -0.8, 0.1)}),
+            ("pooled", {"before TS": (-0.2, -0.6, 0.1), "after TS": (0.0, -0.7, 0.6)})]
+    fig = plots.forest_figure(rows, "Calibration: ECE before and after temperature scaling",
+                              "gence − ce, ECE (pp): mean over paired seeds, 95% CI; lower is better")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    inside = fig.bbox
+    for text in [fig.axes[0].xaxis.label, fig.axes[0].title, *fig.axes[0].get_yticklabels()]:
+        box = text.get_window_extent(renderer)
+        assert inside.x0 - 1 <= box.x0 and box.x1 <= inside.x1 + 1, (text.get_text(), box, inside)
+    assert fig.axes[0].get_yticklabels()[-1].get_text() == "fashion_mnist / resnet8 / long_tailed:100:500\n" \
+                                                          "[main_lt_fashion_mnist_resnet8]"
 
 
 def test_setup_counts_runs_per_precision(report, tmp_path):

@@ -112,8 +112,29 @@ def forest(rows: Sequence[tuple[str, dict[str, tuple[float, float, float]]]], pa
     """A point plot of differences with intervals, one row per setting (``rows``: (name, {series: (mean,
     low, high)})), several series dodged vertically; a row named ``pooled`` is drawn as diamonds below a
     line. NaN bounds draw the point alone."""
+    fig = forest_figure(rows, title, xlabel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _wrap_row_label(label: str, width: int = 48) -> str:
+    """A setting's name on two lines where it is long: its block (``... [block]``) on the second."""
+    if len(label) <= width:
+        return label
+    head, sep, block = label.partition(" [")
+    return f"{head}\n[{block}" if sep and len(head) <= width else textwrap.fill(label, width)
+
+
+def forest_figure(rows: Sequence[tuple[str, dict[str, tuple[float, float, float]]]], title: str, xlabel: str):
+    """The figure :func:`forest` saves. Long row names wrap (a block name goes to a second line) and the axis
+    label wraps to the axes' width: at a fixed figure width, long names had pushed the axis label past the
+    right edge of the image."""
     series = list(dict.fromkeys(k for _, d in rows for k in d))
-    fig = _figure(figsize=(8.5, 1.3 + 0.32 * len(rows) * max(1, len(series) * 0.7)), layout="constrained")
+    names = [_wrap_row_label(r) for r, _ in rows]
+    lines = max((name.count("\n") + 1 for name in names), default=1)
+    fig = _figure(figsize=(8.5, 1.3 + 0.32 * len(rows) * max(1, len(series) * 0.7) * (1 + 0.6 * (lines - 1))),
+                  layout="constrained")
     ax = fig.add_subplot()
     n = len(rows)
     labelled: set[str] = set()
@@ -132,16 +153,14 @@ def forest(rows: Sequence[tuple[str, dict[str, tuple[float, float, float]]]], pa
     if any(r == "pooled" for r, _ in rows):
         ax.axhline(n - 1 - [r for r, _ in rows].index("pooled") + 0.5, color="grey", linewidth=0.6)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(n), [r for r, _ in reversed(rows)], fontsize="small")
+    ax.set_yticks(range(n), list(reversed(names)), fontsize="small")
     ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(textwrap.fill(xlabel, 70 if lines == 1 else 60))
     ax.set_title(title, fontsize="medium")
     ax.grid(True, axis="x", alpha=0.3)
     if len(series) > 1:
         fig.legend(loc="outside upper center", ncols=len(series), fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def pool_bins(bins_list: list[dict]) -> dict:
