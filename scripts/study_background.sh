@@ -113,7 +113,7 @@ start() {
   [ -x "$VENV/bin/python" ] || { say "no Python at $VENV/bin/python: set GENCE_VENV to the venv gence is installed in"; exit 2; }
   [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
   MACHINE=$(machine)   # read by restore
-  local rev=$STUDY_REV kernels
+  local kernels
   kernels=$("$VENV/bin/python" -c 'from gence.train.loop import cpu_has_bf16_kernels; print(int(cpu_has_bf16_kernels()))')
   if [ "$kernels" != 1 ]; then
     say "this CPU ($MACHINE) has no bf16 kernels: the study's amp runs train in float32 here; the pilot waits for a CPU with them"
@@ -121,12 +121,12 @@ start() {
   restore study
   restore pilot
   if running study; then say "the study is already running"; else
-    local wt; wt=$(worktree launch "$rev")
+    local wt; wt=$(worktree launch "$STUDY_REV")
     (close_fds; cd "$wt" || exit 1    # exec: no shell stays behind holding the caller's stdout
      PYTHONPATH=src exec nohup setsid "$VENV/bin/python" -m gence.cli bench configs/study.toml \
         --blocks "$STUDY_BLOCKS" --data-dir "$DATA" --db "$RUNS/study.sqlite" --reuse "$RUNS/pilot.sqlite" \
         --no-report --workers $STUDY_WORKERS --threads 1 --quiet >> "$RUNS/study.log" 2>&1 < /dev/null) &
-    say "study started from $wt ($rev), log $RUNS/study.log"
+    say "study started from $wt ($STUDY_REV), log $RUNS/study.log"
   fi
   if [ "$kernels" != 1 ]; then :
   elif running pilot; then say "the pilot is already running"; else
