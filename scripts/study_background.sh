@@ -147,9 +147,7 @@ status() {
   for name in study pilot; do
     local state="stopped"; running "$name" && state="running"
     local counts="no database"
-    [ -f "$RUNS/$name.sqlite" ] && counts=$("$VENV/bin/python" -c "import sqlite3, sys
-c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)
-print(', '.join(f'{n} {s}' for s, n in c.execute('select status, count(*) from runs group by status')))" "$RUNS/$name.sqlite")
+    [ -f "$RUNS/$name.sqlite" ] && counts=$(db_counts "$RUNS/$name.sqlite")
     echo "$name: $state; $counts ($RUNS/$name.sqlite)"
   done
   local state="stopped"; pgrep -f -- "$AUTOSAVE_LOOP [0-9]+ [0-9]+ $RUNS\$" >/dev/null && state="running"
@@ -183,10 +181,19 @@ handover() {    # snapshot, then results/checkpoints/NAME/ = the checkpoints in 
   say "commit results/ (checkpoints included) and RESULTS.md"
 }
 
-done_counts() {  # "study N, pilot M": runs stored done in the committed snapshots
+db_counts() {  # db_counts DB: "N done, M running, ..." for the runs of a results database, read-only
   "$VENV/bin/python" -c "import sqlite3, sys
-print(', '.join(f'{n} ' + str(sqlite3.connect(f'file:{sys.argv[1]}/{n}.sqlite?mode=ro', uri=True).execute(
-    \"select count(*) from runs where status = 'done'\").fetchone()[0]) for n in ('study', 'pilot')))" "$REPO/results"
+c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)
+print(', '.join(f'{n} {s}' for s, n in c.execute('select status, count(*) from runs group by status order by status')))" "$1"
+}
+
+done_counts() {  # "study N, pilot M": runs stored done in the committed snapshots
+  local name counts out=()
+  for name in study pilot; do
+    counts=$(db_counts "$REPO/results/$name.sqlite")
+    [[ $counts =~ ([0-9]+)\ done ]] && out+=("$name ${BASH_REMATCH[1]}") || out+=("$name 0")
+  done
+  local IFS=,; echo "${out[*]}" | sed 's/,/, /g'
 }
 
 commit_results() {  # commit_results WHAT: commit results/ and the pages, and nothing else of the index
