@@ -23,6 +23,25 @@ def grid_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def fake_run_module(tmp_path: Path, monkeypatch, module: str, source: str, log_name: str = "runs.log",
+                    env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> tuple[str, Path]:
+    """Write ``source`` as tmp_path/MODULE.py, a run function the runner imports (``--run-fn MODULE:run``)
+    in this process and in the subprocesses it starts (PYTHONPATH = tmp_path and the checkout's src/).
+    ``FAKE_LOG`` names the log it appends to; ``env`` is set and ``unset`` removed for the test.
+    Returns the import path of its ``run`` and the log's path."""
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    log = tmp_path / log_name
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    for var in unset:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in (env or {}).items():
+        monkeypatch.setenv(var, value)
+    src = Path(__file__).resolve().parents[1] / "src"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(src), os.environ.get("PYTHONPATH", "")]))
+    return f"{module}:run", log
+
+
 def stored_rows(db) -> list[dict]:
     """Rows read straight from SQLite, independently of the library."""
     con = sqlite3.connect(db)

@@ -2,7 +2,6 @@
 exit code 2 for a usage error; no traceback; nothing stored lost."""
 from __future__ import annotations
 
-import sqlite3
 
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ from gence.experiments import parse_grid, run_grid
 from gence.report import write_report
 from gence.report import convergence as C
 from gence.report.convergence import ConvergenceError, ConvergenceSpec, plateau_change
-from gence.report.sections import DEFAULT_SECTIONS, with_pilot
+from gence.report.sections import with_pilot
 from gence.report.tables import Run, load_results
 
 CONVERGENCE = """

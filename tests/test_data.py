@@ -69,7 +69,7 @@ def write_image_tree(root, rng, fmt, classes=CIFAR10, per_class=(3, 2), size=8):
 
     out = {}
     for split, n in zip(("train", "test"), per_class):
-        xs, ys = [], []
+        xs = []
         # write the classes in reverse order: the reader must not depend on creation order
         for k in reversed(range(len(classes))):
             d = root / split / classes[k]
@@ -582,7 +582,7 @@ def _cifar_dir(tmp_path, rng):
 def test_ood_other_dataset_converted(tmp_path):
     rng = np.random.default_rng(12)
     _cifar_dir(tmp_path, rng)
-    mn = make_mnist_like(tmp_path / "mnist", rng, gz=True, n_test=12)
+    make_mnist_like(tmp_path / "mnist", rng, gz=True, n_test=12)
     cifar = gd.load_dataset("cifar10", tmp_path)
     o = gd.load_ood("mnist", cifar, n=5, seed=0)
     assert o.shape == (5, 3, 32, 32) and o.dtype == torch.uint8

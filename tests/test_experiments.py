@@ -4,7 +4,6 @@ Runner mechanics use a cheap fake run function (written to tmp_path so spawned w
 can import it); one end-to-end test trains real tiny runs."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -72,14 +71,7 @@ losses = ["ce", "gence"]
 @pytest.fixture()
 def fake(tmp_path, monkeypatch):
     """Import path of the fake run function; its start log; env for subprocesses."""
-    (tmp_path / "fake_run.py").write_text(FAKE_RUN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    log = tmp_path / "starts.log"
-    monkeypatch.setenv("FAKE_LOG", str(log))
-    monkeypatch.setenv("FAKE_SLEEP", "0")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO / "src"),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    return "fake_run:run", log
+    return helpers.fake_run_module(tmp_path, monkeypatch, "fake_run", FAKE_RUN, "starts.log", env={"FAKE_SLEEP": "0"})
 
 
 def write_grid(tmp_path, text=GRID, name="grid.toml") -> Path:

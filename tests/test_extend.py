@@ -111,16 +111,8 @@ losses = [{ name = "focal", params = { gamma = 3.0 }, label = "focal" }]
 
 @pytest.fixture()
 def fake(tmp_path, monkeypatch):
-    (tmp_path / "fake_extend_run.py").write_text(FAKE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    log = tmp_path / "runs.log"
-    monkeypatch.setenv("FAKE_LOG", str(log))
-    monkeypatch.setenv("FAKE_OPT", json.dumps(OPT))
-    for var in ("FAKE_SLEEP", "FAKE_FAIL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO / "src"),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    return "fake_extend_run:run", log
+    return helpers.fake_run_module(tmp_path, monkeypatch, "fake_extend_run", FAKE, env={"FAKE_OPT": json.dumps(OPT)},
+                                   unset=("FAKE_SLEEP", "FAKE_FAIL"))
 
 
 def grid_file(tmp_path, text=GRID) -> Path:

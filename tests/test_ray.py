@@ -22,7 +22,6 @@ import pytest
 
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
-from gence.experiments import ray_backend
 from gence.experiments.ray_backend import RayExecutor, import_ray
 
 REPO = Path(__file__).resolve().parents[1]

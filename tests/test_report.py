@@ -371,10 +371,10 @@ def test_setup_shows_the_latest_text_of_a_grid_file_edited_between_runs(tmp_path
     old = "[[grid]]\nname = 'a'\ndatasets = ['digits']\nregimes = ['balanced:5']\nmodels = ['mlp']\nlosses = ['ce']\nseeds = [0]\n"
     new = old.replace("seeds = [0]", "seeds = [0, 1]  # one more seed")
     db = tmp_path / "r.sqlite"
-    for text in (old, new):
-        grid = parse_grid(text, name="g")
+    for grid_text in (old, new):
+        grid = parse_grid(grid_text, name="g")
         run_grid(grid.runs, db, run_fn=lambda c: ({"test/error": 0.5}, {}), progress=False,
-                 grid_text=("g", "configs/g.toml", text))
+                 grid_text=("g", "configs/g.toml", grid_text))
     md = write_report(db, tmp_path / "out", with_plots=False).markdown
     assert md.count("<details>") == 1 and "seeds = [0, 1]  # one more seed" in md and "seeds = [0]\n" not in md
     sha_old = hashlib.sha256(old.encode()).hexdigest()[:12]
@@ -410,9 +410,9 @@ def test_forest_keeps_long_setting_names_and_its_axis_label_inside_the_image():
     canvas.draw()
     renderer = canvas.get_renderer()
     inside = fig.bbox
-    for text in [fig.axes[0].xaxis.label, fig.axes[0].title, *fig.axes[0].get_yticklabels()]:
-        box = text.get_window_extent(renderer)
-        assert inside.x0 - 1 <= box.x0 and box.x1 <= inside.x1 + 1, (text.get_text(), box, inside)
+    for artist in [fig.axes[0].xaxis.label, fig.axes[0].title, *fig.axes[0].get_yticklabels()]:
+        box = artist.get_window_extent(renderer)
+        assert inside.x0 - 1 <= box.x0 and box.x1 <= inside.x1 + 1, (artist.get_text(), box, inside)
     assert fig.axes[0].get_yticklabels()[-1].get_text() == "fashion_mnist / resnet8 / long_tailed:100:500\n" \
                                                           "[main_lt_fashion_mnist_resnet8]"
 

@@ -1,5 +1,4 @@
 """The Gaussian task's posterior, samples and Bayes error against independent computations."""
-import math
 
 import numpy as np
 import pytest

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import os
 import sqlite3
 import textwrap
 from pathlib import Path
@@ -88,15 +86,8 @@ N_TUNE, N_MAIN = 15, 12
 
 @pytest.fixture()
 def fake(tmp_path, monkeypatch):
-    (tmp_path / "fake_tune_run.py").write_text(FAKE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    log = tmp_path / "runs.log"
-    monkeypatch.setenv("FAKE_LOG", str(log))
-    for var in ("FAKE_SLEEP", "FAKE_FAIL", "FAKE_TIE", "FAKE_OPT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO / "src"),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    return "fake_tune_run:run", log
+    return helpers.fake_run_module(tmp_path, monkeypatch, "fake_tune_run", FAKE,
+                                   unset=("FAKE_SLEEP", "FAKE_FAIL", "FAKE_TIE", "FAKE_OPT"))
 
 
 def grid_file(tmp_path, text=GRID) -> Path:

@@ -7,7 +7,6 @@ written at the top of the report.
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,7 +81,7 @@ def _mean(cells, value, loss, metric="kl"):
 
 
 def _table(cells, values, losses, metric, value_name, digits=4, value_fmt=str):
-    head = f"| loss | " + " | ".join(f"{value_name} {value_fmt(v)}" for v in values) + " |"
+    head = "| loss | " + " | ".join(f"{value_name} {value_fmt(v)}" for v in values) + " |"
     lines = [head, "|---|" + "---|" * len(values)]
     for loss in losses:
         lines.append(f"| {loss} | " + " | ".join(
@@ -142,7 +141,7 @@ def _plot_completeness(cells, sweep, path):
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(losses)), losses, rotation=30, ha="right", fontsize=8)
         ax.set_title(lab, fontsize=9)
-        ax.set_ylabel(f"c of the last class = E q / E p")
+        ax.set_ylabel("c of the last class = E q / E p")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -266,7 +265,7 @@ def write_report(db_path="runs/gence.sqlite", out="docs/properness.md", sweep: S
     # tasks
     labels = list(sweep.tasks)
     L += ["## Task variants", "",
-          f"Classes, dimensions and priors (exponential profile, head/tail ratio as given) at the base "
+          "Classes, dimensions and priors (exponential profile, head/tail ratio as given) at the base "
           "setting. KL(true || model):", "",
           "| loss | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for loss in losses:

@@ -865,7 +865,7 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
           f"- Collapsed runs in these blocks{shown}: {ge_l} {n_coll[ge_l]} of {n_runs[ge_l]}, {ce_l} "
           f"{n_coll[ce_l]} of {n_runs[ce_l]} (Fisher's exact test, two-sided: {p_text(p_fisher)})"
           + ("." if not spec.only_converged else
-             f"; counting every setting (the verdict is not decided on the others): "
+             "; counting every setting (the verdict is not decided on the others): "
              + ", ".join(f"{lab} {all_coll[lab]} of {all_runs[lab]}" for lab in (ge_l, ce_l)) + ".")]
     if coll_where:
         md.append("- Where runs collapsed (loss, " + field + ", dataset, regime): "
