@@ -12,11 +12,14 @@
 #   train_throughput_cuda.txt    benchmarks/train_throughput.py --device cuda (random images: speed only)
 #   gpu_slice.sqlite, .log       scripts/gpu_slice.sh DATA_DIR OUT/gpu_slice.sqlite 4 (configs/gpu_slice.toml)
 #
-# Here, first (no device time): copy the tar into an ignored folder and check the size that would travel:
+# Here, first (no device time): copy the tar into an ignored folder, and take the committed results
+# databases out of the working tree for the call (they are not read here, and with them the tree outgrows
+# the tool's 64 MiB as the study grows; travel_light.sh prints what will travel):
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/ && echo /.data/ >> .git/info/exclude
-#   scripts/travel_size.sh .data
+#   scripts/study_background.sh stop-autosave && scripts/travel_light.sh off .data
 # then:
 #   run(command="scripts/device_checks.sh .data $OUT", carry=[".data"], timeout_s=580)
+#   scripts/travel_light.sh on && scripts/study_background.sh autosave 60 HH:MM   (the session's handover time)
 # and back here, each file read from <files_at>: the two benchmark outputs go to results/benchmarks/ as
 # they are (their first lines name the command, commit and GPU); `gence merge results/study.sqlite
 # <files_at>/gpu_slice.sqlite`, then `scripts/study_background.sh snapshot` (RESULTS.md shows the slice as a

@@ -28,11 +28,14 @@
 #                                              blocks; its runs carry their GPU in their hardware field)
 #
 # SIZE: the device tool sends the whole working tree plus `carry` and refuses more than 64 MiB. Before a call,
-# `scripts/travel_size.sh .data` says, at no device time, whether it fits. On 2026-12-06: the tree 41.7 MB
-# (the committed results databases, growing ~0.11 MB a study run), the CIFAR-10 tar 19.8 MB: 61.4 MB, which
-# fits while the tree stays under ~47 MB; with mnist/ (11.4 MB) it did not, so configs/gpu_slice.toml's OOD
-# sets are the noise sets. The study's CIFAR-10 blocks need mnist/ and fashion-mnist/ (30.9 MB) as well:
-# they cannot go to a lent GPU through the device tool while the tree is this large.
+# `scripts/travel_size.sh .data` says, at no device time, whether it fits. With the committed results
+# databases (growing ~0.11 MB a study run) the tree was 41.7 MB on 2026-12-06 and 45.4 MB later that day,
+# beside the CIFAR-10 tar's 19.8 MB: the slice fits only while the tree stays under ~47 MB, so
+# device_checks.sh's header takes those files out for the call with `scripts/travel_light.sh off` (12.2 MB
+# of tree remained on 2026-12-06; it prints the sum each time). configs/gpu_slice.toml's OOD sets are the
+# noise sets, from when mnist/ (11.4 MB) did not fit. The study's blocks need results/study.sqlite and
+# results/pilot.sqlite (carried as copies) and, for CIFAR-10, mnist/ and fashion-mnist/ (30.9 MB) as well:
+# with the databases, more than the 64 MiB already, so they cannot go to a lent GPU through the device tool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USAGE="usage: scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]"

@@ -7,6 +7,7 @@
 #   scripts/study_background.sh snapshot   # merge the running databases into results/, regenerate the pages
 #   scripts/study_background.sh handover   # snapshot, and copy the checkpoints of runs in flight to results/
 #   scripts/study_background.sh stop       # SIGTERM: runs in flight give up their claims, keep checkpoints
+#   scripts/study_background.sh stop-autosave   # the autosave loop alone (before scripts/travel_light.sh off)
 #   scripts/study_background.sh autosave [MINUTES] [HANDOVER_AT]
 #                                          # in the background: a snapshot committed every MINUTES (60), and at
 #                                          # HANDOVER_AT (any time `date -d` reads, e.g. 06:05) a handover
@@ -112,6 +113,7 @@ running() {    # running NAME: a runner on runs/NAME.sqlite, or the pilot's loop
 start() {
   [ -x "$VENV/bin/python" ] || { say "no Python at $VENV/bin/python: set GENCE_VENV to the venv gence is installed in"; exit 2; }
   [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
+  not_light || exit 2   # restore reads results/
   MACHINE=$(machine)   # read by restore
   local kernels
   kernels=$("$VENV/bin/python" -c 'from gence.train.loop import cpu_has_bf16_kernels; print(int(cpu_has_bf16_kernels()))')
@@ -154,9 +156,16 @@ status() {
   echo "autosave: $state ($RUNS/autosave.log)"
 }
 
+not_light() {   # results/ is whole: scripts/travel_light.sh off removes committed files for a device call
+  [ -z "$(git -C "$REPO" ls-files --deleted -- results)" ] && return 0
+  say "results/ is lightened for a device call (committed files are missing from it): run scripts/travel_light.sh on first"
+  return 1
+}
+
 snapshot() {   # the commands on the third line of each page regenerate it from the committed database; with
   # SNAPSHOT_SRC set (autosave), gence is imported from there instead of the checkout's src/, whose edits in
   # progress then never reach a committed page
+  not_light || return 1
   ( [ -z "${SNAPSHOT_SRC:-}" ] || export PYTHONPATH=$SNAPSHOT_SRC
     for name in study pilot; do "$VENV/bin/gence" merge "$REPO/results/$name.sqlite" "$RUNS/$name.sqlite" >&2; done
     cd "$REPO"
@@ -168,7 +177,7 @@ snapshot() {   # the commands on the third line of each page regenerate it from 
 }
 
 handover() {    # snapshot, then results/checkpoints/NAME/ = the checkpoints in flight now (stale ones removed)
-  snapshot
+  snapshot || return 1
   mkdir -p "$REPO/results/checkpoints"; machine > "$REPO/results/checkpoints/MACHINE"
   for name in study pilot; do
     local dst=$REPO/results/checkpoints/$name
@@ -198,6 +207,7 @@ done_counts() {  # "study N, pilot M": runs stored done in the committed snapsho
 
 commit_results() {  # commit_results WHAT: commit results/ and the pages, and nothing else of the index
   local paths=(results RESULTS.md) pages=(RESULTS.md results/pilot/README.md) try
+  not_light || return 1
   if git -C "$REPO" diff --quiet HEAD -- results/study.sqlite results/pilot.sqlite results/checkpoints \
      && [ -z "$(git -C "$REPO" ls-files --others --exclude-standard -- results/checkpoints)" ]; then
     git -C "$REPO" checkout -q HEAD -- "${pages[@]}"   # they differ by their date line only
@@ -250,8 +260,12 @@ autosave_loop() {   # autosave_loop MINUTES DEADLINE (epoch seconds, 0: none)
   done
 }
 
-stop() {        # the pilot's loop first, or it would start its next phase
+stop_autosave() {
   pkill -TERM -f -- "$AUTOSAVE_LOOP [0-9]+ [0-9]+ $RUNS\$" && say "autosave: SIGTERM sent" || true
+}
+
+stop() {        # the pilot's loop first, or it would start its next phase
+  stop_autosave
   pkill -TERM -f -- "$PILOT_LOOP $RUNS" || true
   for name in study pilot; do pkill -TERM -f -- "--db $RUNS/$name.sqlite" && say "$name: SIGTERM sent" || true; done
 }
@@ -266,10 +280,11 @@ main() {
     snapshot) snapshot ;;
     handover) handover ;;
     stop) stop ;;
+    stop-autosave) stop_autosave ;;
     autosave) shift; autosave "$@" ;;
     "$AUTOSAVE_LOOP") shift; autosave_loop "$1" "$2" ;;
     _commit_results) MACHINE=$(machine); commit_results "${2:?what}" ;;   # one autosave commit (its test)
-    *) sed -n 2,13p "$0" >&2; exit 2 ;;
+    *) sed -n 2,14p "$0" >&2; exit 2 ;;
   esac
 }
 main "$@"; exit

@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=$((64 * 1024 * 1024))
 
-size_of_tree() { git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+# (a tracked file missing from the working tree, as after scripts/travel_light.sh off, does not travel: skipped)
+sizes() { xargs -0 -r stat -c "$1" -- 2>/dev/null || true; }
+size_of_tree() { git ls-files -z --cached --others --exclude-standard | sizes %s | awk '{s += $1} END {print s + 0}'; }
 mb() { awk -v b="$1" 'BEGIN {printf "%.1f MB", b / 1e6}'; }
 
 tree=$(size_of_tree)
@@ -24,7 +26,7 @@ for path in "$@"; do
   total=$((total + bytes))
 done
 echo "largest tracked files:"
-git ls-files -z | xargs -0 -r stat -c '%s %n' | sort -rn | awk 'NR <= 5' | while read -r bytes name; do echo "  $(mb "$bytes")  $name"; done
+git ls-files -z | sizes '%s %n' | sort -rn | awk 'NR <= 5' | while read -r bytes name; do echo "  $(mb "$bytes")  $name"; done
 if [ "$total" -le "$LIMIT" ]; then
   echo "total $(mb "$total"): fits the device tool's 64 MiB ($(mb $((LIMIT - total))) to spare)"
 else

@@ -1,7 +1,8 @@
 """Scripts under scripts/ whose output the study states: bf16_check's rule against scipy on a database the
 test writes (float32 twins with known differences from their bf16 runs); power's check of the design
 against the study's own pairs; travel_size's total against the sizes of the files a test repository
-holds; and what study_background's autosave commits in such a repository."""
+holds; what study_background's autosave commits in such a repository; and travel_light's round trip of
+the committed results files in one."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +228,72 @@ def test_autosave_commits_results_and_pages_only(tmp_path):
     commit("handover")
     assert log()[0].startswith("handover (autosave): study 5, pilot 2 runs done; ")
     assert files() == ["results/checkpoints/study/run.pt"]
+
+
+def test_travel_light_removes_committed_results_and_puts_them_back(tmp_path):
+    """'off' removes the tracked files of 1 MB or more under results/ (refusing, removing nothing, while one
+    differs from HEAD or autosave runs); study_background refuses to snapshot or commit meanwhile; 'on' puts
+    back the same bytes."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("travel_light.sh", "travel_size.sh", "study_background.sh"):
+        shutil.copy(REPO / "scripts" / name, repo / "scripts" / name)
+    (repo / "results" / "archive").mkdir(parents=True)
+    (repo / "other").mkdir()
+    rng = np.random.default_rng(0)
+    content = {"results/study.sqlite": rng.bytes(2_000_000), "results/archive/runs.csv": rng.bytes(1_500_000),
+               "results/notes.txt": b"small\n", "results/plot.png": rng.bytes(999_999),
+               "other/big.bin": rng.bytes(3_000_000)}
+    for name, data in content.items():
+        (repo / name).write_bytes(data)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "test@example.com")
+    _git(repo, "config", "user.name", "test")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "start")
+    env = {**os.environ, "GENCE_VENV": sys.prefix, "RUNS": str(tmp_path / "runs")}
+
+    def run(script, *args):
+        return subprocess.run(["bash", str(repo / "scripts" / script), *args], env=env, capture_output=True,
+                              text=True)
+
+    (repo / "results" / "study.sqlite").write_bytes(rng.bytes(2_000_000))   # not committed: refused
+    out = run("travel_light.sh", "off")
+    assert out.returncode == 2 and "results/study.sqlite" in out.stderr and "commit them first" in out.stderr
+    assert (repo / "results" / "archive" / "runs.csv").exists()
+    _git(repo, "checkout", "--", "results/study.sqlite")
+
+    (tmp_path / "runs").mkdir()                                          # an autosave loop on these runs
+    loop = subprocess.Popen(["bash", "-c", "sleep 60; true", "gence-autosave-loop", "60", "0", str(tmp_path / "runs")])
+    try:
+        for _ in range(50):                                              # until ps shows its arguments
+            if "autosave: running" in run("study_background.sh", "status").stdout:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("study_background.sh status never saw the fake autosave loop")
+        out = run("travel_light.sh", "off")
+        assert out.returncode == 2 and "autosave loop is running" in out.stderr
+        assert (repo / "results" / "study.sqlite").exists()
+    finally:
+        loop.kill()
+        loop.wait()
+
+    out = run("travel_light.sh", "off")
+    assert out.returncode == 0, out.stderr
+    removed = ["results/archive/runs.csv", "results/study.sqlite"]
+    assert sorted(n for n in content if not (repo / n).exists()) == removed
+    kept = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert f"working tree (tracked + untracked not ignored): {kept / 1e6:.1f} MB" in out.stdout
+    assert "removed 2 committed file(s)" in out.stderr
+
+    refused = run("study_background.sh", "_commit_results", "snapshot")
+    assert refused.returncode != 0 and "run scripts/travel_light.sh on first" in refused.stderr
+    assert subprocess.run(["git", "-C", str(repo), "log", "--format=%s"], capture_output=True, text=True,
+                          check=True).stdout.split("\n")[0] == "start"
+
+    out = run("travel_light.sh", "on")
+    assert out.returncode == 0 and "put back 2 file(s)" in out.stderr
+    assert all((repo / n).read_bytes() == data for n, data in content.items())
+    assert subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
+                          check=True).stdout == ""
