@@ -6,21 +6,23 @@
 #
 #   scripts/travel_light.sh off [CARRY_PATH...]   # remove from the working tree every tracked file under
 #                                                 # results/ of 1 MB or more, then print travel_size.sh's sum
-#   scripts/travel_light.sh on                    # git checkout HEAD -- every tracked file missing under results/
+#   scripts/travel_light.sh on                    # git checkout HEAD -- the files 'off' removed
 #
 # Nothing is lost: 'off' removes only files identical to their committed version (git holds every byte) and
 # refuses, removing nothing, when one differs (commit it first) or while study_background.sh's autosave loop
 # runs (its commit would record the removal: `scripts/study_background.sh stop-autosave`, and after 'on'
-# `scripts/study_background.sh autosave 60 HH:MM` again). While results/ is light, study_background.sh's
-# snapshot and commit refuse to run. The runners are not touched: they write ../runs, not results/.
+# `scripts/study_background.sh autosave 60 HH:MM` again). 'off' lists what it removed in .git/gence-travel-light;
+# while that file exists, study_background.sh's start, snapshot, handover and commit refuse to run. The
+# runners are not touched: they write ../runs, not results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN_BYTES=$((1000 * 1000))
 say() { echo "travel_light.sh: $*" >&2; }
 
-missing() { git ls-files -z --deleted -- results; }
+MARK=$(git rev-parse --git-path gence-travel-light)   # the list of removed files; never committed, never sent
 
 off() {
+  if [ -e "$MARK" ]; then say "the tree is already light ($MARK lists what was removed); 'on' first"; exit 2; fi
   if bash scripts/study_background.sh status 2>/dev/null | grep -q '^autosave: running'; then
     say "study_background.sh's autosave loop is running; its next commit would record the removal. Stop it"
     say "first (scripts/study_background.sh stop-autosave), and start it again after 'on'. Nothing removed."
@@ -36,16 +38,21 @@ off() {
     say "these differ from HEAD and would not come back from git: ${changed[*]}; commit them first. Nothing removed."
     exit 2
   fi
+  { [ "${#files[@]}" -eq 0 ] || printf '%s\0' "${files[@]}"; } > "$MARK"
   [ "${#files[@]}" -eq 0 ] || rm -f -- "${files[@]}"
   say "removed ${#files[@]} committed file(s) from the working tree; 'scripts/travel_light.sh on' puts them back"
   bash scripts/travel_size.sh "$@"
 }
 
 on() {
-  local files=()
-  mapfile -d '' files < <(missing)
+  if [ ! -e "$MARK" ]; then say "nothing to put back ($MARK does not exist: 'off' did not run)"; exit 0; fi
+  local files=() f
+  mapfile -d '' files < "$MARK"
   [ "${#files[@]}" -eq 0 ] || git checkout -q HEAD -- "${files[@]}"
-  [ -z "$(missing | tr -d '\0')" ] || { say "still missing after git checkout: $(missing | tr '\0' ' ')"; exit 1; }
+  for f in "${files[@]}"; do
+    [ -f "$f" ] || { say "still missing after git checkout: $f ($MARK kept)"; exit 1; }
+  done
+  rm -f -- "$MARK"
   say "put back ${#files[@]} file(s) from HEAD"
 }
 

@@ -229,6 +229,12 @@ def test_autosave_commits_results_and_pages_only(tmp_path):
     assert log()[0].startswith("handover (autosave): study 5, pilot 2 runs done; ")
     assert files() == ["results/checkpoints/study/run.pt"]
 
+    (repo / "results" / "checkpoints" / "study" / "run.pt").unlink()   # that run ended, another is in flight
+    (repo / "results" / "checkpoints" / "study" / "next.pt").write_bytes(b"state 2")
+    commit("handover")
+    assert files() == ["results/checkpoints/study/next.pt", "results/checkpoints/study/run.pt"]
+    assert not (repo / "results" / "checkpoints" / "study" / "run.pt").exists()
+
 
 def test_travel_light_removes_committed_results_and_puts_them_back(tmp_path):
     """'off' removes the tracked files of 1 MB or more under results/ (refusing, removing nothing, while one
@@ -281,6 +287,8 @@ def test_travel_light_removes_committed_results_and_puts_them_back(tmp_path):
 
     out = run("travel_light.sh", "off")
     assert out.returncode == 0, out.stderr
+    again = run("travel_light.sh", "off")
+    assert again.returncode == 2 and "already light" in again.stderr
     removed = ["results/archive/runs.csv", "results/study.sqlite"]
     assert sorted(n for n in content if not (repo / n).exists()) == removed
     kept = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
@@ -295,5 +303,7 @@ def test_travel_light_removes_committed_results_and_puts_them_back(tmp_path):
     out = run("travel_light.sh", "on")
     assert out.returncode == 0 and "put back 2 file(s)" in out.stderr
     assert all((repo / n).read_bytes() == data for n, data in content.items())
+    again = run("travel_light.sh", "on")
+    assert again.returncode == 0 and "nothing to put back" in again.stderr
     assert subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
                           check=True).stdout == ""
