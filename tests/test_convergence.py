@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import textwrap
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
@@ -56,7 +58,7 @@ FLOOR = {"ce": 0.0, "gence": 0.7, "label_smoothing": 0.0}
 
 
 def val_error(p: float, seed: int) -> float:
-    return 0.5 * (1 - p) ** 2 + 0.1 + 0.01 * seed
+    return 0.5 * (1 + 0.1 * seed) * (1 - p) ** 2 + 0.1 + 0.01 * seed   # each seed's own slope
 
 
 def eval_epochs(epochs: int) -> list[int]:
@@ -153,8 +155,11 @@ def test_convergence_tables_and_plots(report):
             assert cells[3].split()[0] == f"{GAP[loss][e]:.3f}"
             assert cells[3].endswith("‡") == (loss == "label_smoothing")
             assert cells[4] == f"{100 * sum(val_error(1.0, s) for s in range(3)) / 3:.2f}"
-            change = sum(expected_plateau(e, s) for s in range(3)) / 3
-            assert cells[5] == fmt_signed(100 * change)
+            changes = [expected_plateau(e, s) for s in range(3)]
+            mean, sd = sum(changes) / 3, float(np.std(changes, ddof=1))
+            half = scipy_stats.t.ppf(0.975, 2) * sd / math.sqrt(3)   # Student-t, 2 degrees of freedom
+            assert cells[5] == (f"{fmt_signed(100 * mean)} [{fmt_signed(100 * (mean - half))}, "
+                                f"{fmt_signed(100 * (mean + half))}]")
     assert "soft-target loss (label smoothing)" in md
     pngs = sorted(p.name for p in (out / "plots").glob("convergence_*.png"))
     assert pngs == ["convergence_digits_balanced-20_small_cnn.png", "convergence_digits_balanced-5_small_cnn.png"]

@@ -4,7 +4,8 @@
 (``extras["history"]`` entries with ``progress`` and ``val/error``; ``TrainConfig.eval_every``), validation
 error and NLL against training progress, one line per loss (mean over seeds, the seeds' range shaded), and a
 table per setting: final train error, distance of the training loss from its floor, and the change of
-validation error over the last 20% of training. It says nothing when no run has such a history.
+validation error over the last 20% of training (mean over seeds with its Student-t 95% interval). It says
+nothing when no run has such a history.
 
 :func:`pilot_section` (also a default section) judges the runs that differ only in ``epochs`` (E and 2E)
 and the seed, by the rule of a grid file's ``[convergence]`` table (:class:`ConvergenceSpec`)::
@@ -31,7 +32,7 @@ from gence.contract import canonical_json, key_fields
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.columns import HISTORY, HISTORY_PROGRESS, METRIC, SOFT_TARGET_LOSSES
-from gence.report.stats import PairedDifference, mean_std, paired_difference
+from gence.report.stats import PairedDifference, mean_interval, mean_std, paired_difference
 
 PLATEAU_WINDOW = 0.2          # the last fraction of training over which the plateau measure is taken
 CURVE_METRICS = ("val_error", "val_nll")   # the panels of the convergence plot (METRIC names)
@@ -137,16 +138,18 @@ def convergence(ctx: Context) -> str:
         for name, runs in lines:
             soft = any(_soft(r.config) for r in runs)
             gap = _mean(floor_gap(r.metrics) for r in runs)
-            change = _mean(plateau_change(r) for r in runs)
+            change, low, high = mean_interval([plateau_change(r) for r in runs])
             final = _mean(eval_points(r)[-1][METRIC["val_error"]] for r in runs)
             train_err = _mean(r.metrics.get(METRIC["train_error"], math.nan) for r in runs)
             rows.append([name, str(len(runs)), T.fmt_num(train_err, 2, 100),
                          T.fmt_num(gap, 3) + (" ‡" if soft and not math.isnan(gap) else ""),
-                         T.fmt_num(final, 2, 100), T.fmt_num(change, 2, 100, signed=True)])
-            csv_rows.append([*setting, name, len(runs), train_err, gap, final, change])
+                         T.fmt_num(final, 2, 100), T.fmt_num(change, 2, 100, signed=True) + (
+                             "" if math.isnan(low) else
+                             f" [{T.fmt_num(low, 2, 100, signed=True)}, {T.fmt_num(high, 2, 100, signed=True)}]")])
+            csv_rows.append([*setting, name, len(runs), train_err, gap, final, change, low, high])
         md += [f"### {title}", "", T.markdown_table(
             ["loss", "seeds", "final train error %", "train loss − floor (nats)", "final val error %",
-             f"Δ val error, last {PLATEAU_WINDOW:.0%} (pp)"], rows), ""]
+             f"Δ val error, last {PLATEAU_WINDOW:.0%} (pp) [95% CI]"], rows), ""]
         if ctx.with_plots:
             ctx.plots_dir.mkdir(parents=True, exist_ok=True)
             panels = {name: {METRIC[m]: curve(runs, METRIC[m]) for m in CURVE_METRICS} for name, runs in lines}
@@ -164,13 +167,15 @@ def convergence(ctx: Context) -> str:
             "training subset, of the last epoch's training loss minus its floor (the loss a model certain and right on every "
             "training image would have had on the same batches: 0 for CE), of the final validation error, and "
             f"of the change of validation error over the last {PLATEAU_WINDOW:.0%} of training (last evaluation "
-            f"minus the last one at least {PLATEAU_WINDOW:.0%} of the steps before it; near 0: a plateau).", ""]
+            f"minus the last one at least {PLATEAU_WINDOW:.0%} of the steps before it; near 0: a plateau), with "
+            "the Student-t 95% interval of that mean over the seeds (none for one seed).", ""]
     if any("‡" in line for line in md):
         head += ["‡ a soft-target loss (label smoothing): its attainable floor is higher than the stored "
                  "`train/loss_floor`, so the gap shown overstates its distance from the floor.", ""]
     return "\n".join(head + md + [ctx.csv("convergence.csv", ["dataset", "regime", "model", "loss", "seeds",
                                                               "train_error", "train_loss_minus_floor",
-                                                              "final_val_error", "val_error_change_last_20pct"],
+                                                              "final_val_error", "val_error_change_last_20pct",
+                                                              "ci_low", "ci_high"],
                                           csv_rows)])
 
 
