@@ -439,5 +439,20 @@ def test_setup_counts_runs_per_precision(report, tmp_path):
     # the most common precision (float32) names no blocks; each other one names the blocks of its runs
     b1, b2 = sorted([rows[1][3], rows[2][3]])
     bf16_blocks = f"2 in {b1}" if b1 == b2 else f"1 in {b1}, 1 in {b2}"
-    assert (f"- Precision: bfloat16 autocast (2 runs: {bf16_blocks}); float32 ({len(rows) - 3} runs); "
-            f"{fallback} (1 runs: 1 in {rows[0][3]})" in md), [line for line in md.splitlines() if "Precision" in line]
+    line = next(x for x in md.splitlines() if x.startswith("- Precision: "))
+    assert line.startswith(f"- Precision: bfloat16 autocast (2 runs: {bf16_blocks}); float32 ({len(rows) - 3} runs); "
+                           f"{fallback} (1 runs: 1 in {rows[0][3]})"), line
+    # a seed of a setting whose runs (any loss) differ in precision: each of the 3 edited runs makes its
+    # seed mixed when another run of that seed was left float32; counted here from the rows themselves
+    kinds: dict[tuple, set] = {}
+    for i, (_, _, config, grid) in enumerate(rows):
+        c = json.loads(config)
+        kinds.setdefault((grid, c["dataset"], c["regime"], c["model"], c["seed"]), set()).add(
+            "bf16" if i in (1, 2) else fallback if i == 0 else "float32")
+    mixed: dict[str, int] = {}
+    for (grid, *_), k in kinds.items():
+        if len(k) > 1:
+            mixed[grid] = mixed.get(grid, 0) + 1
+    assert mixed, "the edited runs should share a seed with float32 runs"
+    assert line.endswith(f"; {sum(mixed.values())} seed(s) of a setting have runs in more than one (paired "
+                         "comparisons pair them): " + ", ".join(f"{n} in {g}" for g, n in sorted(mixed.items()))), line

@@ -110,7 +110,17 @@ def precision_line(runs: list["T.Run"]) -> str:
             blocks = Counter(r.block for r in runs if r.precision == p)
             where = ": " + ", ".join(f"{k} in {b or 'no block'}" for b, k in sorted(blocks.items()))
         parts.append(f"{p} ({n} runs{where})")
-    return "Precision: " + "; ".join(parts)
+    line = "Precision: " + "; ".join(parts)
+    # the paired comparisons pair the runs of a seed (same data and initialisation): say where they mix
+    seeds: dict[tuple, set] = {}
+    for r in runs:
+        key = (r.block, r.config.get("dataset"), r.config.get("regime"), r.config.get("model"), r.seed)
+        seeds.setdefault(key, set()).add(r.precision)
+    mixed = Counter(key[0] for key, kinds in seeds.items() if len(kinds) > 1)
+    if mixed:
+        line += (f"; {sum(mixed.values())} seed(s) of a setting have runs in more than one (paired comparisons "
+                 "pair them): " + ", ".join(f"{k} in {b or 'no block'}" for b, k in sorted(mixed.items())))
+    return line
 
 
 def setup(ctx: Context) -> str:
