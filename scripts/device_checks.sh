@@ -5,7 +5,7 @@
 #
 #   scripts/device_checks.sh DATA_DIR OUT [SECONDS]
 #
-# DATA_DIR holds cifar10-jpeg.tar.gz (the slice's OOD sets are noise: nothing else is needed); OUT is the
+# DATA_DIR holds cifar10-jpeg.tar.gz and mnist/ (the slice's OOD sets: MNIST and noise); OUT is the
 # device tool's $OUT; SECONDS is the whole budget (default 540, under the tool's 600 s a command). In OUT:
 #   device.txt                   nvidia-smi and torch's view of the GPU
 #   loss_speed_cuda.txt          benchmarks/loss_speed.py --device cuda (GenCE / F.cross_entropy ratios)
@@ -15,7 +15,7 @@
 # Here, first (no device time): copy the tar into an ignored folder, and take the committed results
 # databases out of the working tree for the call (they are not read here, and with them the tree outgrows
 # the tool's 64 MiB as the study grows; travel_light.sh prints what will travel):
-#   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/ && echo /.data/ >> .git/info/exclude
+#   mkdir -p .data && cp -r ../shared/data/cifar10-jpeg.tar.gz ../shared/data/mnist .data/ && echo /.data/ >> .git/info/exclude
 #   scripts/study_background.sh stop-autosave && scripts/travel_light.sh off .data
 # then:
 #   run(command="scripts/device_checks.sh .data $OUT", carry=[".data"], timeout_s=580)
@@ -32,7 +32,7 @@ DATA_DIR=${1:?$USAGE}
 OUT=${2:?$USAGE}
 BUDGET=${3:-540}
 [[ "$BUDGET" =~ ^[1-9][0-9]*$ ]] || { echo "device_checks.sh: SECONDS must be a whole number of seconds, got '$BUDGET'" >&2; exit 2; }
-[ -d "$DATA_DIR" ] || { echo "device_checks.sh: DATA_DIR '$DATA_DIR' is not a folder (expected one holding cifar10-jpeg.tar.gz)" >&2; exit 2; }
+[ -d "$DATA_DIR" ] || { echo "device_checks.sh: DATA_DIR '$DATA_DIR' is not a folder (expected one holding cifar10-jpeg.tar.gz and mnist/)" >&2; exit 2; }
 DEVICE=${DEVICE_CHECKS_DEVICE:-cuda}
 CONFIG=${CONFIG:-configs/gpu_slice.toml}
 PYTHON=${PYTHON:-python3}

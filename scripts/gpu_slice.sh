@@ -4,8 +4,8 @@
 #
 #   scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]
 #
-# DATA_DIR holds cifar10-jpeg.tar.gz (as ../shared/data does; configs/study.toml's blocks also read mnist/
-# and fashion-mnist/ for their OOD sets); OUT_DB is created or resumed;
+# DATA_DIR holds cifar10-jpeg.tar.gz and mnist/ (as ../shared/data does; configs/study.toml's blocks also
+# read fashion-mnist/ for their OOD sets); OUT_DB is created or resumed;
 # WORKERS processes share the one GPU (default 4); CONFIG defaults to configs/gpu_slice.toml; BENCH_ARGS go
 # to `gence bench` as they are (--blocks, --reuse, ...). GENCE_SLICE_DEVICE overrides the device (the test
 # runs it on the CPU with a tiny config).
@@ -30,12 +30,11 @@
 # SIZE: the device tool sends the whole working tree plus `carry` and refuses more than 64 MiB. Before a call,
 # `scripts/travel_size.sh .data` says, at no device time, whether it fits. With the committed results
 # databases (growing ~0.11 MB a study run) the tree was 41.7 MB on 2026-12-06 and 45.4 MB later that day,
-# beside the CIFAR-10 tar's 19.8 MB: the slice fits only while the tree stays under ~47 MB, so
-# device_checks.sh's header takes those files out for the call with `scripts/travel_light.sh off` (12.2 MB
-# of tree remained on 2026-12-06; it prints the sum each time). configs/gpu_slice.toml's OOD sets are the
-# noise sets, from when mnist/ (11.4 MB) did not fit. The study's blocks need results/study.sqlite and
-# results/pilot.sqlite (carried as copies) and, for CIFAR-10, mnist/ and fashion-mnist/ (30.9 MB) as well:
-# with the databases, more than the 64 MiB already, so they cannot go to a lent GPU through the device tool.
+# beside the slice's data (CIFAR-10 tar 19.8 MB, mnist/ 11.4 MB): too much, so device_checks.sh's header
+# takes those files out for the call with `scripts/travel_light.sh off` (12.2 MB of tree remained on
+# 2026-12-06; it prints the sum each time). The study's blocks need results/study.sqlite and
+# results/pilot.sqlite (carried as copies) and, for CIFAR-10, fashion-mnist/ (30.9 MB) as well: more than
+# the 64 MiB already, so they cannot go to a lent GPU through the device tool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USAGE="usage: scripts/gpu_slice.sh DATA_DIR OUT_DB [WORKERS] [CONFIG] [BENCH_ARGS...]"

@@ -141,7 +141,7 @@ def test_demo_grid_shipped_in_package_equals_configs_copy():
     assert {r.label for r in grid.runs} == {"ce", "gence", "focal", "label_smoothing"}
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "paper.toml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.toml")))
 def test_shipped_configs_validate(name):
     grid = load_grid(REPO / "configs" / name)
     assert grid.runs
