@@ -102,6 +102,13 @@ def natural_order(name: str) -> list:
     return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(re.split(r"(\d+(?:\.\d+)?)", name))]
 
 
+def _pp_interval(low: float, high: float) -> str:
+    """`` [low, high]`` in signed percentage points, or nothing when there is no interval (one seed)."""
+    if math.isnan(low):
+        return ""
+    return f" [{T.fmt_num(low, 2, 100, signed=True)}, {T.fmt_num(high, 2, 100, signed=True)}]"
+
+
 def _soft(config: dict) -> bool:
     return config.get("loss") in SOFT_TARGET_LOSSES
 
@@ -143,9 +150,7 @@ def convergence(ctx: Context) -> str:
             train_err = _mean(r.metrics.get(METRIC["train_error"], math.nan) for r in runs)
             rows.append([name, str(len(runs)), T.fmt_num(train_err, 2, 100),
                          T.fmt_num(gap, 3) + (" ‡" if soft and not math.isnan(gap) else ""),
-                         T.fmt_num(final, 2, 100), T.fmt_num(change, 2, 100, signed=True) + (
-                             "" if math.isnan(low) else
-                             f" [{T.fmt_num(low, 2, 100, signed=True)}, {T.fmt_num(high, 2, 100, signed=True)}]")])
+                         T.fmt_num(final, 2, 100), T.fmt_num(change, 2, 100, signed=True) + _pp_interval(low, high)])
             csv_rows.append([*setting, name, len(runs), train_err, gap, final, change, low, high])
         md += [f"### {title}", "", T.markdown_table(
             ["loss", "seeds", "final train error %", "train loss − floor (nats)", "final val error %",
@@ -387,12 +392,10 @@ def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> s
         rows = []
         for r in s.rows:
             c = r.change
-            ci = (f" [{T.fmt_num(c.low, 2, 100, signed=True)}, {T.fmt_num(c.high, 2, 100, signed=True)}]"
-                  if not math.isnan(c.low) else "")
             rows.append([r.label, str(r.epochs), str(r.seeds), T.fmt_num(r.train_error, 2, 100),
                          T.fmt_num(r.floor_gap, 3) + (" ‡" if r.soft and not math.isnan(r.floor_gap) else ""),
                          T.fmt_num(r.test_error, 2, 100), T.fmt_num(r.test_error_double, 2, 100),
-                         T.fmt_num(c.mean, 2, 100, signed=True) + ci, "yes" if r.fits else "no",
+                         T.fmt_num(c.mean, 2, 100, signed=True) + _pp_interval(c.low, c.high), "yes" if r.fits else "no",
                          "yes" if r.stable else "no"])
         verdicts = []
         for e in s.budgets:
