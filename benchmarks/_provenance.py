@@ -23,7 +23,7 @@ def provenance_lines(hardware: str) -> list[str]:
         git = lambda *a: subprocess.run(["git", "-C", here, *a], capture_output=True, text=True, timeout=10)
         sha = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
         # Only code counts: a stored result being rewritten does not change what is measured.
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks", "pyproject.toml"
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/src", ":/benchmarks", ":/pyproject.toml"
                     ).stdout.strip()
         commit = f"{sha} (+ uncommitted changes)" if dirty and sha != "unknown" else sha
     except (OSError, subprocess.SubprocessError):

@@ -1,8 +1,8 @@
 """Scripts under scripts/ whose output the study states: bf16_check's rule against scipy on a database the
 test writes (float32 twins with known differences from their bf16 runs); power's check of the design
 against the study's own pairs; travel_size's total against the sizes of the files a test repository
-holds; what study_background's autosave commits in such a repository; and travel_light's round trip of
-the committed results files in one."""
+holds; what study_background's autosave commits in such a repository; travel_light's round trip of
+the committed results files in one; and the provenance line of benchmarks' stored outputs."""
 from __future__ import annotations
 
 import importlib.util
@@ -111,6 +111,34 @@ def test_travel_size_counts_what_the_device_tool_sends(tmp_path):
     assert f"over the device tool's 64 MiB by {excess / 1e6:.1f} MB" in over.stdout
     missing = run("nothing-here")
     assert missing.returncode == 2 and "'nothing-here' does not exist" in missing.stderr
+
+
+def test_benchmark_provenance_marks_uncommitted_code_not_results(tmp_path):
+    """benchmarks/_provenance.py names the commit, and adds '(+ uncommitted changes)' exactly when code
+    under src/, benchmarks/ or pyproject.toml differs from it, whatever the directory it runs from."""
+    repo = tmp_path / "repo"
+    for d in ("benchmarks", "src", "results"):
+        (repo / d).mkdir(parents=True)
+    shutil.copy(REPO / "benchmarks" / "_provenance.py", repo / "benchmarks" / "_provenance.py")
+    (repo / "src" / "code.py").write_text("x = 1\n")
+    (repo / "results" / "out.txt").write_text("stored\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+
+    def measured_line() -> str:
+        code = ("import sys; sys.path.insert(0, 'benchmarks'); from _provenance import provenance_lines; "
+                "print(provenance_lines('hw')[1])")
+        out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert measured_line().endswith(f"commit {sha}")
+    (repo / "results" / "out.txt").write_text("rewritten\n")        # a stored result: not code
+    assert measured_line().endswith(f"commit {sha}")
+    (repo / "src" / "code.py").write_text("x = 2\n")
+    assert measured_line().endswith(f"commit {sha} (+ uncommitted changes)")
 
 
 def _grid(*blocks: tuple[str, list[str], str, list[int]]) -> str:
