@@ -480,7 +480,7 @@ def gen_cross_entropy(
                 # fails asynchronously, as F.cross_entropy's device assert does; under a torch.func
                 # transform (vmap has no rule for the assert) it makes its sample's loss NaN instead.
                 # Few operations: on an accelerator each is a launch, and at training batch sizes the
-                # loss's time is their host-side cost (benchmarks/loss_speed.py's host-overhead row).
+                # loss's time is their host-side cost (`benchmarks/loss_speed.py --host-cost`).
                 ignored = tt == ignore_index
                 if traced and not torch.compiler.is_compiling():
                     poisoned = ~ignored & ((tt < 0) | (tt >= C))
