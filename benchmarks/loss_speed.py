@@ -70,7 +70,9 @@ def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, device
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def loss_only(n: int, k: int, device: torch.device, repeats: int, compiled: bool = False) -> dict[str, float]:
+def time_losses(n: int, k: int, device: torch.device, losses: dict[str, Callable], repeats: int,
+                warmup: int = 3) -> dict[str, float]:
+    """Median forward + backward time of each loss on the same (n, k) logits and targets, interleaved."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     logits = torch.randn(n, k, generator=gen).mul_(3).to(device).requires_grad_()
     target = torch.randint(0, k, (n,), generator=gen).to(device)
@@ -81,16 +83,20 @@ def loss_only(n: int, k: int, device: torch.device, repeats: int, compiled: bool
             loss_fn(logits, target).backward()
         return run
 
+    return interleaved_medians({name: step(fn) for name, fn in losses.items()}, repeats, device, warmup)
+
+
+def loss_only(n: int, k: int, device: torch.device, repeats: int, compiled: bool = False) -> dict[str, float]:
     if compiled:
-        return interleaved_medians({
-            "cross_entropy": step(torch.compile(F.cross_entropy, fullgraph=True)),
-            "gence": step(torch.compile(gen_cross_entropy, fullgraph=True)),
-        }, repeats, device)
-    return interleaved_medians({
-        "cross_entropy": step(F.cross_entropy),
-        "gence": step(gen_cross_entropy),
-        "gence_composed": step(composed_gence),
-    }, repeats, device)
+        return time_losses(n, k, device, {
+            "cross_entropy": torch.compile(F.cross_entropy, fullgraph=True),
+            "gence": torch.compile(gen_cross_entropy, fullgraph=True),
+        }, repeats)
+    return time_losses(n, k, device, {
+        "cross_entropy": F.cross_entropy,
+        "gence": gen_cross_entropy,
+        "gence_composed": composed_gence,
+    }, repeats)
 
 
 def accelerator_path(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -105,22 +111,12 @@ def accelerator_path(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 def host_cost(n: int, k: int, repeats: int) -> dict[str, float]:
     """Loss forward + backward on the CPU at a size where the arithmetic is negligible (see the docstring)."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    logits = torch.randn(n, k, generator=gen).mul_(3).requires_grad_()
-    target = torch.randint(0, k, (n,), generator=gen)
-
-    def step(loss_fn):
-        def run():
-            logits.grad = None
-            loss_fn(logits, target).backward()
-        return run
-
-    return interleaved_medians({
-        "cross_entropy": step(F.cross_entropy),
-        "gence (accelerator path)": step(accelerator_path),
-        "gence (cpu path)": step(gen_cross_entropy),
-        "gence_composed": step(composed_gence),
-    }, repeats, torch.device("cpu"), warmup=20)
+    return time_losses(n, k, torch.device("cpu"), {
+        "cross_entropy": F.cross_entropy,
+        "gence (accelerator path)": accelerator_path,
+        "gence (cpu path)": gen_cross_entropy,
+        "gence_composed": composed_gence,
+    }, repeats, warmup=20)
 
 
 def train_step(device: torch.device, repeats: int, batch: int = 128) -> dict[str, float]:

@@ -72,8 +72,8 @@ def test_bf16_check_pairs_twins_and_applies_the_rule(tmp_path, capsys):
     assert "bf16 REJECTED" in capsys.readouterr().out
 
 
-def _git(repo, *args):
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+def _git(repo, *args) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
 def test_travel_size_counts_what_the_device_tool_sends(tmp_path):
@@ -125,8 +125,7 @@ def test_benchmark_provenance_marks_uncommitted_code_not_results(tmp_path):
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=True).stdout.strip()
+    sha = _git(repo, "rev-parse", "--short", "HEAD").strip()
 
     def measured_line() -> str:
         code = ("import sys; sys.path.insert(0, 'benchmarks'); from _provenance import provenance_lines; "
