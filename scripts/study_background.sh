@@ -173,7 +173,7 @@ snapshot() {   # the commands on the third line of each page regenerate it from 
     cd "$REPO"
     for page in RESULTS.md results/pilot/README.md; do
       local cmd; cmd=$(sed -n 3p "$page" | sed 's/.*regenerate with `\(.*\)`\. Nothing.*/\1/')
-      PATH="$VENV/bin:$PATH" bash -c "$cmd" >&2
+      PATH="$VENV/bin:$PATH" bash -c "$cmd" > /dev/null   # its tables are in the page; the log keeps stderr
     done )
   say "snapshot written; commit results/ and RESULTS.md"
 }
