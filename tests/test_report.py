@@ -158,6 +158,27 @@ def test_compute_time_of_a_resumed_run_counts_every_attempt(report, tmp_path):
     assert f"total compute time {(3 * 3600.0 + others) / 3600:.2f} h" in md
 
 
+def test_hardware_stored_before_the_cpu_capability_was_recorded_says_so(report, tmp_path):
+    """Runs stored before gence recorded the CPU capability name a CPU as 'MODEL (N cores, torch threads T)';
+    the report says the capability is missing there and leaves a CPU with it, and a GPU, as stored."""
+    db, _, _, _ = report
+    copy = tmp_path / "old.sqlite"
+    sqlite3.connect(db).backup(con := sqlite3.connect(copy))
+    keys = [k for (k,) in con.execute("SELECT key FROM runs WHERE status='done' ORDER BY key")]
+    labels = ["Old CPU (2 cores, torch threads 1)", "New CPU (2 cores, AVX512, torch threads 1)",
+              "NVIDIA H200 (CUDA 12.8)"]
+    for key, label in zip(keys, labels):
+        con.execute("UPDATE runs SET hardware=? WHERE key=?", (label, key))
+    con.commit()
+    con.close()
+    write_report(copy, tmp_path / "out", title="t", with_plots=False)
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert "Old CPU (2 cores, CPU capability not recorded, torch threads 1) (1 runs, " in md
+    assert "Old CPU (2 cores, torch threads 1)" not in md
+    assert "New CPU (2 cores, AVX512, torch threads 1) (1 runs, " in md
+    assert "NVIDIA H200 (CUDA 12.8) (1 runs, " in md
+
+
 def test_table_means_and_stds_match_numpy_on_stored_metrics(report):
     db, out, _, _ = report
     runs = stored(db)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,6 +86,16 @@ def title(ctx: Context) -> str:
     return text
 
 
+# a CPU as gence before the CPU capability was recorded wrote it: "MODEL (N cores, torch threads T)"
+_CPU_WITHOUT_CAPABILITY = re.compile(r"^(.*\(\d+ cores, )(torch threads \d+\))$")
+
+
+def hardware_label(hardware: str) -> str:
+    """``hardware`` as the report shows it: a CPU stored without the capability torch's kernels used
+    (runs before it was recorded) says so, as one model name covers CPUs with and without AVX-512."""
+    return _CPU_WITHOUT_CAPABILITY.sub(r"\1CPU capability not recorded, \2", hardware)
+
+
 def compute_lines(results: "T.Results") -> tuple[str, str]:
     """The runs with their total compute time, and the hardware with runs and time on each: the two lines
     the setup and the verdict's opening show."""
@@ -94,7 +105,8 @@ def compute_lines(results: "T.Results") -> tuple[str, str]:
     return (f"Runs: {len(runs)} done, {len(results.failed)} failed; total compute time {hours(total)} (sum of run "
             "wall times, failed runs included; a run resumed from a checkpoint counts the training time of "
             "every attempt).",
-            "Hardware: " + "; ".join(f"{h} ({n} runs, {hours(sum(r.compute_seconds for r in runs if r.hardware == h))})"
+            "Hardware: " + "; ".join(f"{hardware_label(h)} ({n} runs, "
+                                     f"{hours(sum(r.compute_seconds for r in runs if r.hardware == h))})"
                                      for h, n in sorted(hw.items())))
 
 
