@@ -3,6 +3,7 @@ with a fake run function whose histories and metrics are set by hand (expected n
 below, not from the report's code); an old database without histories reports without the section."""
 from __future__ import annotations
 
+import csv
 import math
 import textwrap
 
@@ -280,3 +281,88 @@ def test_a_pass_followed_by_a_fail_is_not_the_budget_picked():
     # another model of a regime the pilot ran: not a pass for it, with what the rule says of the pilot's model
     assert C.budget_status([s], ("d", "r", "other"), 4) == "not in the pilot; m here: passes"
     assert C.budget_status([s], ("d", "r", "other"), 2) == "not in the pilot; m here: fails"
+
+
+# the change of test error from E = 10 to 2E = 20 per (regime, loss) and seed; balanced:10 has no gence run
+# at 20 epochs, so gence pools 2 settings there (its largest E, 10, lacks gence: not judged at E = 5)
+POOL_CHANGE = {("balanced:5", "ce"): [-0.004, 0.001, -0.002], ("balanced:20", "ce"): [0.003, 0.006, 0.001],
+               ("balanced:10", "ce"): [-0.010, -0.003, -0.007],
+               ("balanced:5", "gence"): [-0.012, -0.005, -0.009], ("balanced:20", "gence"): [0.002, -0.001, -0.004]}
+POOL_GRID = CONVERGENCE + """
+[[grid]]
+name = "both"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = ["ce", "gence"]
+sweep = { epochs = [5, 10, 20] }
+
+[[grid]]
+name = "ce_only_at_20"
+datasets = ["digits"]
+regimes = ["balanced:10"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = ["ce"]
+sweep = { epochs = [5, 10, 20] }
+
+[[grid]]
+name = "gence_short"
+datasets = ["digits"]
+regimes = ["balanced:10"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = ["gence"]
+sweep = { epochs = [5, 10] }
+"""
+
+
+def pool_run(config):
+    e, seed, loss, regime = config["epochs"], config["seed"], config["loss"], config["regime"]
+    test = 0.3 + 0.001 * seed + {5: 0.02, 10: 0.0, 20: POOL_CHANGE.get((regime, loss), [0.0] * 3)[seed]}[e]
+    return {"test/error": test, "train/error": 0.0, "train/loss": 0.01, "train/loss_floor": 0.0}, {}
+
+
+def by_hand(changes: list[list[float]], tol: float = 0.003) -> dict:
+    """Random effects (t over setting means), fixed effect (pooled within-setting variance) and TOST, with
+    numpy and scipy."""
+    d = [np.asarray(c) for c in changes]
+    k, ns = len(d), np.array([x.size for x in d])
+    means = np.array([x.mean() for x in d])
+    m, se = means.mean(), means.std(ddof=1) / np.sqrt(k)
+    half = scipy_stats.t.ppf(0.975, k - 1) * se
+    s2 = sum(((x - x.mean()) ** 2).sum() for x in d) / (ns.sum() - k)
+    mf, se_f = (ns * means).sum() / ns.sum(), np.sqrt(s2 / ns.sum())
+    half_f = scipy_stats.t.ppf(0.975, ns.sum() - k) * se_f
+    tost = max(scipy_stats.t.sf((m + tol) / se, k - 1), scipy_stats.t.cdf((m - tol) / se, k - 1))
+    return {"random": (m, m - half, m + half), "fixed": (mf, mf - half_f, mf + half_f), "tost": tost}
+
+
+def test_pilot_pools_the_change_over_settings_at_their_largest_budget(tmp_path):
+    grid = parse_grid(textwrap.dedent(POOL_GRID), name="pool-grid")
+    path = tmp_path / "runs.sqlite"
+    assert run_grid(grid.runs, path, run_fn=pool_run, progress=False,
+                    grid_text=(grid.name, None, grid.text)).failed == 0
+    rep = write_report(path, tmp_path / "out", with_plots=False)
+    md = sub(section(rep.markdown, "## Convergence pilot"), "### Pooled over settings")
+    pct = lambda x: fmt_signed(100 * x)   # noqa: E731
+    for loss, regimes in (("ce", ["balanced:5", "balanced:10", "balanced:20"]),
+                          ("gence", ["balanced:5", "balanced:20"])):
+        want = by_hand([POOL_CHANGE[(r, loss)] for r in regimes])
+        line = next(x for x in md.splitlines() if x.startswith(f"| {loss} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1:3] == [str(len(regimes)), str(3 * len(regimes))]
+        assert cells[3] == "{} [{}, {}]".format(*map(pct, want["random"]))
+        assert cells[4] == "{} [{}, {}]".format(*map(pct, want["fixed"]))
+        assert cells[6] == f"{want['tost']:.3g}"
+    # the settings differ between the losses: each loss says which it pooled, at E = 10
+    assert ("`gence`: settings pooled, each at its largest E: digits / balanced:5 / small_cnn (E = 10); "
+            "digits / balanced:20 / small_cnn (E = 10).") in md
+    assert "`ce`: settings pooled" in md and "digits / balanced:10 / small_cnn (E = 10)" in md
+    # the CSV has the unrounded numbers
+    rows = {r["loss"]: r for r in csv.DictReader(open(tmp_path / "out" / "tables" / "convergence_pooled.csv"))}
+    want = by_hand([POOL_CHANGE[(r, "gence")] for r in ("balanced:5", "balanced:20")])
+    assert [float(rows["gence"][k]) for k in ("random_mean", "random_low", "random_high")] == \
+        pytest.approx(want["random"])
+    assert float(rows["gence"]["tost_p"]) == pytest.approx(want["tost"])

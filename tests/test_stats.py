@@ -167,6 +167,25 @@ def test_t_interval_covers_the_truth_93_to_97_percent(n):
     assert (r.low, r.high, r.p) == pytest.approx((t.low[0], t.high[0], t.p[0]), rel=1e-12)
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.6])
+def test_pooled_interval_covers_at_the_pilots_design(tau):
+    # the convergence pilot's pooled change: 5 settings of 2 seeds, seed sd 1.47 pp (CIFAR-10, 2 settings) and
+    # 0.93 pp (Fashion-MNIST, 3), the settings' true changes spread by tau pp around the truth; the random-
+    # effects interval (t over the settings' means) is the one TOST and the verdict use
+    sims, truth = 20_000, -0.2
+    sds = np.array([1.47, 1.47, 0.93, 0.93, 0.93])
+    rng = np.random.default_rng(31 + int(10 * tau))
+    mu = truth + rng.normal(0.0, tau, size=(sims, 5))
+    d = mu[..., None] + rng.normal(0.0, 1.0, size=(sims, 5, 2)) * sds[None, :, None]
+    over = t_summary(d.mean(axis=-1))
+    coverage = float(np.mean((over.low <= truth) & (truth <= over.high)))
+    se = mc_se(0.95, sims)
+    assert 0.93 + 3 * se < coverage < 0.97 - 3 * se, coverage
+    # the same code as the report's pooled estimate of one simulated pilot
+    r = pool([paired_difference(list(d[0, j]), [0.0, 0.0]) for j in range(5)]).random
+    assert (r.mean, r.low, r.high) == pytest.approx((over.mean[0], over.low[0], over.high[0]), rel=1e-12)
+
+
 # today's few-labels claim: 3 datasets x 2 models x 3 regimes = 18 settings, 5 pairs each; paired seed sd
 # 0.9 / 0.6 / 1.8 pp by dataset (CIFAR-10, FMNIST, MNIST)
 SDS = np.repeat([0.009, 0.006, 0.018], 6)

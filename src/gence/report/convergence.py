@@ -18,7 +18,9 @@ and the seed, by the rule of a grid file's ``[convergence]`` table (:class:`Conv
 
 E passes for a setting when every judged loss meets both conditions (means over the seeds run at both E
 and 2E); the section gives per setting the smallest E that passes with every larger E judged. Without a ``[convergence]`` table (in the
-grid files stored in the database, or given) it says nothing.
+grid files stored in the database, or given) it says nothing. Beside the rule, :func:`pooled_changes` pools
+each judged loss's change from E to 2E over the settings, at each setting's largest E (the view over
+settings, which resolves a smaller average move than 1-2 seeds resolve in one setting; it judges no setting).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from gence.contract import canonical_json, key_fields
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.columns import HISTORY, HISTORY_PROGRESS, METRIC, SOFT_TARGET_LOSSES
-from gence.report.stats import PairedDifference, mean_interval, mean_std, paired_difference
+from gence.report.stats import (PairedDifference, Pooled, equivalence_p, fmt_p, mean_interval, mean_std,
+                                paired_difference, pool)
 
 PLATEAU_WINDOW = 0.2          # the last fraction of training over which the plateau measure is taken
 CURVE_METRICS = ("val_error", "val_nll")   # the panels of the convergence plot (METRIC names)
@@ -381,13 +384,82 @@ def pilot_row(label: str, epochs: int, at_e: Sequence[T.Run], at_2e: Sequence[T.
                     bool(fits), bool(stable))
 
 
-def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> str:
-    """The summary (smallest passing E per setting) and the per-setting tables."""
+@dataclasses.dataclass(frozen=True)
+class PooledChange:
+    """One judged loss's test-error change from E to 2E pooled over settings (:func:`pooled_changes`)."""
+
+    label: str
+    budgets: tuple[tuple[str, int], ...]   # (setting name, E) of the settings pooled
+    pooled: Pooled
+    p_within: float                        # TOST p of |mean change| >= the rule's tolerance (random effects)
+
+
+def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> list[PooledChange]:
+    """Per judged loss, its change of test error from E to 2E at each setting's largest budget E with a 2E
+    partner, pooled over the settings where that loss has 2 or more seeds at both
+    (:func:`gence.report.stats.pool`: random effects, the verdict's, and fixed effect), with the TOST p of
+    equivalence within the rule's ``test_error_change_below``. A setting whose largest E lacks the loss is
+    left out, not judged at a smaller E. A loss with no such setting is left out."""
+    labels = list(spec.losses) if spec.losses else sorted({r.label for s in settings for r in s.rows},
+                                                            key=T.label_order)
+    out = []
+    for lab in labels:
+        used = []
+        for s in settings:
+            e = max(s.budgets)
+            row = next((r for r in s.rows if r.label == lab and r.epochs == e), None)
+            if row is not None and row.change.n >= 2 and not math.isnan(row.change.mean):
+                used.append((s.name, e, row.change))
+        if not used:
+            continue
+        p = pool([c for _, _, c in used])
+        r = p.random
+        out.append(PooledChange(lab, tuple((name, e) for name, e, _ in used), p,
+                                equivalence_p(r.mean, r.se, r.df, spec.test_error_change_below)))
+    return out
+
+
+def pooled_markdown(changes: Sequence[PooledChange], spec: ConvergenceSpec, csv: str = "") -> str:
+    """The pooled changes as a subsection: a table, the settings and budgets pooled, ``csv`` (a link)."""
+    if not changes:
+        return ""
+    tol = 100 * spec.test_error_change_below
+    rows = [[c.label, str(c.pooled.k), str(c.pooled.pairs),
+             T.fmt_num(c.pooled.random.mean, 2, 100, signed=True) + _pp_interval(c.pooled.random.low,
+                                                                                 c.pooled.random.high),
+             T.fmt_num(c.pooled.fixed.mean, 2, 100, signed=True) + _pp_interval(c.pooled.fixed.low,
+                                                                                c.pooled.fixed.high),
+             "–" if math.isnan(c.pooled.i2) else f"{100 * c.pooled.i2:.0f}%", fmt_p(c.p_within)] for c in changes]
+    lists = {c.budgets for c in changes}
+    where = [line for c in (changes if len(lists) > 1 else changes[:1]) for line in (
+        (f"`{c.label}`: settings" if len(lists) > 1 else "Settings") + " pooled, each at its largest E: "
+        + "; ".join(f"{n} (E = {e})" for n, e in c.budgets) + ".", "")]
+    return "\n".join([
+        "### Pooled over settings", "",
+        "Each judged loss's change of test error from E to 2E at each setting's largest budget E with a 2E "
+        "partner, pooled over the settings with 2 or more seeds at both: did the longest runs still move, on "
+        "average? This judges no setting (the rule above does); it resolves a smaller average move than the "
+        "1-2 seeds of one setting do. Random effects: the mean of the settings' mean changes with a t "
+        "interval over settings (its 95% coverage checked by simulation for 5 settings of 2 seeds); fixed "
+        "effect: the seed-weighted mean with the pooled within-setting variance, whose interval assumes no "
+        "spread between settings beyond seed noise (I² is that spread's share). TOST p, on the random-effects "
+        f"estimate: equivalence within the rule's ±{tol:g} pp (below 0.05: the average change is shown smaller "
+        f"than ±{tol:g} pp; above, not shown either way). Negative: training longer lowered the error.",
+        "", T.markdown_table(["loss", "settings", "seed pairs", "pooled Δ test error 2E − E (pp) [95% CI] (random)",
+                              "fixed effect [95% CI]", "I²", f"within ±{tol:g} pp: TOST p"], rows,
+                             ["l", "r", "r", "r", "r", "r", "r"]), "", *where, *([csv, ""] if csv else [])])
+
+
+def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pooled: str = "") -> str:
+    """The summary (smallest passing E per setting), ``pooled`` (:func:`pooled_markdown`) and the per-setting
+    tables."""
     summary = [[s.name, ", ".join(f"{e} ({'passes' if s.passing[e] else 'fails'})" for e in s.budgets),
                 f"**{s.smallest}**" if s.smallest is not None else "none of the tried budgets"] for s in settings]
     md = ["Rule. " + spec.rule(), "", T.markdown_table(["setting", "budgets E with a 2E partner",
                                                         "smallest E passing, with every larger E"], summary,
                                                        ["l", "l", "l"]), ""]
+    if pooled:
+        md += [pooled]
     for s in settings:
         rows = []
         for r in s.rows:
@@ -431,7 +503,15 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
                       [[s.name, r.label, r.epochs, r.seeds, r.train_error, r.floor_gap, r.test_error,
                         r.test_error_double, r.change.mean, r.change.low, r.change.high, int(r.fits),
                         int(r.stable), int(s.passing[r.epochs])] for s in settings for r in s.rows])
-        md = pilot_markdown(settings, use)
+        changes = pooled_changes(settings, use)
+        pooled_csv = ctx.csv("convergence_pooled.csv", ["loss", "settings", "pairs", "random_mean", "random_low",
+                                                  "random_high", "random_p", "fixed_mean", "fixed_low",
+                                                  "fixed_high", "i2", "tost_p", "pooled"],
+                       [[c.label, c.pooled.k, c.pooled.pairs, c.pooled.random.mean, c.pooled.random.low,
+                         c.pooled.random.high, c.pooled.random.p, c.pooled.fixed.mean, c.pooled.fixed.low,
+                         c.pooled.fixed.high, c.pooled.i2, c.p_within,
+                         "; ".join(f"{n} (E = {e})" for n, e in c.budgets)] for c in changes]) if changes else ""
+        md = pilot_markdown(settings, use, pooled_markdown(changes, use, pooled_csv))
         if ctx.with_plots:
             ctx.plots_dir.mkdir(parents=True, exist_ok=True)
             figures = ["Test error at the end of training against the budget, per setting: a line per loss "
