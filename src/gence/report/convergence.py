@@ -450,6 +450,20 @@ def pooled_markdown(changes: Sequence[PooledChange], spec: ConvergenceSpec, csv:
                              ["l", "r", "r", "r", "r", "r", "r"]), "", *where, *([csv, ""] if csv else [])])
 
 
+def pooled_sentence(changes: Sequence[PooledChange], spec: ConvergenceSpec) -> str:
+    """The pooled changes in one sentence (for a study's opening); empty without any."""
+    if not changes:
+        return ""
+    tol = 100 * spec.test_error_change_below
+    within = [f"`{c.label}`" for c in changes if c.p_within < 0.05]
+    return ("Pooled over the pilot's settings, each at its largest budget E, test error moved from E to 2E by "
+            + ", ".join(f"`{c.label}` {T.fmt_num(c.pooled.random.mean, 2, 100, signed=True)}"
+                        f"{_pp_interval(c.pooled.random.low, c.pooled.random.high)} pp ({c.pooled.k} settings)"
+                        for c in changes)
+            + f" (95% intervals); a move within ±{tol:g} pp is shown (TOST p < 0.05) for "
+            + (", ".join(within) if within else "neither" if len(changes) == 2 else "none of them") + ".")
+
+
 def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pooled: str = "") -> str:
     """The summary (smallest passing E per setting), ``pooled`` (:func:`pooled_markdown`) and the per-setting
     tables."""

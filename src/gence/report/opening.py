@@ -2,8 +2,9 @@
 (with its 95% interval), the same per dataset and the verdict; one figure per claim; hardware and compute.
 
 Everything shown is what :mod:`gence.report.verdict` already computed (its claims' comparisons and
-decisions, :func:`~gence.report.verdict.pooled_by_dataset`) and what :mod:`gence.report.plots` draws; the
-rules, methods and per-setting tables follow in the sections below it.
+decisions, :func:`~gence.report.verdict.pooled_by_dataset`; with a pilot, its changes from E to 2E pooled over
+settings, :func:`~gence.report.verdict.pilot_pooled`) and what :mod:`gence.report.plots` draws; the rules,
+methods and per-setting tables follow in the sections below it.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Sequence
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.sections import Context, Section, compute_lines
+from gence.report.convergence import pooled_sentence
 from gence.report.verdict import (SHOWN_CONVERGED, Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot,
-                                  pooled_by_dataset, setting_name, unit, verdict_of)
+                                  pilot_pooled, pooled_by_dataset, setting_name, unit, verdict_of)
 
 HEADING = "## At a glance"
 
@@ -117,6 +119,9 @@ def opening_section(spec: VerdictSpec) -> Section:
                 md += [f"The verdict is decided on every setting of the grid. {shown} The column of those settings "
                        "alone is what the claims say of trained models, the others speak only for the budget they "
                        "ran.", ""]
+            rule, changes = pilot_pooled(spec)
+            if changes:   # whether the pilot's longest runs still moved on average (the rule judges each setting)
+                md += [pooled_sentence(changes, rule), ""]
         if ctx.with_plots:
             md += figures(ctx, spec, v.claims, label, base)
         md += [line + "  " for line in compute_lines(ctx.results)]

@@ -287,24 +287,36 @@ class Comparison:
 
 
 @functools.lru_cache(maxsize=4)
-def _pilot_settings(path: str, mtime: float) -> tuple[C.PilotSetting, ...]:
+def _pilot(path: str, mtime: float) -> tuple[C.ConvergenceSpec, tuple[C.PilotSetting, ...]]:
     results = T.load_results(path)
     rule = C.spec_from_grids(results.grids)
     if rule is None:
         raise VerdictError(f"[verdict].pilot = {path!r}: its database holds no grid with a [convergence] table")
-    return tuple(C.pilot(results, rule))
+    return rule, tuple(C.pilot(results, rule))
 
 
-def pilot_settings(spec: VerdictSpec) -> tuple[C.PilotSetting, ...] | None:
-    """The pilot's settings judged by its rule (:func:`gence.report.convergence.pilot`), or None without
-    ``[verdict].pilot``; read once per file version."""
+def _pilot_of(spec: VerdictSpec) -> tuple[C.ConvergenceSpec, tuple[C.PilotSetting, ...]] | None:
     if spec.pilot is None:
         return None
     path = Path(spec.pilot)
     if not path.is_file():
         raise VerdictError(f"[verdict].pilot = {spec.pilot!r}: no such database (a path from the folder the "
                            "report is run in)")
-    return _pilot_settings(str(path), path.stat().st_mtime)
+    return _pilot(str(path), path.stat().st_mtime)
+
+
+def pilot_settings(spec: VerdictSpec) -> tuple[C.PilotSetting, ...] | None:
+    """The pilot's settings judged by its rule (:func:`gence.report.convergence.pilot`), or None without
+    ``[verdict].pilot``; read once per file version."""
+    pilot = _pilot_of(spec)
+    return None if pilot is None else pilot[1]
+
+
+def pilot_pooled(spec: VerdictSpec) -> tuple[C.ConvergenceSpec, list[C.PooledChange]] | None:
+    """The pilot's rule and each judged loss's E -> 2E change pooled over its settings
+    (:func:`gence.report.convergence.pooled_changes`), or None without ``[verdict].pilot``."""
+    pilot = _pilot_of(spec)
+    return None if pilot is None else (pilot[0], C.pooled_changes(pilot[1], pilot[0]))
 
 
 def annotate_pilot(comps: Sequence[Comparison], results: T.Results, spec: VerdictSpec) -> None:
