@@ -356,6 +356,13 @@ def test_pilot_pools_the_change_over_settings_at_their_largest_budget(tmp_path):
         assert cells[3] == "{} [{}, {}]".format(*map(pct, want["random"]))
         assert cells[4] == "{} [{}, {}]".format(*map(pct, want["fixed"]))
         assert cells[6] == f"{want['tost']:.3g}"
+    # how gence's difference from ce moved: seed by seed, over the settings both have at E = 10 and 20
+    want = by_hand([np.subtract(POOL_CHANGE[(r, "gence")], POOL_CHANGE[(r, "ce")]) for r in ("balanced:5",
+                                                                                            "balanced:20")])
+    line = next(x for x in md.splitlines() if x.startswith("| gence − ce |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:4] == ["2", "6", "{} [{}, {}]".format(*map(pct, want["random"]))]
+    assert cells[4] == "{} [{}, {}]".format(*map(pct, want["fixed"])) and cells[6] == f"{want['tost']:.3g}"
     # the settings differ between the losses: each loss says which it pooled, at E = 10
     assert ("`gence`: settings pooled, each at its largest E: digits / balanced:5 / small_cnn (E = 10); "
             "digits / balanced:20 / small_cnn (E = 10).") in md

@@ -473,12 +473,13 @@ def test_pilot_marks_each_setting_budget_and_pools_the_settings_shown_converged(
     assert line.endswith("| – | **does not hold** |")
     assert "speak only for the budget they ran" in glance
     # the pilot's change from E = 1 to 2, pooled over its 4 settings (t over their means, by scipy): the same
-    # for both losses (GenCE's errors are CE's + 2 pp); -0.1 pp at balanced:5, -1 pp at balanced:20
+    # for both losses (GenCE's errors are CE's + 2 pp), so their difference does not move; -0.1 pp at
+    # balanced:5, -1 pp at balanced:20
     ci = stats.ttest_1samp([-0.1, -0.1, -1.0, -1.0], 0.0).confidence_interval()
     move = f"{signed(-0.55)} [{signed(ci.low)}, {signed(ci.high)}] pp (4 settings)"
     assert (f"Pooled over the pilot's settings, each at its largest budget E, test error moved from E to 2E by "
-            f"`ce` {move}, `gence` {move} (95% intervals); a move within ±0.3 pp is shown (TOST p < 0.05) for "
-            "neither.") in glance
+            f"`ce` {move}, `gence` {move}; the difference `gence − ce` +0.00 [+0.00, +0.00] pp (4 settings) (95% "
+            "intervals); a move within ±0.3 pp is shown (TOST p < 0.05) for `gence − ce`.") in glance
     # without the pilot key none of it
     plain = build_verdict(load_results(db), CFG)
     assert "pilot's rule" not in claim(plain, "Accuracy with few").body + claim(plain, "Accuracy with few").evidence

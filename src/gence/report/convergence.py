@@ -386,36 +386,47 @@ def pilot_row(label: str, epochs: int, at_e: Sequence[T.Run], at_2e: Sequence[T.
 
 @dataclasses.dataclass(frozen=True)
 class PooledChange:
-    """One judged loss's test-error change from E to 2E pooled over settings (:func:`pooled_changes`)."""
+    """One judged loss's test-error change from E to 2E pooled over settings, or the change of its difference
+    from the first judged loss (:func:`pooled_changes`)."""
 
-    label: str
+    label: str                             # the loss, or "loss − first loss"
     budgets: tuple[tuple[str, int], ...]   # (setting name, E) of the settings pooled
     pooled: Pooled
     p_within: float                        # TOST p of |mean change| >= the rule's tolerance (random effects)
+
+
+def _seed_changes(s: PilotSetting, label: str, epochs: int) -> dict[int, float]:
+    """``label``'s test error at 2E minus at E per seed, over the seeds run at both."""
+    at = s.errors.get(label, {})
+    a, b = at.get(epochs, {}), at.get(2 * epochs, {})
+    return {seed: b[seed] - a[seed] for seed in sorted(set(a) & set(b))}
 
 
 def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> list[PooledChange]:
     """Per judged loss, its change of test error from E to 2E at each setting's largest budget E with a 2E
     partner, pooled over the settings where that loss has 2 or more seeds at both
     (:func:`gence.report.stats.pool`: random effects, the verdict's, and fixed effect), with the TOST p of
-    equivalence within the rule's ``test_error_change_below``. A setting whose largest E lacks the loss is
-    left out, not judged at a smaller E. A loss with no such setting is left out."""
+    equivalence within the rule's ``test_error_change_below``; then, for each judged loss after the first,
+    how its difference from the first (``"gence − ce"``) moved, seed by seed (each seed's change minus the
+    first loss's change of the same seed). A setting whose largest E lacks a loss is left out, not judged at
+    a smaller E; an entry with no setting left is left out."""
     labels = list(spec.losses) if spec.losses else sorted({r.label for s in settings for r in s.rows},
                                                             key=T.label_order)
     out = []
-    for lab in labels:
+    for lab, base in [(lab, None) for lab in labels] + [(lab, labels[0]) for lab in labels[1:]]:
         used = []
         for s in settings:
             e = max(s.budgets)
-            row = next((r for r in s.rows if r.label == lab and r.epochs == e), None)
-            if row is not None and row.change.n >= 2 and not math.isnan(row.change.mean):
-                used.append((s.name, e, row.change))
+            mine = _seed_changes(s, lab, e)
+            change = paired_difference(mine, _seed_changes(s, base, e) if base else dict.fromkeys(mine, 0.0))
+            if change.n >= 2 and not math.isnan(change.mean):
+                used.append((s.name, e, change))
         if not used:
             continue
         p = pool([c for _, _, c in used])
         r = p.random
-        out.append(PooledChange(lab, tuple((name, e) for name, e, _ in used), p,
-                                equivalence_p(r.mean, r.se, r.df, spec.test_error_change_below)))
+        out.append(PooledChange(lab if base is None else f"{lab} − {base}", tuple((name, e) for name, e, _ in used),
+                                p, equivalence_p(r.mean, r.se, r.df, spec.test_error_change_below)))
     return out
 
 
@@ -444,9 +455,13 @@ def pooled_markdown(changes: Sequence[PooledChange], spec: ConvergenceSpec, csv:
         "effect: the seed-weighted mean with the pooled within-setting variance, whose interval assumes no "
         "spread between settings beyond seed noise (I² is that spread's share). TOST p, on the random-effects "
         f"estimate: equivalence within the rule's ±{tol:g} pp (below 0.05: the average change is shown smaller "
-        f"than ±{tol:g} pp; above, not shown either way). Negative: training longer lowered the error.",
-        "", T.markdown_table(["loss", "settings", "seed pairs", "pooled Δ test error 2E − E (pp) [95% CI] (random)",
-                              "fixed effect [95% CI]", "I²", f"within ±{tol:g} pp: TOST p"], rows,
+        f"than ±{tol:g} pp; above, not shown either way). Negative: training longer lowered the error. A row "
+        "`b − a` is how the difference between two judged losses moved (each seed's change minus the first "
+        "judged loss's change of the same seed): whether their comparison depends on the budget; negative: "
+        "training longer favoured `b`.",
+        "", T.markdown_table(["loss (or b − a)", "settings", "seed pairs",
+                              "pooled Δ test error 2E − E (pp) [95% CI] (random)", "fixed effect [95% CI]", "I²",
+                              f"within ±{tol:g} pp: TOST p"], rows,
                              ["l", "r", "r", "r", "r", "r", "r"]), "", *where, *([csv, ""] if csv else [])])
 
 
@@ -455,11 +470,17 @@ def pooled_sentence(changes: Sequence[PooledChange], spec: ConvergenceSpec) -> s
     if not changes:
         return ""
     tol = 100 * spec.test_error_change_below
+
+    def est(c: PooledChange) -> str:
+        r = c.pooled.random
+        return (f"`{c.label}` {T.fmt_num(r.mean, 2, 100, signed=True)}{_pp_interval(r.low, r.high)} pp "
+                f"({c.pooled.k} settings)")
+
+    losses = [est(c) for c in changes if " − " not in c.label]
+    diffs = [est(c) for c in changes if " − " in c.label]
     within = [f"`{c.label}`" for c in changes if c.p_within < 0.05]
     return ("Pooled over the pilot's settings, each at its largest budget E, test error moved from E to 2E by "
-            + ", ".join(f"`{c.label}` {T.fmt_num(c.pooled.random.mean, 2, 100, signed=True)}"
-                        f"{_pp_interval(c.pooled.random.low, c.pooled.random.high)} pp ({c.pooled.k} settings)"
-                        for c in changes)
+            + ", ".join(losses) + ("; the difference " + ", ".join(diffs) if diffs else "")
             + f" (95% intervals); a move within ±{tol:g} pp is shown (TOST p < 0.05) for "
             + (", ".join(within) if within else "neither" if len(changes) == 2 else "none of them") + ".")
 
