@@ -12,7 +12,9 @@ the dataset's shape (interleaved repeats, one thread, the precision ``amp`` give
 bf16 autocast, or float32 where oneDNN has no bf16 kernels, as the loop does), so both are measured
 under the same load. Sweeps with ``extend`` are counted as planned, plus (second total) every rung the
 runner may add, one way per group (an lr can sit at one edge only). Tuned runs count once each. Blocks are
-listed in file order, the order the runner starts them in (a tuned block's runs once its sweep is done).
+listed in the order the runner starts them in (a tuned block's runs once its sweep is done): file order, or
+with ``--phases P1 P2 ...`` (the --blocks pattern lists a loop runs in turn, as scripts/study_background.sh's
+STUDY_PHASES) each phase's blocks in file order, phase after phase.
 With ``--study DB`` (the study's own database as it grows): seconds per step from the study's runs trained
 so far (copied runs left out: their time is the pilot's) replace the pilot's where the study has them, and
 each block's hours still to go count the runs not yet done there.
@@ -33,7 +35,7 @@ import torch
 
 from gence import models
 from gence.data.regimes import parse_regime
-from gence.experiments.grid import load_grid
+from gence.experiments.grid import Grid, load_grid, select_blocks
 from gence.report.tables import compute_seconds
 from gence.train.loop import amp_dtype, precision
 
@@ -97,12 +99,25 @@ def step_seconds(config: dict, repeats: int = 3, steps: int = 10) -> list[float]
     return out
 
 
+def phase_order(grid: Grid, phases: list[str]) -> list[str]:
+    """The grid's blocks in the order a runner over ``phases`` (comma-separated --blocks patterns, run in turn)
+    starts them: each phase's blocks in file order, leaving out those an earlier phase ran; blocks no phase
+    matches (which such a runner never runs) last."""
+    order: list[str] = []
+    for phase in phases:
+        order += [b for b in select_blocks(grid, phase.split(",")).blocks if b not in order]
+    return order + [b for b in grid.blocks if b not in order]
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
     p.add_argument("--pilot", default="results/pilot.sqlite")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--study", default=None, help="the study's database: its measured step times, runs done")
+    p.add_argument("--phases", nargs="+", metavar="PATTERNS", default=None,
+                   help="the --blocks pattern lists the runner runs in turn (scripts/study_background.sh's "
+                        "STUDY_PHASES): blocks listed in that order")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     grid = load_grid(args.config)
@@ -155,13 +170,16 @@ def main(argv: list[str]) -> int:
     for g in ladder:
         extra += max(sum(seconds(s.config) for s in specs) for specs in
                      [[s for _, ss in g.down for s in ss], [s for _, ss in g.up for s in ss]])
-    print(f"\nin the order the runner starts them (file order), with the wall hours so far at {args.workers} workers"
+    order = phase_order(grid, args.phases) if args.phases else list(grid.blocks)
+    print("\nin the order the runner starts them ("
+          + ("phases " + " then ".join(f"'{ph}'" for ph in args.phases) + ", each in file order" if args.phases
+             else "file order") + f"), with the wall hours so far at {args.workers} workers"
           + (f"; done: runs stored done in {args.study}, left: the worker-hours of the rest" if args.study else "")
           + ":")
     print(f"{'block':36s} {'runs':>5s} {'worker-h':>9s} {'wall h so far':>14s}"
           + (f" {'done':>5s} {'left':>6s}" if args.study else ""))
     total = left = 0.0
-    for name in grid.blocks:
+    for name in order:
         n, sec = by_block.get(name, (0, 0.0))
         total += sec
         k = min(done.get(name, 0), n)

@@ -334,3 +334,15 @@ def test_travel_light_removes_committed_results_and_puts_them_back(tmp_path):
     assert again.returncode == 0 and "nothing to put back" in again.stderr
     assert subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
                           check=True).stdout == ""
+
+
+def test_study_budget_lists_blocks_in_the_order_of_the_runners_phases():
+    blocks = [("lr_x", "balanced:5", "ce"), ("lr_y", "balanced:5", "gence"), ("main_x", "balanced:20", "ce"),
+              ("main_y", "balanced:20", "gence")]
+    grid = parse_grid("".join(f'[[grid]]\nname = "{n}"\ndatasets = ["digits"]\nregimes = ["{r}"]\n'
+                              f'models = ["mlp"]\nseeds = [0]\nlosses = ["{loss}"]\n\n' for n, r, loss in blocks),
+                      name="phases")
+    order = load_script("study_budget").phase_order
+    assert order(grid, ["*_y", "*"]) == ["lr_y", "main_y", "lr_x", "main_x"]           # by hand
+    assert order(grid, ["main_x,lr_y", "*"]) == ["lr_y", "main_x", "lr_x", "main_y"]   # file order within a phase
+    assert order(grid, ["*_x"]) == ["lr_x", "main_x", "lr_y", "main_y"]                # unmatched blocks last
