@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sqlite3
 import statistics
 import subprocess
@@ -127,7 +128,7 @@ def main(argv: list[str]) -> int:
         costs.update({k: (a, b, f"study, {n} runs") for k, (a, b, n) in measured_costs(args.study).items()})
         done = done_per_block(args.study)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"$ python scripts/study_budget.py {' '.join(argv)}   (commit {commit or 'unknown'})")
+    print(f"$ python scripts/study_budget.py {shlex.join(argv)}   (commit {commit or 'unknown'})")
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; seconds per step from {args.pilot}"
           + (f" and {args.study}" if args.study else ""))
 
