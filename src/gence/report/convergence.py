@@ -389,10 +389,21 @@ class PooledChange:
     """One judged loss's test-error change from E to 2E pooled over settings, or the change of its difference
     from the first judged loss (:func:`pooled_changes`)."""
 
-    label: str                             # the loss, or "loss − first loss"
+    label: str                             # the loss, or "loss − base"
     budgets: tuple[tuple[str, int], ...]   # (setting name, E) of the settings pooled
     pooled: Pooled
     p_within: float                        # TOST p of |mean change| >= the rule's tolerance (random effects)
+    base: str | None = None                # the first judged loss, for a difference's change
+
+    @property
+    def where(self) -> str:
+        """The settings pooled, each with its E."""
+        return "; ".join(f"{n} (E = {e})" for n, e in self.budgets)
+
+    def estimate(self, fixed: bool = False) -> str:
+        """The random-effects (or fixed-effect) mean change with its interval, in signed pp."""
+        r = self.pooled.fixed if fixed else self.pooled.random
+        return T.fmt_num(r.mean, 2, 100, signed=True) + _pp_interval(r.low, r.high)
 
 
 def _seed_changes(s: PilotSetting, label: str, epochs: int) -> dict[int, float]:
@@ -426,7 +437,7 @@ def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> l
         p = pool([c for _, _, c in used])
         r = p.random
         out.append(PooledChange(lab if base is None else f"{lab} − {base}", tuple((name, e) for name, e, _ in used),
-                                p, equivalence_p(r.mean, r.se, r.df, spec.test_error_change_below)))
+                                p, equivalence_p(r.mean, r.se, r.df, spec.test_error_change_below), base))
     return out
 
 
@@ -435,16 +446,12 @@ def pooled_markdown(changes: Sequence[PooledChange], spec: ConvergenceSpec, csv:
     if not changes:
         return ""
     tol = 100 * spec.test_error_change_below
-    rows = [[c.label, str(c.pooled.k), str(c.pooled.pairs),
-             T.fmt_num(c.pooled.random.mean, 2, 100, signed=True) + _pp_interval(c.pooled.random.low,
-                                                                                 c.pooled.random.high),
-             T.fmt_num(c.pooled.fixed.mean, 2, 100, signed=True) + _pp_interval(c.pooled.fixed.low,
-                                                                                c.pooled.fixed.high),
+    rows = [[c.label, str(c.pooled.k), str(c.pooled.pairs), c.estimate(), c.estimate(fixed=True),
              "–" if math.isnan(c.pooled.i2) else f"{100 * c.pooled.i2:.0f}%", fmt_p(c.p_within)] for c in changes]
     lists = {c.budgets for c in changes}
     where = [line for c in (changes if len(lists) > 1 else changes[:1]) for line in (
-        (f"`{c.label}`: settings" if len(lists) > 1 else "Settings") + " pooled, each at its largest E: "
-        + "; ".join(f"{n} (E = {e})" for n, e in c.budgets) + ".", "")]
+        (f"`{c.label}`: settings" if len(lists) > 1 else "Settings") + f" pooled, each at its largest E: {c.where}.",
+        "")]
     return "\n".join([
         "### Pooled over settings", "",
         "Each judged loss's change of test error from E to 2E at each setting's largest budget E with a 2E "
@@ -472,12 +479,10 @@ def pooled_sentence(changes: Sequence[PooledChange], spec: ConvergenceSpec) -> s
     tol = 100 * spec.test_error_change_below
 
     def est(c: PooledChange) -> str:
-        r = c.pooled.random
-        return (f"`{c.label}` {T.fmt_num(r.mean, 2, 100, signed=True)}{_pp_interval(r.low, r.high)} pp "
-                f"({c.pooled.k} settings)")
+        return f"`{c.label}` {c.estimate()} pp ({c.pooled.k} settings)"
 
-    losses = [est(c) for c in changes if " − " not in c.label]
-    diffs = [est(c) for c in changes if " − " in c.label]
+    losses = [est(c) for c in changes if c.base is None]
+    diffs = [est(c) for c in changes if c.base is not None]
     within = [f"`{c.label}`" for c in changes if c.p_within < 0.05]
     return ("Pooled over the pilot's settings, each at its largest budget E, test error moved from E to 2E by "
             + ", ".join(losses) + ("; the difference " + ", ".join(diffs) if diffs else "")
@@ -544,8 +549,7 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
                                                   "fixed_high", "i2", "tost_p", "pooled"],
                        [[c.label, c.pooled.k, c.pooled.pairs, c.pooled.random.mean, c.pooled.random.low,
                          c.pooled.random.high, c.pooled.random.p, c.pooled.fixed.mean, c.pooled.fixed.low,
-                         c.pooled.fixed.high, c.pooled.i2, c.p_within,
-                         "; ".join(f"{n} (E = {e})" for n, e in c.budgets)] for c in changes]) if changes else ""
+                         c.pooled.fixed.high, c.pooled.i2, c.p_within, c.where] for c in changes]) if changes else ""
         md = pilot_markdown(settings, use, pooled_markdown(changes, use, pooled_csv))
         if ctx.with_plots:
             ctx.plots_dir.mkdir(parents=True, exist_ok=True)
