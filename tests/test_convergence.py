@@ -15,6 +15,7 @@ from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.report import write_report
 from gence.report import convergence as C
+from gence.report import plots
 from gence.report.convergence import ConvergenceError, ConvergenceSpec, plateau_change
 from gence.report.sections import with_pilot
 from gence.report.tables import Run, load_results
@@ -178,6 +179,15 @@ def test_convergence_curves_run_in_epochs_done():
     assert xs == pytest.approx([3, 6, 9, 12, 15, 18, 20])
     assert mean[1] == pytest.approx((val_error(0.3, 0) + val_error(0.3, 2)) / 2)
     assert (lo[1], hi[1]) == pytest.approx((val_error(0.3, 0), val_error(0.3, 2)))
+
+
+def test_log_budget_ticks_leave_out_labels_that_would_overlap():
+    # the CIFAR-10 pilot's budgets (epochs): each and a tenth of it, by hand; 400 (a tenth of 4000) lies a
+    # factor 1.25 from the budget 500 and is left out, 200 (a budget and a tenth of 2000) is placed once
+    assert plots.log_budget_ticks([500, 1000, 2000, 4000, 500]) == [50, 100, 200, 500, 1000, 2000, 4000]
+    assert plots.log_budget_ticks([10, 20]) == [1, 2, 10, 20]
+    # budgets come first: a tenth never displaces a budget, and of two close budgets the smaller stays
+    assert plots.log_budget_ticks([400, 500]) == [40, 400]
 
 
 def test_pilot_plots_the_error_at_every_budget(db, report):

@@ -327,6 +327,18 @@ def _log_formatter():
     return FuncFormatter(lambda v, _: f"{v:g}")
 
 
+def log_budget_ticks(ends: Sequence[float], min_ratio: float = 1.4) -> list[float]:
+    """Ticks for a log axis of epochs done: each budget in ``ends`` and a tenth of it (where evaluation
+    every 10% starts), the budgets placed first; a tick closer than a factor ``min_ratio`` to one already
+    placed is left out, so that labels like 400 and 500 do not print over each other."""
+    budgets = sorted({round(e, 6) for e in ends})
+    placed: list[float] = []
+    for t in budgets + sorted({round(e / 10, 6) for e in budgets}):
+        if all(max(t, p) / min(t, p) >= min_ratio for p in placed):
+            placed.append(t)
+    return sorted(placed)
+
+
 CURVE_NAMES = {"val/error": ("validation error %", 100.0), "val/nll": ("validation NLL", 1.0),
                "val/ece": ("validation ECE %", 100.0)}
 
@@ -354,9 +366,9 @@ def convergence_curves(lines: dict[str, dict[str, tuple[list, list, list, list]]
                     label=name, linewidth=1.6)
             ax.fill_between(xs, [v * scale for v in lo], [v * scale for v in hi], color=color, alpha=0.1,
                             linewidth=0)
-        if log_x:   # ticks at each budget and a tenth of it (where evaluation every 10% starts)
+        if log_x:
             ax.set_xscale("log")
-            ticks = sorted({round(t, 6) for e in ends for t in (e, e / 10)})
+            ticks = log_budget_ticks(ends)
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.minorticks_off()
         else:
