@@ -383,3 +383,38 @@ def test_pilot_pools_the_change_over_settings_at_their_largest_budget(tmp_path):
     assert [float(rows["gence"][k]) for k in ("random_mean", "random_low", "random_high")] == \
         pytest.approx(want["random"])
     assert float(rows["gence"]["tost_p"]) == pytest.approx(want["tost"])
+
+
+def test_pilot_shows_how_the_difference_between_judged_losses_moved_per_setting(tmp_path):
+    grid = parse_grid(textwrap.dedent(POOL_GRID), name="pool-grid")
+    path = tmp_path / "runs.sqlite"
+    assert run_grid(grid.runs, path, run_fn=pool_run, progress=False,
+                    grid_text=(grid.name, None, grid.text)).failed == 0
+    rep = write_report(path, tmp_path / "out", with_plots=False)
+    md = section(rep.markdown, "## Convergence pilot")
+    pct = lambda x: fmt_signed(100 * x)   # noqa: E731
+    for regime in ("balanced:5", "balanced:20"):
+        text = sub(md, f"### digits / {regime} / small_cnn")
+        # E = 10: both losses at 0.3 + 0.001 * seed, so gence − ce is 0 there and, at 2E, the difference of
+        # the two losses' changes; its change's t interval over the 3 seeds by scipy
+        d = np.subtract(POOL_CHANGE[(regime, "gence")], POOL_CHANGE[(regime, "ce")])
+        half = scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+        line = next(x for x in text.splitlines() if x.startswith("| gence − ce | 10 |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2:] == ["3", "+0.00", pct(d.mean()),
+                             "{} [{}, {}]".format(pct(d.mean()), pct(d.mean() - half), pct(d.mean() + half))]
+        # E = 5: both losses 2 pp higher than at 10, seed by seed: the difference did not move
+        line = next(x for x in text.splitlines() if x.startswith("| gence − ce | 5 |"))
+        assert [c.strip() for c in line.strip("|").split("|")][2:5] == ["3", "+0.00", "+0.00"]
+    # balanced:10: gence has no run at 20 epochs, so only E = 5 has both losses at E and 2E
+    ten = sub(md, "### digits / balanced:10 / small_cnn")
+    assert "| gence − ce | 5 |" in ten and "| gence − ce | 10 |" not in ten
+    # the CSV has the unrounded numbers
+    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "tables" / "convergence_differences.csv"))
+            if r["setting"] == "digits / balanced:5 / small_cnn" and r["epochs"] == "10"]
+    d = np.subtract(POOL_CHANGE[("balanced:5", "gence")], POOL_CHANGE[("balanced:5", "ce")])
+    assert (rows[0]["loss"], rows[0]["base"], rows[0]["seeds"]) == ("gence", "ce", "3")
+    assert float(rows[0]["difference_2x"]) == pytest.approx(d.mean())
+    assert float(rows[0]["change_mean"]) == pytest.approx(d.mean())
+    assert float(rows[0]["change_high"]) - float(rows[0]["change_mean"]) == pytest.approx(
+        scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3))

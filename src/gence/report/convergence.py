@@ -413,6 +413,47 @@ def _seed_changes(s: PilotSetting, label: str, epochs: int) -> dict[int, float]:
     return {seed: b[seed] - a[seed] for seed in sorted(set(a) & set(b))}
 
 
+def judged_labels(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> list[str]:
+    """The losses the rule judges: ``spec.losses``, or every loss of the settings when it names none."""
+    return list(spec.losses) if spec.losses else sorted({r.label for s in settings for r in s.rows},
+                                                        key=T.label_order)
+
+
+@dataclasses.dataclass(frozen=True)
+class DifferenceRow:
+    """How the test-error difference ``label − base`` moved from E to 2E in one setting, over the seeds that
+    have both losses at both budgets (not part of the rule: whether the comparison depends on the budget)."""
+
+    label: str
+    base: str
+    epochs: int
+    at_e: float                  # mean difference at E
+    at_2e: float                 # mean difference at 2E
+    change: PairedDifference     # (difference at 2E) − (difference at E), seed by seed
+
+
+def _seed_differences(s: PilotSetting, label: str, base: str, epochs: int) -> dict[int, float]:
+    """``label``'s test error minus ``base``'s at ``epochs`` per seed, over the seeds that ran both."""
+    a, b = s.errors.get(label, {}).get(epochs, {}), s.errors.get(base, {}).get(epochs, {})
+    return {seed: a[seed] - b[seed] for seed in sorted(set(a) & set(b))}
+
+
+def difference_rows(s: PilotSetting, labels: Sequence[str]) -> list[DifferenceRow]:
+    """For each judged loss after the first and each budget E with a 2E partner: the difference from the
+    first loss at E and at 2E and its change, over the seeds with both losses at both budgets."""
+    out = []
+    for lab in labels[1:]:
+        for e in s.budgets:
+            at_e, at_2e = _seed_differences(s, lab, labels[0], e), _seed_differences(s, lab, labels[0], 2 * e)
+            seeds = sorted(set(at_e) & set(at_2e))
+            if not seeds:
+                continue
+            at_e, at_2e = {k: at_e[k] for k in seeds}, {k: at_2e[k] for k in seeds}
+            out.append(DifferenceRow(lab, labels[0], e, _mean(at_e.values()), _mean(at_2e.values()),
+                                     paired_difference(at_2e, at_e)))
+    return out
+
+
 def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> list[PooledChange]:
     """Per judged loss, its change of test error from E to 2E at each setting's largest budget E with a 2E
     partner, pooled over the settings where that loss has 2 or more seeds at both
@@ -421,8 +462,7 @@ def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> l
     how its difference from the first (``"gence − ce"``) moved, seed by seed (each seed's change minus the
     first loss's change of the same seed). A setting whose largest E lacks a loss is left out, not judged at
     a smaller E; an entry with no setting left is left out."""
-    labels = list(spec.losses) if spec.losses else sorted({r.label for s in settings for r in s.rows},
-                                                            key=T.label_order)
+    labels = judged_labels(settings, spec)
     out = []
     for lab, base in [(lab, None) for lab in labels] + [(lab, labels[0]) for lab in labels[1:]]:
         used = []
@@ -495,6 +535,7 @@ def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pool
     tables."""
     summary = [[s.name, ", ".join(f"{e} ({'passes' if s.passing[e] else 'fails'})" for e in s.budgets),
                 f"**{s.smallest}**" if s.smallest is not None else "none of the tried budgets"] for s in settings]
+    labels = judged_labels(settings, spec)
     md = ["Rule. " + spec.rule(), "", T.markdown_table(["setting", "budgets E with a 2E partner",
                                                         "smallest E passing, with every larger E"], summary,
                                                        ["l", "l", "l"]), ""]
@@ -519,6 +560,17 @@ def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pool
             ["loss", "E", "seeds", "train error % at E", "train loss − floor at E (nats)", "test error % at E",
              "test error % at 2E", "Δ test error 2E − E (pp) [95% CI]", "fits", "stable"], rows,
             ["l"] + ["r"] * 7 + ["l", "l"]), "", "; ".join(verdicts) + ".", ""]
+        diffs = difference_rows(s, labels)
+        if diffs:
+            md += ["How the difference between the judged losses moved from E to 2E (not part of the rule; "
+                   "seed by seed, over the seeds with both losses at both budgets; positive: training longer "
+                   "favoured `a`):", "", T.markdown_table(
+                       ["b − a", "E", "seeds", "test error b − a at E (pp)", "at 2E (pp)",
+                        "change 2E − E (pp) [95% CI]"],
+                       [[f"{d.label} − {d.base}", str(d.epochs), str(d.change.n),
+                         T.fmt_num(d.at_e, 2, 100, signed=True), T.fmt_num(d.at_2e, 2, 100, signed=True),
+                         T.fmt_num(d.change.mean, 2, 100, signed=True) + _pp_interval(d.change.low, d.change.high)]
+                        for d in diffs], ["l"] + ["r"] * 5), ""]
     if any(r.soft for s in settings for r in s.rows):
         md += ["‡ a soft-target loss (label smoothing): its attainable floor is higher than the stored "
                "`train/loss_floor`, so the floor condition is harder for it than it should be.", ""]
@@ -550,6 +602,13 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
                        [[c.label, c.pooled.k, c.pooled.pairs, c.pooled.random.mean, c.pooled.random.low,
                          c.pooled.random.high, c.pooled.random.p, c.pooled.fixed.mean, c.pooled.fixed.low,
                          c.pooled.fixed.high, c.pooled.i2, c.p_within, c.where] for c in changes]) if changes else ""
+        labels = judged_labels(settings, use)
+        diffs = [(s, d) for s in settings for d in difference_rows(s, labels)]
+        diff_csv = ctx.csv("convergence_differences.csv", ["setting", "loss", "base", "epochs", "seeds",
+                                                           "difference_e", "difference_2x", "change_mean",
+                                                           "change_low", "change_high"],
+                           [[s.name, d.label, d.base, d.epochs, d.change.n, d.at_e, d.at_2e, d.change.mean,
+                             d.change.low, d.change.high] for s, d in diffs]) if diffs else ""
         md = pilot_markdown(settings, use, pooled_markdown(changes, use, pooled_csv))
         if ctx.with_plots:
             ctx.plots_dir.mkdir(parents=True, exist_ok=True)
@@ -565,5 +624,5 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
                 ctx.files.append(path)
                 figures += [f"![test error against the budget, {s.name}]({ctx.link(path)})", ""]
             md += "\n" + "\n".join(figures)
-        return "## Convergence pilot\n\n" + md + "\n" + csv
+        return "## Convergence pilot\n\n" + md + "\n" + csv + ("\n\n" + diff_csv if diff_csv else "")
     return section
