@@ -349,12 +349,19 @@ def by_hand(changes: list[list[float]], tol: float = 0.003) -> dict:
     return {"random": (m, m - half, m + half), "fixed": (mf, mf - half_f, mf + half_f), "tost": tost}
 
 
-def test_pilot_pools_the_change_over_settings_at_their_largest_budget(tmp_path):
+@pytest.fixture(scope="module")
+def pool_report(tmp_path_factory):
+    """The report (no plots) of POOL_GRID's runs, and its output folder."""
+    tmp = tmp_path_factory.mktemp("pool")
     grid = parse_grid(textwrap.dedent(POOL_GRID), name="pool-grid")
-    path = tmp_path / "runs.sqlite"
+    path = tmp / "runs.sqlite"
     assert run_grid(grid.runs, path, run_fn=pool_run, progress=False,
                     grid_text=(grid.name, None, grid.text)).failed == 0
-    rep = write_report(path, tmp_path / "out", with_plots=False)
+    return write_report(path, tmp / "out", with_plots=False), tmp / "out"
+
+
+def test_pilot_pools_the_change_over_settings_at_their_largest_budget(pool_report):
+    rep, out = pool_report
     md = sub(section(rep.markdown, "## Convergence pilot"), "### Pooled over settings")
     pct = lambda x: fmt_signed(100 * x)   # noqa: E731
     for loss, regimes in (("ce", ["balanced:5", "balanced:10", "balanced:20"]),
@@ -378,19 +385,15 @@ def test_pilot_pools_the_change_over_settings_at_their_largest_budget(tmp_path):
             "digits / balanced:20 / small_cnn (E = 10).") in md
     assert "`ce`: settings pooled" in md and "digits / balanced:10 / small_cnn (E = 10)" in md
     # the CSV has the unrounded numbers
-    rows = {r["loss"]: r for r in csv.DictReader(open(tmp_path / "out" / "tables" / "convergence_pooled.csv"))}
+    rows = {r["loss"]: r for r in csv.DictReader(open(out / "tables" / "convergence_pooled.csv"))}
     want = by_hand([POOL_CHANGE[(r, "gence")] for r in ("balanced:5", "balanced:20")])
     assert [float(rows["gence"][k]) for k in ("random_mean", "random_low", "random_high")] == \
         pytest.approx(want["random"])
     assert float(rows["gence"]["tost_p"]) == pytest.approx(want["tost"])
 
 
-def test_pilot_shows_how_the_difference_between_judged_losses_moved_per_setting(tmp_path):
-    grid = parse_grid(textwrap.dedent(POOL_GRID), name="pool-grid")
-    path = tmp_path / "runs.sqlite"
-    assert run_grid(grid.runs, path, run_fn=pool_run, progress=False,
-                    grid_text=(grid.name, None, grid.text)).failed == 0
-    rep = write_report(path, tmp_path / "out", with_plots=False)
+def test_pilot_shows_how_the_difference_between_judged_losses_moved_per_setting(pool_report):
+    rep, out = pool_report
     md = section(rep.markdown, "## Convergence pilot")
     pct = lambda x: fmt_signed(100 * x)   # noqa: E731
     for regime in ("balanced:5", "balanced:20"):
@@ -410,7 +413,7 @@ def test_pilot_shows_how_the_difference_between_judged_losses_moved_per_setting(
     ten = sub(md, "### digits / balanced:10 / small_cnn")
     assert "| gence − ce | 5 |" in ten and "| gence − ce | 10 |" not in ten
     # the CSV has the unrounded numbers
-    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "tables" / "convergence_differences.csv"))
+    rows = [r for r in csv.DictReader(open(out / "tables" / "convergence_differences.csv"))
             if r["setting"] == "digits / balanced:5 / small_cnn" and r["epochs"] == "10"]
     d = np.subtract(POOL_CHANGE[("balanced:5", "gence")], POOL_CHANGE[("balanced:5", "ce")])
     assert (rows[0]["loss"], rows[0]["base"], rows[0]["seeds"]) == ("gence", "ce", "3")
