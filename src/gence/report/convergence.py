@@ -530,18 +530,20 @@ def pooled_sentence(changes: Sequence[PooledChange], spec: ConvergenceSpec) -> s
             + (", ".join(within) if within else "neither" if len(changes) == 2 else "none of them") + ".")
 
 
-def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pooled: str = "") -> str:
+def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pooled: str = "",
+                   differences: Sequence[Sequence[DifferenceRow]] | None = None) -> str:
     """The summary (smallest passing E per setting), ``pooled`` (:func:`pooled_markdown`) and the per-setting
-    tables."""
+    tables, each with its ``differences`` (:func:`difference_rows`, one list per setting; computed when None)."""
     summary = [[s.name, ", ".join(f"{e} ({'passes' if s.passing[e] else 'fails'})" for e in s.budgets),
                 f"**{s.smallest}**" if s.smallest is not None else "none of the tried budgets"] for s in settings]
-    labels = judged_labels(settings, spec)
+    if differences is None:
+        differences = [difference_rows(s, judged_labels(settings, spec)) for s in settings]
     md = ["Rule. " + spec.rule(), "", T.markdown_table(["setting", "budgets E with a 2E partner",
                                                         "smallest E passing, with every larger E"], summary,
                                                        ["l", "l", "l"]), ""]
     if pooled:
         md += [pooled]
-    for s in settings:
+    for s, diffs in zip(settings, differences):
         rows = []
         for r in s.rows:
             c = r.change
@@ -560,7 +562,6 @@ def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pool
             ["loss", "E", "seeds", "train error % at E", "train loss − floor at E (nats)", "test error % at E",
              "test error % at 2E", "Δ test error 2E − E (pp) [95% CI]", "fits", "stable"], rows,
             ["l"] + ["r"] * 7 + ["l", "l"]), "", "; ".join(verdicts) + ".", ""]
-        diffs = difference_rows(s, labels)
         if diffs:
             md += ["How the difference between the judged losses moved from E to 2E (not part of the rule; "
                    "seed by seed, over the seeds with both losses at both budgets; positive: training longer "
@@ -603,13 +604,14 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
                          c.pooled.random.high, c.pooled.random.p, c.pooled.fixed.mean, c.pooled.fixed.low,
                          c.pooled.fixed.high, c.pooled.i2, c.p_within, c.where] for c in changes]) if changes else ""
         labels = judged_labels(settings, use)
-        diffs = [(s, d) for s in settings for d in difference_rows(s, labels)]
+        differences = [difference_rows(s, labels) for s in settings]
+        diffs = [(s, d) for s, ds in zip(settings, differences) for d in ds]
         diff_csv = ctx.csv("convergence_differences.csv", ["setting", "loss", "base", "epochs", "seeds",
                                                            "difference_e", "difference_2x", "change_mean",
                                                            "change_low", "change_high"],
                            [[s.name, d.label, d.base, d.epochs, d.change.n, d.at_e, d.at_2e, d.change.mean,
                              d.change.low, d.change.high] for s, d in diffs]) if diffs else ""
-        md = pilot_markdown(settings, use, pooled_markdown(changes, use, pooled_csv))
+        md = pilot_markdown(settings, use, pooled_markdown(changes, use, pooled_csv), differences)
         if ctx.with_plots:
             ctx.plots_dir.mkdir(parents=True, exist_ok=True)
             figures = ["Test error at the end of training against the budget, per setting: a line per loss "
