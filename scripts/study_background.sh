@@ -67,8 +67,6 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=$(realpath -m "${RUNS:-$REPO/../runs}")
 WORKTREES=$(realpath -m "${WORKTREES:-$REPO/../wt}")
 DATA=$(realpath -m "${GENCE_DATA:-$REPO/../shared/data}")
-PILOT_LOOP=gence-pilot-phases   # the names the loops of phases run under (their $0), to find and stop them
-STUDY_LOOP=gence-study-phases
 AUTOSAVE_LOOP=gence-autosave-loop   # the argument the autosave loop runs under, to find and stop it
 VENV=${GENCE_VENV:-${VIRTUAL_ENV:-$REPO/.venv}}
 
@@ -115,17 +113,21 @@ close_fds() {   # in a subshell that starts a runner: close every descriptor abo
   done
 }
 
+loop_name() {  # loop_name NAME: the name NAME's loop of phases runs under (its $0), to find and stop it
+  echo "gence-$1-phases $RUNS"
+}
+
 running() {    # running NAME: a runner on runs/NAME.sqlite, or NAME's loop of phases between two phases
-  pgrep -f -- "--db $RUNS/$1.sqlite" >/dev/null || pgrep -f -- "gence-$1-phases $RUNS" >/dev/null
+  pgrep -f -- "--db $RUNS/$1.sqlite" >/dev/null || pgrep -f -- "$(loop_name "$1")" >/dev/null
 }
 
 phases() {     # phases NAME CONFIG WORKERS 'EXTRA ARGS' PHASE...: exec NAME's runner over its phases in turn
-  # (--blocks patterns), from the current folder, under the name gence-NAME-phases, logging to $RUNS/NAME.log
+  # (--blocks patterns), from the current folder, under its loop_name, logging to $RUNS/NAME.log
   local name=$1 config=$2 workers=$3 extra=$4 list; shift 4
   list=$(printf "'%s' " "$@")
   PYTHONPATH=src exec nohup setsid bash -c "for b in $list; do echo \"=== \$(date -u) --blocks \$b\";
      '$VENV/bin/python' -m gence.cli bench $config --blocks \"\$b\" --data-dir '$DATA' --db '$RUNS/$name.sqlite' \
-     $extra --no-report --workers $workers --threads 1 --quiet; done" "gence-$name-phases $RUNS" \
+     $extra --no-report --workers $workers --threads 1 --quiet; done" "$(loop_name "$name")" \
      >> "$RUNS/$name.log" 2>&1 < /dev/null
 }
 
@@ -281,8 +283,7 @@ stop_autosave() {
 
 stop() {        # the loops of phases first, or they would start their next phase
   stop_autosave
-  pkill -TERM -f -- "$PILOT_LOOP $RUNS" || true
-  pkill -TERM -f -- "$STUDY_LOOP $RUNS" || true
+  for name in pilot study; do pkill -TERM -f -- "$(loop_name $name)" || true; done
   for name in study pilot; do pkill -TERM -f -- "--db $RUNS/$name.sqlite" && say "$name: SIGTERM sent" || true; done
 }
 
