@@ -454,22 +454,28 @@ def difference_rows(s: PilotSetting, labels: Sequence[str]) -> list[DifferenceRo
     return out
 
 
-def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec) -> list[PooledChange]:
+def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec,
+                   differences: Sequence[Sequence[DifferenceRow]] | None = None) -> list[PooledChange]:
     """Per judged loss, its change of test error from E to 2E at each setting's largest budget E with a 2E
     partner, pooled over the settings where that loss has 2 or more seeds at both
     (:func:`gence.report.stats.pool`: random effects, the verdict's, and fixed effect), with the TOST p of
     equivalence within the rule's ``test_error_change_below``; then, for each judged loss after the first,
-    how its difference from the first (``"gence − ce"``) moved, seed by seed (each seed's change minus the
-    first loss's change of the same seed). A setting whose largest E lacks a loss is left out, not judged at
-    a smaller E; an entry with no setting left is left out."""
+    how its difference from the first (``"gence − ce"``) moved, seed by seed (:func:`difference_rows`: each
+    seed's difference at 2E minus its difference at E). A setting whose largest E lacks a loss is left out, not judged at
+    a smaller E; an entry with no setting left is left out. ``differences``: the settings' difference rows,
+    one list per setting (computed when None)."""
     labels = judged_labels(settings, spec)
+    if differences is None:
+        differences = [difference_rows(s, labels) for s in settings]
+    moved = [{(r.label, r.epochs): r.change for r in rows} for rows in differences]
     out = []
     for lab, base in [(lab, None) for lab in labels] + [(lab, labels[0]) for lab in labels[1:]]:
         used = []
-        for s in settings:
+        for s, diffs in zip(settings, moved):
             e = max(s.budgets)
             mine = _seed_changes(s, lab, e)
-            change = paired_difference(mine, _seed_changes(s, base, e) if base else dict.fromkeys(mine, 0.0))
+            change = (diffs.get((lab, e), paired_difference({}, {})) if base
+                      else paired_difference(mine, dict.fromkeys(mine, 0.0)))
             if change.n >= 2 and not math.isnan(change.mean):
                 used.append((s.name, e, change))
         if not used:
@@ -596,15 +602,15 @@ def pilot_section(spec: ConvergenceSpec | None = None) -> Callable[["Context"], 
                       [[s.name, r.label, r.epochs, r.seeds, r.train_error, r.floor_gap, r.test_error,
                         r.test_error_double, r.change.mean, r.change.low, r.change.high, int(r.fits),
                         int(r.stable), int(s.passing[r.epochs])] for s in settings for r in s.rows])
-        changes = pooled_changes(settings, use)
+        labels = judged_labels(settings, use)
+        differences = [difference_rows(s, labels) for s in settings]
+        changes = pooled_changes(settings, use, differences)
         pooled_csv = ctx.csv("convergence_pooled.csv", ["loss", "settings", "pairs", "random_mean", "random_low",
                                                   "random_high", "random_p", "fixed_mean", "fixed_low",
                                                   "fixed_high", "i2", "tost_p", "pooled"],
                        [[c.label, c.pooled.k, c.pooled.pairs, c.pooled.random.mean, c.pooled.random.low,
                          c.pooled.random.high, c.pooled.random.p, c.pooled.fixed.mean, c.pooled.fixed.low,
                          c.pooled.fixed.high, c.pooled.i2, c.p_within, c.where] for c in changes]) if changes else ""
-        labels = judged_labels(settings, use)
-        differences = [difference_rows(s, labels) for s in settings]
         diffs = [(s, d) for s, ds in zip(settings, differences) for d in ds]
         diff_csv = ctx.csv("convergence_differences.csv", ["setting", "loss", "base", "epochs", "seeds",
                                                            "difference_e", "difference_2x", "change_mean",
