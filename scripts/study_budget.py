@@ -15,6 +15,11 @@ runner may add, one way per group (an lr can sit at one edge only). Tuned runs c
 listed in the order the runner starts them in (a tuned block's runs once its sweep is done): file order, or
 with ``--phases P1 P2 ...`` (the --blocks pattern lists a loop runs in turn, as scripts/study_background.sh's
 STUDY_PHASES) each phase's blocks in file order, phase after phase.
+With ``--override '{ match = {...}, epochs = N }'`` (repeatable; TOML inline tables): the cost of a variant of
+the grid, as if each were an ``[[override]]`` entry added at the end of the file (so it wins over the file's
+own), e.g. CIFAR-10 50/class at twice the budget for ResNet-20 only:
+``--override '{ match = { dataset = "cifar10", regime = "balanced:50", model = "resnet20" }, epochs = 4000 }'``.
+The command line, overrides included, is the output's first line.
 With ``--study DB`` (the study's own database as it grows): seconds per step from the study's runs trained
 so far (copied runs left out: their time is the pilot's) replace the pilot's where the study has them, and
 each block's hours still to go count the runs not yet done there.
@@ -30,13 +35,15 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 from gence import models
 from gence.data.regimes import parse_regime
-from gence.experiments.grid import Grid, load_grid, select_blocks
+from gence.experiments.grid import Grid, GridError, parse_grid, select_blocks
 from gence.report.tables import compute_seconds
 from gence.train.loop import amp_dtype, precision
 
@@ -100,6 +107,31 @@ def step_seconds(config: dict, repeats: int = 3, steps: int = 10) -> list[float]
     return out
 
 
+def toml_value(v) -> str:
+    """``v`` (a value parsed from TOML: string, number, bool, list or table) written back as TOML."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)   # str (a TOML basic string), int, float, bool
+
+
+def with_overrides(text: str, overrides: list[str]) -> str:
+    """Grid TOML ``text`` with each of ``overrides`` (TOML inline tables) appended as an ``[[override]]``."""
+    out = [text]
+    for o in overrides:
+        try:
+            table = tomllib.loads(f"o = {o}")["o"]
+        except tomllib.TOMLDecodeError as exc:
+            raise SystemExit(f"study_budget: --override {o!r}: not a TOML inline table ({exc}); expected "
+                             "something like '{ match = { dataset = \"cifar10\" }, epochs = 4000 }'") from None
+        if not isinstance(table, dict) or not table:
+            raise SystemExit(f"study_budget: --override {o!r}: expected a non-empty TOML inline table such as "
+                             "'{ match = { dataset = \"cifar10\" }, epochs = 4000 }'")
+        out.append("\n[[override]]\n" + "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in table.items()))
+    return "".join(out)
+
+
 def phase_order(grid: Grid, phases: list[str]) -> list[str]:
     """The grid's blocks in the order a runner over ``phases`` (comma-separated --blocks patterns, run in turn)
     starts them: each phase's blocks in file order, leaving out those an earlier phase ran; blocks no phase
@@ -119,9 +151,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--phases", nargs="+", metavar="PATTERNS", default=None,
                    help="the --blocks pattern lists the runner runs in turn (scripts/study_background.sh's "
                         "STUDY_PHASES): blocks listed in that order")
+    p.add_argument("--override", action="append", default=[], metavar="TABLE",
+                   help="a TOML inline table added as an [[override]] at the end of the grid (repeatable): "
+                        "the cost of a variant, e.g. '{ match = { dataset = \"cifar10\" }, epochs = 4000 }'")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    grid = load_grid(args.config)
+    try:
+        text = Path(args.config).read_text()
+    except OSError as exc:
+        raise SystemExit(f"study_budget: grid file {args.config}: {exc.strerror}") from None
+    try:
+        grid = parse_grid(with_overrides(text, args.override), path=args.config)
+    except GridError as exc:
+        raise SystemExit(f"study_budget: {exc}") from None
     costs = {k: (a, b, "pilot") for k, (a, b, _) in measured_costs(args.pilot).items()}
     done = {}
     if args.study:

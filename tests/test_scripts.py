@@ -346,3 +346,25 @@ def test_study_budget_lists_blocks_in_the_order_of_the_runners_phases():
     assert order(grid, ["*_y", "*"]) == ["lr_y", "main_y", "lr_x", "main_x"]           # by hand
     assert order(grid, ["main_x,lr_y", "*"]) == ["lr_y", "main_x", "lr_x", "main_y"]   # file order within a phase
     assert order(grid, ["*_x"]) == ["lr_x", "main_x", "lr_y", "main_y"]                # unmatched blocks last
+
+
+def test_study_budget_costs_a_variant_with_overrides_added_at_the_end(tmp_path, capsys):
+    budget = load_script("study_budget")
+    text = ('[train]\nepochs = 3\n\n[[grid]]\nname = "b"\ndatasets = ["digits"]\nregimes = ["balanced:5", '
+            '"balanced:20"]\nmodels = ["mlp"]\nseeds = [0]\nlosses = ["ce"]\n\n[[override]]\n'
+            'match = { regime = "balanced:20" }\nepochs = 4\n')
+    variant = parse_grid(budget.with_overrides(text, ['{ match = { regime = ["balanced:20"], model = "mlp" }, '
+                                                      'epochs = 8, lr = 0.05 }']))
+    got = {s.config["regime"]: (s.config["epochs"], s.config["lr"]) for s in variant.runs}
+    plain = {s.config["regime"]: s.config["lr"] for s in parse_grid(text).runs}
+    # by hand: the added entry wins over the file's own for balanced:20 only; balanced:5 keeps [train]'s
+    assert got == {"balanced:5": (3, plain["balanced:5"]), "balanced:20": (8, 0.05)}
+    # a user's mistake: the flag, the value and what was expected, no traceback; a match that selects no run
+    for bad, words in (("epochs = 8", "not a TOML inline table"), ("5", "expected a non-empty TOML inline table")):
+        with pytest.raises(SystemExit) as exc:
+            budget.with_overrides(text, [bad])
+        assert str(exc.value).startswith(f"study_budget: --override {bad!r}: {words}")
+    (tmp_path / "g.toml").write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        budget.main([str(tmp_path / "g.toml"), "--override", '{ match = { regime = "balanced:7" }, epochs = 8 }'])
+    assert "study_budget: " in str(exc.value) and "balanced:7" in str(exc.value)
