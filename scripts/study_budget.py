@@ -157,11 +157,9 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        text = Path(args.config).read_text()
+        grid = parse_grid(with_overrides(Path(args.config).read_text(), args.override), path=args.config)
     except OSError as exc:
         raise SystemExit(f"study_budget: grid file {args.config}: {exc.strerror}") from None
-    try:
-        grid = parse_grid(with_overrides(text, args.override), path=args.config)
     except GridError as exc:
         raise SystemExit(f"study_budget: {exc}") from None
     costs = {k: (a, b, "pilot") for k, (a, b, _) in measured_costs(args.pilot).items()}

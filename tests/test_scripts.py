@@ -348,7 +348,7 @@ def test_study_budget_lists_blocks_in_the_order_of_the_runners_phases():
     assert order(grid, ["*_x"]) == ["lr_x", "main_x", "lr_y", "main_y"]                # unmatched blocks last
 
 
-def test_study_budget_costs_a_variant_with_overrides_added_at_the_end(tmp_path, capsys):
+def test_study_budget_costs_a_variant_with_overrides_added_at_the_end(tmp_path):
     budget = load_script("study_budget")
     text = ('[train]\nepochs = 3\n\n[[grid]]\nname = "b"\ndatasets = ["digits"]\nregimes = ["balanced:5", '
             '"balanced:20"]\nmodels = ["mlp"]\nseeds = [0]\nlosses = ["ce"]\n\n[[override]]\n'

@@ -461,9 +461,9 @@ def pooled_changes(settings: Sequence[PilotSetting], spec: ConvergenceSpec,
     (:func:`gence.report.stats.pool`: random effects, the verdict's, and fixed effect), with the TOST p of
     equivalence within the rule's ``test_error_change_below``; then, for each judged loss after the first,
     how its difference from the first (``"gence − ce"``) moved, seed by seed (:func:`difference_rows`: each
-    seed's difference at 2E minus its difference at E). A setting whose largest E lacks a loss is left out, not judged at
-    a smaller E; an entry with no setting left is left out. ``differences``: the settings' difference rows,
-    one list per setting (computed when None)."""
+    seed's difference at 2E minus its difference at E). A setting whose largest E lacks a loss is left out,
+    not judged at a smaller E; an entry with no setting left is left out. ``differences``: the settings'
+    difference rows, one list per setting (computed when None)."""
     labels = judged_labels(settings, spec)
     if differences is None:
         differences = [difference_rows(s, labels) for s in settings]
