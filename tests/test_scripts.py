@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +336,33 @@ def test_travel_light_removes_committed_results_and_puts_them_back(tmp_path):
     assert again.returncode == 0 and "nothing to put back" in again.stderr
     assert subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
                           check=True).stdout == ""
+
+
+def test_study_phases_put_fashion_mnist_first_where_bf16_is_slow():
+    """study_background.sh's order of the study's blocks (configs/study.toml), followed here by fnmatch: on a
+    CPU without bf16 kernels (float32 ResNet-20 ~3x slower there) every Fashion-MNIST block before any CIFAR-10
+    one, the CIFAR-10 blocks in their usual order; with them, the long-tailed CIFAR-10 blocks before the
+    Fashion-MNIST baselines and the 50/class CIFAR-10 ones last; every block exactly once in both."""
+    def order(kernels):
+        phases = subprocess.run(["bash", str(REPO / "scripts" / "study_background.sh"), "_study_phases", kernels],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        out = []
+        for phase in phases:
+            out += [b for b in names if b not in out and any(fnmatch(b, p) for p in phase.split(","))]
+        return out
+
+    with open(REPO / "configs" / "study.toml", "rb") as f:
+        blocks = tomllib.load(f)["grid"]
+    names = [b["name"] for b in blocks]
+    dataset = {b["name"]: b["datasets"][0]["name"] for b in blocks}
+    slow, fast = order("0"), order("1")
+    assert sorted(slow) == sorted(fast) == sorted(names) and len(set(names)) == len(names)
+    assert {dataset[b] for b in slow[:12 + 3]} == {"fashion_mnist"}        # 6 lr, 6 main, 3 base blocks
+    assert [dataset[b] for b in slow].index("cifar10") == 15 and {dataset[b] for b in slow[15:]} == {"cifar10"}
+    assert slow[15:] == [b for b in fast if dataset[b] == "cifar10"]
+    assert fast.index("main_lt_cifar10_resnet20") < fast.index("base_b50_fashion_mnist_resnet8")
+    assert fast[-5:] == ["lr_b50_cifar10_resnet20", "main_b50_cifar10_resnet20", "lr_b50_cifar10_resnet8",
+                         "main_b50_cifar10_resnet8", "base_b50_cifar10_resnet20"]
 
 
 def test_study_budget_lists_blocks_in_the_order_of_the_runners_phases():
