@@ -51,11 +51,13 @@ STUDY_PHASES=('lr_*_fashion_mnist_*,main_*_fashion_mnist_*,lr_lt_cifar10_*,main_
               'base_*_fashion_mnist_*,base_lt_cifar10_*' '*')
 # On a CPU without bf16 kernels (AVX2) the float32 fallback trains ResNet-20 on CIFAR-10 ~3x slower than bf16 on
 # the study's AVX-512 CPUs (long-tailed CIFAR-10, two workers: 8.1 s an epoch there, 2026-12-07, against 2.6 s in
-# the AVX-512 checkpoint it replaced), and ResNet-8 on Fashion-MNIST only ~1.2x slower (0.22 s a step there, two
-# workers, against the study's 0.19 on AVX-512). There the Fashion-MNIST blocks go first, so such a session adds
-# what it does best, and the CIFAR-10 blocks (each block's runs) keep to one precision as far as the machines
-# allow; once those are done the CIFAR-10 blocks run there too. Only the order changes: no run's key, and which
-# precision a run gets was always its machine's.
+# the AVX-512 checkpoint it replaced: training seconds / epochs in the last history entry of the lr 0.025 CE
+# checkpoints, results/checkpoints/study/ at 4745df0 and at 70eedc1), and ResNet-8 on Fashion-MNIST only ~1.2x
+# slower (0.22 s a step there, two workers: wall_seconds / steps of the 8 AVX2 runs of
+# base_b50_fashion_mnist_resnet8 in results/study.sqlite, against budget.txt's 0.191 on AVX-512). There the
+# Fashion-MNIST blocks go first, so such a session adds what it does best, and the CIFAR-10 blocks (each block's
+# runs) keep to one precision as far as the machines allow; once those are done the CIFAR-10 blocks run there
+# too. Only the order changes: no run's key, and which precision a run gets was always its machine's.
 STUDY_PHASES_NO_BF16_FIRST='*_fashion_mnist_*'
 PILOT_REV=db2ec76            # configs/pilot.toml with the 16,000-step partners (Fashion-MNIST, then CIFAR-10); src as at
                              # 46ce022 and d7964a8 but for changes shown to reproduce study runs bit for bit
