@@ -147,6 +147,12 @@ study_phases() {   # study_phases KERNELS: the study's --blocks phases, one a li
   printf '%s\n' "${STUDY_PHASES[@]}"
 }
 
+pilot_left() {   # how many runs of the pilot's grid are not stored done in its running database ('?': unknown)
+  local runs; runs=$("$VENV/bin/gence" bench "$REPO/configs/pilot.toml" --db "$RUNS/pilot.sqlite" --list 2>/dev/null) \
+    || { echo '?'; return; }
+  grep -cvE '^done |^[0-9]+ run\(s\)$' <<< "$runs" || true
+}
+
 start() {
   [ -x "$VENV/bin/python" ] || { say "no Python at $VENV/bin/python: set GENCE_VENV to the venv gence is installed in"; exit 2; }
   [ -d "$DATA" ] || { say "no data folder $DATA: set GENCE_DATA"; exit 2; }
@@ -154,11 +160,17 @@ start() {
   MACHINE=$(machine)   # read by restore
   local kernels
   kernels=$("$VENV/bin/python" -c 'from gence.train.loop import cpu_has_bf16_kernels; print(int(cpu_has_bf16_kernels()))')
-  if [ "$kernels" != 1 ]; then
-    say "this CPU ($MACHINE) has no bf16 kernels: the study's amp runs train in float32 here, its Fashion-MNIST blocks first; the pilot waits for a CPU with them"
-  fi
   restore study
   restore pilot
+  if [ "$kernels" != 1 ]; then
+    local left pilot; left=$(pilot_left)
+    case $left in
+      0) pilot="the pilot is complete" ;;
+      '?') pilot="the pilot waits for a CPU with them" ;;
+      *) pilot="the pilot ($left runs not done) waits for a CPU with them" ;;
+    esac
+    say "this CPU ($MACHINE) has no bf16 kernels: the study's amp runs train in float32 here, its Fashion-MNIST blocks first; $pilot"
+  fi
   if running study; then say "the study is already running"; else
     local wt; wt=$(worktree launch "$STUDY_REV")
     local order; mapfile -t order < <(study_phases "$kernels")
