@@ -147,9 +147,11 @@ study_phases() {   # study_phases KERNELS: the study's --blocks phases, one a li
   printf '%s\n' "${STUDY_PHASES[@]}"
 }
 
-pilot_left() {   # how many runs of the pilot's grid are not stored done in its running database ('?': unknown)
-  local runs; runs=$("$VENV/bin/gence" bench "$REPO/configs/pilot.toml" --db "$RUNS/pilot.sqlite" --list 2>/dev/null) \
-    || { echo '?'; return; }
+pilot_left() {   # how many runs of the pilot's grid are not stored done in its running database ('?': unknown):
+  # the grid its runner runs (phases), the config and code of its worktree at PILOT_REV, not this checkout's
+  local wt runs
+  wt=$(worktree pilot "$PILOT_REV") && runs=$(cd "$wt" && PYTHONPATH=src "$VENV/bin/python" -m gence.cli bench \
+    configs/pilot.toml --db "$RUNS/pilot.sqlite" --list 2>/dev/null) || { echo '?'; return; }
   grep -cvE '^done |^[0-9]+ run\(s\)$' <<< "$runs" || true
 }
 
