@@ -661,3 +661,163 @@ def test_decide_on_converged_counts_collapses_in_the_settings_shown_converged_on
     assert ("Collapsed runs in these blocks in the settings shown converged: gence 0 of 16, ce 0 of 16" in conv.body
             and "counting every setting (the verdict is not decided on the others): gence 8 of 32, ce 0 of 32."
             in conv.body)
+
+
+# ---------------------------------------------------------------- baselines in blocks of their own
+# The study's layout: CE and GenCE (10 seeds, tuned lr) in main blocks, the baselines (5 seeds, lr 0.1) in
+# blocks of their own. Their comparisons pair seed s of a baseline with seed s of CE or GenCE in the main block
+# of the same setting, whose configs differ only in the loss and its learning rate; a block whose budget
+# differs ("longer") is never paired.
+SPLIT_GRID = """
+[verdict]
+mixed = "gence_0.5"
+few_labels = ["main_b"]
+imbalance = ["main_lt"]
+imbalance_baselines = ["logit_adjusted"]
+calibration_baselines = ["label_smoothing", "focal"]
+
+[train]
+epochs = 1
+lr = 0.1
+ood = ["gaussian_noise", "uniform_noise"]
+
+[[grid]]
+name = "main_b"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20"]
+models = ["small_cnn"]
+seeds = [0, 1, 2, 3]
+losses = ["ce", "gence"]
+
+[[grid]]
+name = "main_lt"
+datasets = ["digits"]
+regimes = ["long_tailed:10:40"]
+models = ["small_cnn"]
+seeds = [0, 1, 2, 3]
+losses = ["ce", "gence"]
+
+[[grid]]
+name = "base_b"
+datasets = ["digits"]
+regimes = ["balanced:5", "balanced:20"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = [{ name = "gence", params = { generative_weight = 0.5 }, label = "gence_0.5" },
+          { name = "label_smoothing", params = { alpha = 0.1 }, label = "label_smoothing" },
+          { name = "focal", params = { gamma = 3.0 }, label = "focal" }]
+train = { lr = 0.05 }
+
+[[grid]]
+name = "base_lt"
+datasets = ["digits"]
+regimes = ["long_tailed:10:40"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = [{ name = "gence", params = { generative_weight = 0.5 }, label = "gence_0.5" }, "logit_adjusted"]
+train = { lr = 0.05 }
+
+[[grid]]
+name = "longer"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["small_cnn"]
+seeds = [0, 1, 2]
+losses = [{ name = "focal", params = { gamma = 3.0 }, label = "focal" }]
+train = { epochs = 2 }
+"""
+SPLIT_B = [("digits", r, "small_cnn") for r in ("balanced:5", "balanced:20")]
+SPLIT_LT = ("digits", "long_tailed:10:40", "small_cnn")
+
+
+def split_run(config):
+    """fake_run, with focal calibrated 4 points better than CE and label smoothing 3 points worse (plus noise)."""
+    m, extras = fake_run(config)
+    m["test/ece"] += {"focal": -0.04, "label_smoothing": 0.03}.get(config["loss"], 0.0) + 0.01 * noise({**config, "e": 1})
+    return m, extras
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    db = tmp_path_factory.mktemp("split") / "split.sqlite"
+    grid = parse_grid(textwrap.dedent(SPLIT_GRID), name="split-grid")
+    run_grid(grid.runs, db, run_fn=split_run, progress=False, grid_text=(grid.name, None, grid.text))
+    results = load_results(db)
+    return rows(db), results, build_verdict(results, VerdictSpec.from_table(grid.verdict))
+
+
+def across(stored, setting, a, b, metric):
+    """scipy's paired t on (block, label) a − (block, label) b over the seeds both have, read from SQLite."""
+    def values(block, lab):
+        return {r["config"]["seed"]: r["metrics"][metric] for r in stored if r["grid"] == block and r["label"] == lab
+                and (r["config"]["dataset"], r["config"]["regime"], r["config"]["model"]) == setting}
+    va, vb = values(*a), values(*b)
+    seeds = sorted(set(va) & set(vb))
+    t = stats.ttest_rel([va[s] for s in seeds], [vb[s] for s in seeds])
+    ci = t.confidence_interval()
+    return (len(seeds), float(np.mean([va[s] for s in seeds]) - np.mean([vb[s] for s in seeds])), ci.low, ci.high,
+            t.pvalue, float(np.mean([va[s] for s in seeds])), float(np.mean([vb[s] for s in seeds])))
+
+
+def table_line(body: str, heading: str, setting) -> str:
+    """The row of ``setting`` in the first table after the sentence that starts with ``heading``."""
+    rest = body[body.index(heading):]
+    return next(line for line in rest.splitlines() if line.startswith(f"| {setting[0]} | {setting[2]} | {setting[1]} |"))
+
+
+def test_paired_rows_pair_a_baseline_block_with_the_ce_of_its_main_block(split):
+    from gence.report.tables import paired_markdown, paired_rows
+    stored, results, _ = split
+    got = {(r.setting, r.block, r.label, r.column.key): r for r in paired_rows(results)}
+    ps = []
+    for setting in SPLIT_B:
+        n, mean, low, high, p, _, _ = across(stored, setting, ("base_b", "focal"), ("main_b", "ce"), "test/ece")
+        r = got[(setting, "base_b", "focal", "ece")]
+        assert (r.result.n, r.other_block, r.lr, r.other_lr) == (3, "main_b", "0.05", "0.1")
+        assert np.allclose([r.result.mean, r.result.low, r.result.high, r.result.p], [mean, low, high, p])
+        ps.append((p, r))
+    # Holm over focal's two settings, by hand
+    (p1, r1), (p2, r2) = sorted(ps, key=lambda x: x[0])
+    assert np.isclose(r1.p_holm, min(1, 2 * p1)) and np.isclose(r2.p_holm, min(1, max(2 * p1, p2)))
+    # the block with another budget has no CE to be paired with: no row, and no partner
+    assert not any(k[1] == "longer" for k in got)
+    assert results.partner(SPLIT_B[0], "ce", "longer") is None
+    assert results.partner(SPLIT_B[0], "ce", "base_b").block == "main_b"
+    md = paired_markdown(paired_rows(results), ("digits", "small_cnn"), results.display)
+    assert "| CE from (lr loss / CE) |" in md and "| main_b (lr 0.05 / 0.1) |" in md and "| same block |" in md
+
+
+def test_verdict_compares_gence_with_baselines_of_another_block(split):
+    stored, _, verdict = split
+    cal = claim(verdict, "Calibration before").body
+    assert "### gence against the calibration baselines" in cal
+    for base in ("label_smoothing", "focal"):
+        for metric, what in (("test/ece", "ECE before temperature scaling"), ("test_ts/ece", "ECE after temperature "
+                                                                                            "scaling")):
+            heading = f"gence − {base}, {what}"
+            for setting in SPLIT_B:
+                n, mean, low, high, p, m_ge, m_base = across(stored, setting, ("main_b", "gence"), ("base_b", base),
+                                                             metric)
+                line = table_line(cal, heading, setting)
+                assert line.startswith(f"| digits | small_cnn | {setting[1]} | 3/3 | {100 * m_base:.2f} | "
+                                       f"{100 * m_ge:.2f} | {signed(100 * mean)} [{signed(100 * low)}, "
+                                       f"{signed(100 * high)}] | " + (f"{p:.3g} |" if p >= 0.001 else "<0.001 |"))
+                assert "| base_b / main_b; lr 0.05 / 0.1 |" in line
+    # focal is 4 points better calibrated than CE and GenCE 2 points: GenCE − focal about +2 in both settings
+    focal = cal[cal.index("gence − focal, ECE before"):].splitlines()[0]
+    assert "over 2 setting(s)" in focal.lower() and "is significantly worse in" in focal
+    # the mixed GenCE against CE, and GenCE against logit adjustment, both from the baselines' blocks
+    few = claim(verdict, "Accuracy with few").body
+    for setting in SPLIT_B:
+        n, mean, low, high, *_ = across(stored, setting, ("base_b", "gence_0.5"), ("main_b", "ce"), "test/error")
+        assert f"{signed(100 * mean)} [{signed(100 * low)}, {signed(100 * high)}]" in table_line(
+            few, "gence_0.5 − ce, test error", setting)
+    lt = claim(verdict, "Accuracy under").body
+    n, mean, low, high, *_ = across(stored, SPLIT_LT, ("main_lt", "gence"), ("base_lt", "logit_adjusted"), "test/error")
+    assert n == 3 and f"{signed(100 * mean)} [{signed(100 * low)}, {signed(100 * high)}]" in table_line(
+        lt, "gence − logit_adjusted, test error", SPLIT_LT)
+    # the grid's settings for those comparisons count the partner blocks' (not 'longer': another budget)
+    progress = verdict.progress
+    assert progress.settings("main_b", ("ce", "focal")) == set(SPLIT_B)
+    assert progress.partner_block("main_b", SPLIT_B[0], "focal") == "base_b"
+    assert progress.partner_block("longer", SPLIT_B[0], "ce") is None

@@ -176,7 +176,9 @@ def setup(ctx: Context) -> str:
                   f"(see '{tuning_heading(field)}').")
     if results.multi_block():
         md.append("- Runs of different grid blocks are never pooled: where a setting has runs of several blocks, "
-                  "the tables have a `block` column and the paired comparisons stay within a block.")
+                  "the tables have a `block` column. The paired comparisons pair seeds within a block; a loss "
+                  "whose block has no CE is paired with the CE of another block of the setting whose configs differ "
+                  "only in the loss and its learning rate (same data, budget and seeds), and the table names it.")
     md.append("")
     versions: dict[tuple, list[dict]] = {}
     for g in results.grids:   # in the order they were stored: a grid file edited between runs has several

@@ -6,7 +6,10 @@ the fields whose values differ between the group's runs, apart from the seed. Th
 variant per group, the one with the best mean validation metric (``select_by``), chosen by code.
 
 Groups are also split by grid block (the ``grid`` column of the database): seeds of two blocks that share a
-setting and a loss are never pooled; a setting's table then has a ``block`` column. Runs of tuning blocks
+setting and a loss are never pooled; a setting's table then has a ``block`` column. Comparisons pair seeds
+within a block, or, for a loss its block lacks, with that loss's runs in another block of the setting whose
+configs are the same apart from the loss and its learning rate (:data:`PAIR_FREE_FIELDS`,
+:meth:`Results.partner`): a grid that runs its baselines in a block of their own still compares them. Runs of tuning blocks
 (blocks named in some block's ``tune.from``, read from the grid files stored in the database) are not in
 the main tables: :func:`tuning_tables` summarises them per candidate value. Rows that are not benchmark
 runs (the properness study's, or any without a ``dataset``) are skipped. Labels whose runs gave exactly the
@@ -32,6 +35,11 @@ from gence.report.columns import (LONG_TAILED_COLUMNS, MAIN_COLUMNS, METRIC, PAI
 from gence.report.stats import PairedDifference, holm, mean_std, p_text, paired_difference
 from gence.selection import best_candidate
 
+# the config fields in which two runs compared seed by seed may differ: the loss, its parameters and its
+# learning rate (what a comparison of losses compares: each at its own lr), the seed (pairs share it) and
+# where the runs executed; equal in everything else (data, budget, model, augmentation), seed s of both
+# runs trains on the same images from the same initialisation
+PAIR_FREE_FIELDS = ("loss", "loss_params", "lr", "seed", *KEY_EXCLUDED_FIELDS)
 DEFAULT_SELECT_BY = METRIC["val_error"]
 TIE_BREAK = METRIC["val_nll"]
 BASELINE = "ce"
@@ -177,12 +185,39 @@ class Results:
     def baseline(self, setting, block: str | None = None) -> Group | None:
         return self.group(setting, BASELINE, block)
 
+    def partner(self, setting, label: str, block: str) -> Group | None:
+        """The group of ``label`` that the runs of ``block`` in ``setting`` are compared with: its own group in
+        ``block``; when ``block`` has none, its group in the first other block of the setting (file order) whose
+        every run has the config of one of ``block``'s runs there apart from :data:`PAIR_FREE_FIELDS`
+        (:func:`pairing_ident`); None when there is no such group."""
+        own = self.group(setting, label, block)
+        if own is not None:
+            return own
+        mine = {pairing_ident(r.config) for g in self.groups_of(setting, block) for v in g.variants.values()
+                for r in v}
+        for other in self.blocks_of(setting):
+            g = self.group(setting, label, other) if other != block else None
+            if g is not None and all(pairing_ident(r.config) in mine for v in g.variants.values() for r in v):
+                return g
+        return None
+
     def multi_block(self) -> bool:
         return len({g.block for g in self.groups}) > 1
 
     def labels(self) -> list[str]:
         seen = {g.label: g.loss for g in self.groups}
         return sorted(seen, key=lambda lab: label_order(lab, seen[lab]))
+
+
+def pairing_ident(config: Mapping[str, Any]) -> str:
+    """What two runs compared seed by seed must share: their config without :data:`PAIR_FREE_FIELDS`."""
+    return canonical_json({k: v for k, v in config.items() if k not in PAIR_FREE_FIELDS})
+
+
+def lr_text(group: Group) -> str:
+    """The learning rate(s) of a group's selected runs (``0.1``; ``0.05, 0.1`` when they differ), ``–`` without."""
+    values = sorted({r.config["lr"] for r in group.runs if r.config.get("lr") is not None}, key=value_order)
+    return ", ".join(_short(v) for v in values) or "–"
 
 
 def label_order(label: str, loss: str = "") -> tuple:
@@ -565,14 +600,23 @@ class PairedRow:
     result: PairedDifference
     block: str = ""
     p_holm: float = math.nan     # paired-t p after Holm over the settings of this loss and metric
+    other_block: str = ""        # the block of the CE runs: ``block`` unless the loss's block has none
+    lr: str = ""                 # the loss's learning rate(s) (:func:`lr_text`)
+    other_lr: str = ""           # CE's
+
+    @property
+    def across_blocks(self) -> bool:
+        return self.other_block not in ("", self.block)
 
 
 def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) -> list[PairedRow]:
-    """Every non-CE group against CE of its setting and block, over matching seeds (selected variants); Holm
-    adjusts each (loss, metric)'s paired-t p-values over its settings."""
+    """Every non-CE group against CE over matching seeds (selected variants): CE of its setting and block, or
+    where the block has no CE, the CE of another block of the setting that differs from it only in the loss and
+    its learning rate (:meth:`Results.partner`). Holm adjusts each (loss, metric)'s paired-t p-values over its
+    settings."""
     out = []
     for setting, block in [(s, b) for s in results.settings() for b in results.blocks_of(s)]:
-        base = results.baseline(setting, block)
+        base = results.partner(setting, BASELINE, block)
         if base is None:
             continue
         for g in results.groups_of(setting, block):
@@ -583,7 +627,8 @@ def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) ->
                 b = {r.seed: c.value(r.metrics) for r in base.runs}
                 if all(math.isnan(v) for v in a.values()) and all(math.isnan(v) for v in b.values()):
                     continue
-                out.append(PairedRow(setting, g.label, c, paired_difference(a, b), block))
+                out.append(PairedRow(setting, g.label, c, paired_difference(a, b), block, other_block=base.block,
+                                     lr=lr_text(g), other_lr=lr_text(base)))
     families: dict[tuple, list[PairedRow]] = defaultdict(list)
     for r in out:
         families[(r.label, r.column.key)].append(r)
@@ -595,7 +640,8 @@ def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) ->
 
 def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str], display=lambda lab: lab) -> str:
     """One table for (dataset, model): rows (regime, loss), a cell per metric: Δ [95% t interval], paired-t p,
-    and * when that p stays below 0.05 after Holm over the loss's settings."""
+    and * when that p stays below 0.05 after Holm over the loss's settings. A loss paired with the CE of
+    another block has a ``CE from`` cell naming it, with both learning rates (loss / CE)."""
     mine = [r for r in rows if (r.setting[0], r.setting[2]) == setting_prefix]
     columns = []
     for r in mine:
@@ -607,10 +653,11 @@ def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str], disp
         if k not in keys:
             keys.append(k)
     show_block = len({r.block for r in mine}) > 1
+    show_other = any(r.across_blocks for r in mine)
     table = []
     for regime, block, label in keys:
         cells = [regime] + ([block] if show_block else []) + [display(label)]
-        n = ""
+        n, other = "", ""
         for c in columns:
             hit = next((r for r in mine if r.setting[1] == regime and r.block == block and r.label == label
                         and r.column.key == c.key), None)
@@ -619,24 +666,28 @@ def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str], disp
                 continue
             res = hit.result
             n = str(res.n)
+            if hit.across_blocks:
+                other = f"{hit.other_block} (lr {hit.lr} / {hit.other_lr})"
             text = f"{fmt_num(res.mean, c.digits, c.scale)} [{fmt_num(res.low, c.digits, c.scale)}, " \
                    f"{fmt_num(res.high, c.digits, c.scale)}] {p_text(res.p)}" + ("*" if hit.p_holm < 0.05 else "")
             if res.note and math.isnan(res.p):
                 text += f" ({res.note})"
             cells.append(text)
-        cells.insert(3 if show_block else 2, n)
+        at = 3 if show_block else 2
+        cells[at:at] = [n] + ([other or "same block"] if show_other else [])
         table.append(cells)
     head = ["regime"] + (["block"] if show_block else []) + ["loss"]
-    header = head + ["pairs"] + [f"Δ {c.name}" for c in columns]
-    return markdown_table(header, table, ["l"] * len(head) + ["r"] + ["r"] * len(columns))
+    header = head + ["pairs"] + (["CE from (lr loss / CE)"] if show_other else []) + [f"Δ {c.name}" for c in columns]
+    return markdown_table(header, table, ["l"] * len(head) + ["r"] + (["l"] if show_other else [])
+                          + ["r"] * len(columns))
 
 
 def paired_csv_rows(rows: list[PairedRow]) -> tuple[list[str], list[list]]:
     header = ["dataset", "regime", "model", "block", "loss", "metric", "n_pairs", "mean_diff_vs_ce", "ci95_low",
-              "ci95_high", "t_p", "t_p_holm", "wilcoxon_exact_p", "hodges_lehmann", "note"]
+              "ci95_high", "t_p", "t_p_holm", "wilcoxon_exact_p", "hodges_lehmann", "note", "ce_block", "lr", "ce_lr"]
     return header, [[r.setting[0], r.setting[1], r.setting[2], r.block, r.label, r.column.key, r.result.n,
                      r.result.mean, r.result.low, r.result.high, r.result.p, r.p_holm, r.result.p_wilcoxon,
-                     r.result.hodges_lehmann, r.result.note] for r in rows]
+                     r.result.hodges_lehmann, r.result.note, r.other_block, r.lr, r.other_lr] for r in rows]
 
 
 def ood_table(results: Results, setting) -> str | None:

@@ -4,8 +4,9 @@ What is compared comes from the grid file's ``[verdict]`` table (:class:`Verdict
 the few-labels, imbalance, calibration, OOD and learning-rate claims, which label is GenCE, the mixed GenCE
 and the baseline. Nothing here knows a study's block names or labels.
 
-Per setting (dataset x model x regime, within one block) GenCE − baseline over matching seeds
-(:func:`gence.report.stats.paired_difference`). Per claim and metric (:func:`decide`):
+Per setting (dataset x model x regime, within one block; a loss the block lacks is taken from another block of
+the setting whose runs differ only in the loss and its learning rate, :meth:`gence.report.tables.Results.partner`)
+GenCE − baseline over matching seeds (:func:`gence.report.stats.paired_difference`). Per claim and metric (:func:`decide`):
 
 - Holm's correction over the claim's settings of the paired-t p-values; a setting is **significantly
   better** (**worse**) when its adjusted p is below 0.05 and the mean difference favours (disfavours) GenCE.
@@ -73,7 +74,8 @@ class VerdictSpec:
         mixed = "gence_0.5"             # a mixed GenCE shown beside it (default: none)
         few_labels = ["balanced"]       # blocks of the few-labels claim
         imbalance = ["long_tailed"]     # blocks of the imbalance claim
-        imbalance_baselines = ["logit_adjusted", "balanced_softmax"]
+        imbalance_baselines = ["logit_adjusted", "balanced_softmax"]   # compared with GenCE on test error
+        calibration_baselines = ["label_smoothing", "focal"]  # compared with GenCE on ECE and test error
         calibration = [...]             # default: few_labels + imbalance; so is ood
         lr_robustness = ["tune", "lr_sweep"]   # blocks sweeping `field` for the robustness claim
         field = "lr"
@@ -92,6 +94,7 @@ class VerdictSpec:
     few_labels: tuple[str, ...] = ()
     imbalance: tuple[str, ...] = ()
     imbalance_baselines: tuple[str, ...] = ()
+    calibration_baselines: tuple[str, ...] = ()
     calibration: tuple[str, ...] | None = None
     ood: tuple[str, ...] | None = None
     lr_robustness: tuple[str, ...] = ()
@@ -184,17 +187,32 @@ class Progress:
     seeds: dict[tuple, set[int]]
     unreadable: list[str]
     extensions: list[X.SweepExtension] = dataclasses.field(default_factory=list)  # sweeps that may extend
+    # (block, dataset, regime, model, label) -> the pairing idents (T.pairing_ident) of its runs in the grid
+    idents: dict[tuple, set[str]] = dataclasses.field(default_factory=dict)
 
     def expected(self, block: str, setting: tuple, label: str) -> set[int] | None:
         return self.seeds.get((block, *setting, label)) if self.blocks else None
 
+    def partner_block(self, block: str, setting: tuple, label: str) -> str | None:
+        """The block whose runs of ``label`` the grid's runs of ``block`` in ``setting`` are compared with, as
+        :meth:`gence.report.tables.Results.partner` picks it from stored runs: ``block`` when it asks for
+        ``label`` there, else the first other block (grid order) whose runs of ``label`` there all share a
+        pairing ident with ``block``'s; None when none does."""
+        if (block, *setting, label) in self.seeds:
+            return block
+        mine = set().union(*(ids for (b, *s, _), ids in self.idents.items() if b == block and tuple(s) == setting))
+        order = [b.block for b in self.blocks]
+        for other in order:
+            ids = self.idents.get((other, *setting, label))
+            if other != block and ids and ids <= mine:
+                return other
+        return None
+
     def settings(self, block: str, labels: Sequence[str]) -> set[tuple]:
-        """The grid's settings of ``block`` that ask for every one of ``labels``."""
-        have: dict[tuple, set[str]] = defaultdict(set)
-        for (b, ds, regime, model, label) in self.seeds:
-            if b == block:
-                have[(ds, regime, model)].add(label)
-        return {s for s, labs in have.items() if set(labels) <= labs}
+        """The grid's settings of ``block`` with runs of every one of ``labels`` to compare, in ``block`` or in
+        a partner block (:meth:`partner_block`)."""
+        mine = {tuple(key[1:4]) for key in self.seeds if key[0] == block}
+        return {s for s in mine if all(self.partner_block(block, s, lab) is not None for lab in labels)}
 
     @property
     def undecided(self) -> int:
@@ -233,6 +251,7 @@ def grid_progress(results: T.Results) -> Progress:
                 added.setdefault(spec.key, (spec.grid, spec.config, spec.label))
     counts: dict[str, list[int]] = {}
     seeds: dict[tuple, set[int]] = defaultdict(set)
+    idents: dict[tuple, set[str]] = defaultdict(set)
     items = ([((k,), v, False) for k, v in ordinary.items()] + [(k, v, False) for k, v in tuned.items()]
              + [((k,), v, True) for k, v in added.items()])
     for keys, (block, config, label), extension in items:
@@ -244,9 +263,10 @@ def grid_progress(results: T.Results) -> Progress:
         elif any(k in failed for k in keys):
             c[2] += 1
         seeds[(block, config["dataset"], config["regime"], config["model"], label)].add(int(config["seed"]))
+        idents[(block, config["dataset"], config["regime"], config["model"], label)].add(T.pairing_ident(config))
     order = {name: i for i, name in enumerate(T.grid_tunes(results.grids)[1])}
     blocks = [BlockProgress(b, *c) for b, c in sorted(counts.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))]
-    return Progress(blocks, dict(seeds), unreadable, sweeps)
+    return Progress(blocks, dict(seeds), unreadable, sweeps, dict(idents))
 
 
 # -------------------------------------------------------------------------------------- comparisons
@@ -258,13 +278,21 @@ class Comparison:
     other: str                  # what it is compared with
     column: Column
     result: PairedDifference
-    mean_label: float
+    mean_label: float           # the means over the seeds paired (all of a loss's seeds when none is)
     mean_other: float
     expected: int | None        # pairs the grid asks for (None: grid unknown)
     p_holm: float = math.nan    # set by decide(): the paired-t p after Holm over the claim's settings
     pilot: str = ""             # set by annotate_pilot(): the pilot's rule at this setting's budget
     epochs: Any = None          # the budget of this setting's runs (with a pilot)
     in_verdict: bool = True     # set by mark_verdict_family(): False when [verdict].decide_on leaves it out
+    label_block: str = ""       # the blocks the two losses' runs come from ("": ``block``)
+    other_block: str = ""
+    label_lr: str = ""          # their learning rates (T.lr_text)
+    other_lr: str = ""
+
+    @property
+    def across_blocks(self) -> bool:
+        return (self.label_block or self.block) != (self.other_block or self.block)
 
     @property
     def compared(self) -> bool:
@@ -326,15 +354,15 @@ def annotate_pilot(comps: Sequence[Comparison], results: T.Results, spec: Verdic
         return
     runs = [*results.runs, *results.tuning_runs]
     for c in comps:
-        c.epochs, c.pilot = _pilot_status(settings, runs, c.block, c.setting, (c.label, c.other))
+        c.epochs, c.pilot = _pilot_status(settings, runs, c.setting, ((c.label_block or c.block, c.label),
+                                                                      (c.other_block or c.block, c.other)))
 
 
-def _pilot_status(settings: Sequence[C.PilotSetting], runs: Sequence[T.Run], block: str, setting: tuple,
-                  labels: Sequence[str]) -> tuple[Any, str]:
-    """The budget (``epochs``) the runs of ``labels`` in ``block`` and ``setting`` share (None when several)
-    and what the pilot's rule says of it."""
-    budgets = {r.config.get(C.PILOT_FIELD) for r in runs
-               if r.block == block and r.setting == setting and r.label in labels}
+def _pilot_status(settings: Sequence[C.PilotSetting], runs: Sequence[T.Run], setting: tuple,
+                  members: Sequence[tuple[str, str]]) -> tuple[Any, str]:
+    """The budget (``epochs``) the runs of ``members`` ((block, label) pairs) in ``setting`` share (None when
+    several) and what the pilot's rule says of it."""
+    budgets = {r.config.get(C.PILOT_FIELD) for r in runs if r.setting == setting and (r.block, r.label) in members}
     epochs = budgets.pop() if len(budgets) == 1 else None
     return epochs, C.budget_status(settings, setting, epochs) if epochs is not None else "several budgets"
 
@@ -355,20 +383,26 @@ def mark_verdict_family(comps: Sequence[Comparison], spec: VerdictSpec) -> None:
 
 def compare(results: T.Results, progress: Progress, block: str, label: str, other: str,
             column: Column) -> list[Comparison]:
-    """``label`` against ``other`` in every setting of ``block`` where both have runs (selected variants)."""
+    """``label`` against ``other`` in every setting of ``block`` where both have runs (selected variants), each
+    from ``block`` or, where ``block`` lacks it, from a partner block (:meth:`T.Results.partner`); a setting
+    where neither is in ``block`` is left to the blocks that have them."""
     out = []
     for setting in results.settings():
-        a, b = results.group(setting, label, block), results.group(setting, other, block)
-        if a is None or b is None:
+        a, b = results.partner(setting, label, block), results.partner(setting, other, block)
+        if a is None or b is None or block not in (a.block, b.block):
             continue
         va = {r.seed: column.value(r.metrics) for r in a.runs}
         vb = {r.seed: column.value(r.metrics) for r in b.runs}
         if all(math.isnan(v) for v in va.values()) or all(math.isnan(v) for v in vb.values()):
             continue
-        ea, eb = progress.expected(block, setting, label), progress.expected(block, setting, other)
+        ea, eb = progress.expected(a.block, setting, label), progress.expected(b.block, setting, other)
         expected = len(ea & eb) if ea is not None and eb is not None else None
+        shared = set(va) & set(vb) or set(va) | set(vb)   # the means beside the difference: over its pairs
         out.append(Comparison(block, setting, label, other, column, paired_difference(va, vb),
-                              mean_std(list(va.values()))[0], mean_std(list(vb.values()))[0], expected))
+                              mean_std([v for k, v in va.items() if k in shared])[0],
+                              mean_std([v for k, v in vb.items() if k in shared])[0], expected,
+                              label_block=a.block, other_block=b.block, label_lr=T.lr_text(a),
+                              other_lr=T.lr_text(b)))
     return out
 
 
@@ -478,6 +512,12 @@ def comparison_table(comps: Sequence[Comparison], label_name: str, other_name: s
              fmt_diff(c), fmt_p(c.result.p), fmt_p(c.p_holm), fmt_p(c.result.p_wilcoxon),
              signed(c.result.hodges_lehmann * col.scale, col.digits), MARK[c.outcome]] for c in comps]
     align = ["l"] * 3 + ["r"] * 8 + ["l"]
+    if any(c.across_blocks for c in comps):   # runs of two blocks: which, and each loss's learning rate
+        header.append(f"blocks ({other_name} / {label_name}) and lr")
+        rows = [row + [f"{c.other_block} / {c.label_block}; lr {c.other_lr} / {c.label_lr}"
+                       if c.across_blocks else f"{c.block}; lr {c.other_lr} / {c.label_lr}"]
+                for row, c in zip(rows, comps)]
+        align.append("l")
     if any(c.pilot for c in comps):
         header.append("pilot's rule at this budget")
         rows = [row + [f"{c.pilot} (E = {c.epochs})" if c.epochs is not None else c.pilot]
@@ -644,7 +684,14 @@ def _no_runs(progress: Progress, blocks: Sequence[str]) -> str:
 
 
 def _compare_blocks(results, progress, blocks, label, other, column) -> list[Comparison]:
-    return [c for b in blocks for c in compare(results, progress, b, label, other, column)]
+    """:func:`compare` over ``blocks``, each pair of runs once (two of the blocks may share a partner)."""
+    out, seen = [], set()
+    for c in (c for b in blocks for c in compare(results, progress, b, label, other, column)):
+        key = (c.setting, c.label_block, c.other_block)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
 
 
 def _metric_part(results, progress, spec, blocks, column, what, label=None, other=None,
@@ -720,6 +767,26 @@ def _baselines_part(results, progress, spec, blocks) -> list[str]:
     return md
 
 
+def _calibration_baselines_part(results, progress, spec, blocks) -> list[str]:
+    """GenCE against each of ``spec.calibration_baselines`` on ECE before and after temperature scaling and
+    on test error, the same statistics as the claim's; shown, not part of the claim's verdict."""
+    bases = list(dict.fromkeys(results.canonical(b) for b in spec.calibration_baselines))
+    if not bases:
+        return []
+    md = [f"### {spec.label} against the calibration baselines", "",
+          f"{spec.label} − each of {', '.join(f'`{results.display(b)}`' for b in bases)} over matching seeds, "
+          "with the same statistics (Holm over the settings of each baseline and metric). Shown beside the claim, "
+          f"not part of its verdict, which compares {spec.label} with {spec.baseline}. Where a baseline's runs "
+          "are in another block than GenCE's, the table names both blocks and each loss's learning rate: a "
+          "baseline trained at a learning rate that was not tuned for it is at a disadvantage the difference "
+          "includes.", ""]
+    for base in bases:
+        for col, what in ((ECE, "ECE before temperature scaling"), (ECE_TS, "ECE after temperature scaling"),
+                          (ERROR, "test error")):
+            md += _metric_part(results, progress, spec, blocks, spec.column(col), what, other=base)[1]
+    return md
+
+
 def calibration_claims(results, progress, spec) -> list[Claim]:
     blocks = spec.blocks_for("calibration")
     heading = "Claim: calibration before and after temperature scaling"
@@ -734,7 +801,8 @@ def calibration_claims(results, progress, spec) -> list[Claim]:
         bins = sorted({r.config.get("n_bins") for r in results.runs if r.config.get("n_bins")})
         body = "\n".join([f"Blocks {_blocks_text(blocks)}, ECE with {'/'.join(map(str, bins))} equal-width bins on the "
                           "test split, before and after temperature scaling (temperature fitted on the validation "
-                          "split, per run).", ""] + [line for p in parts.values() for line in p[1]])
+                          "split, per run).", ""] + [line for p in parts.values() for line in p[1]]
+                         + _calibration_baselines_part(results, progress, spec, blocks))
     return [Claim("Calibration before temperature scaling (ECE)", heading, before,
                   before.evidence() if parts[ECE.key][2] else "no runs yet", body, "calibration", parts[ECE.key][2]),
             Claim("Calibration after temperature scaling (ECE)", heading, after,
@@ -837,7 +905,8 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
         pilot, status = pilot_settings(spec), {}
         for r in mine:
             if (r.block, r.setting) not in status:
-                status[(r.block, r.setting)] = _pilot_status(pilot, every, r.block, r.setting, (ce_l, ge_l))[1]
+                status[(r.block, r.setting)] = _pilot_status(pilot, every, r.setting,
+                                                             ((r.block, ce_l), (r.block, ge_l)))[1]
         counted = [r for r in mine if status[(r.block, r.setting)] == C.PASSES]
     def collapse_counts(runs):   # per loss: runs collapsed, runs
         return ({lab: sum(_collapsed(r) for r in runs if r.label == lab) for lab in (ce_l, ge_l)},
@@ -986,7 +1055,11 @@ def verdict_markdown(verdict: Verdict) -> str:
             "split and initialisation) give a mean with a Student-t 95% interval and the paired-t p "
             "(`gence.report.stats.paired_difference`); their coverage is checked by simulation in "
             "`tests/test_stats.py` (between 93% and 97% at 5 and 10 normal pairs). The exact Wilcoxon signed-rank p "
-            "and the Hodges–Lehmann estimate are printed as a check against one collapsed run.\n"
+            "and the Hodges–Lehmann estimate are printed as a check against one collapsed run. The two losses' "
+            "means in a setting's row are over the seeds paired. A loss that a block lacks (a grid that runs its "
+            "baselines in a block of their own) is paired with its runs in another block of the setting whose "
+            "configs differ only in the loss and its learning rate (`gence.report.tables.PAIR_FREE_FIELDS`); "
+            "such a row names both blocks and both learning rates.\n"
             "- Per claim: the settings' mean differences are pooled (`gence.report.stats.pool`): their mean with a t "
             "interval over settings (random-effects view, what decides), and the fixed effect with setting as a "
             "factor, Cochran's Q and I² beside it; the same per dataset. Holm's correction runs over the settings "
