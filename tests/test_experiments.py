@@ -375,6 +375,25 @@ def test_sigterm_mid_grid_stops_cleanly_and_releases_claims(tmp_path, fake, monk
     assert s.already_done == statuses.count("done") and s.done == 12 - statuses.count("done")
 
 
+@pytest.mark.parametrize("where", ["after the claim", "while storing"])
+def test_an_interrupt_between_claim_and_stored_outcome_gives_the_claim_up(tmp_path, monkeypatch, where):
+    """An interrupt that lands just after the claim (here: while the hardware is described, slow on a busy
+    machine) or while the outcome is stored leaves no run marked running; the run is simply not stored."""
+    from gence.experiments import runner
+    spec = parse_grid(GRID).runs[0]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "hardware_string" if where == "after the claim" else "store_outcome", interrupt)
+    db = ResultsDB(tmp_path / "r.sqlite")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner._execute(db, spec, lambda config: ({"test/error": 0.5}, {}), {}, False, {}, {})
+    finally:
+        db.close()
+    assert db_rows(tmp_path / "r.sqlite") == []
+
+
 def test_two_workers_share_one_db_without_duplicates(tmp_path, fake, monkeypatch):
     run_fn, log = fake
     monkeypatch.setenv("FAKE_SLEEP", "0.15")

@@ -233,24 +233,28 @@ def store_outcome(db: ResultsDB, key: str, outcome: RunOutcome, hardware: str, v
 
 def _execute(db: ResultsDB, spec: RunSpec, run_fn: RunFunction, runtime: dict, retry_failed: bool,
              hardware: dict, versions: dict) -> tuple[str, str | None, float]:
-    """Claim and run one spec. Returns (outcome, error line, seconds); outcome in done/failed/held."""
-    if not db.claim(spec.key, spec.config, label=spec.label, grid=spec.grid, retry_failed=retry_failed):
-        return "held", None, 0.0
-    config = {**spec.config, **runtime}
-    device = config.get("device")
-    if device not in hardware:
-        hardware[device] = hardware_string(device)
-    checkpoint = checkpoint_path(db.path, spec.key) if _takes_checkpoint(run_fn) else None
+    """Claim and run one spec. Returns (outcome, error line, seconds); outcome in done/failed/held.
+
+    An interrupt (Ctrl-C, SIGTERM) anywhere from the claim to the stored outcome gives the claim up: release
+    deletes only a row this process holds as running, so it is a no-op when the claim was never taken or the
+    outcome is already stored; the checkpoint stays, and the next invocation resumes from it."""
     try:
+        if not db.claim(spec.key, spec.config, label=spec.label, grid=spec.grid, retry_failed=retry_failed):
+            return "held", None, 0.0
+        config = {**spec.config, **runtime}
+        device = config.get("device")
+        if device not in hardware:
+            hardware[device] = hardware_string(device)
+        checkpoint = checkpoint_path(db.path, spec.key) if _takes_checkpoint(run_fn) else None
         with warnings.catch_warnings(record=True) as caught:  # one line each, not mid-progress-bar with source
             warnings.simplefilter("default")
             outcome = call_run_fn(run_fn, config, checkpoint)
         for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
             tqdm.write(f"warning: {describe(spec)}: {message}", file=sys.stderr)
+        store_outcome(db, spec.key, outcome, hardware[device], versions, checkpoint)
     except KeyboardInterrupt:
-        db.release(spec.key)  # the checkpoint stays: the next invocation resumes from it
+        db.release(spec.key)
         raise
-    store_outcome(db, spec.key, outcome, hardware[device], versions, checkpoint)
     return outcome.status, outcome.line, outcome.seconds
 
 
