@@ -821,3 +821,22 @@ def test_verdict_compares_gence_with_baselines_of_another_block(split):
     assert progress.settings("main_b", ("ce", "focal")) == set(SPLIT_B)
     assert progress.partner_block("main_b", SPLIT_B[0], "focal") == "base_b"
     assert progress.partner_block("longer", SPLIT_B[0], "ce") is None
+
+
+def test_summary_row_joins_a_baseline_block_with_its_main_block_and_bolds_the_best_of_the_row(split):
+    from gence.report.tables import summary_table
+    from gence.report.columns import ECE
+    stored, results, _ = split
+    table = summary_table(results, ECE)
+    lines = [line for line in table.splitlines() if line.startswith("| digits | small_cnn | balanced:5 |")]
+    assert len(lines) == 2   # main_b + base_b joined; 'longer' (another budget) a row of its own
+    joined = next(line for line in lines if "main_b + base_b" in line).split(" | ")
+    header = table.splitlines()[0].split(" | ")
+    for lab in ("ce", "gence", "gence_0.5", "focal", "label_smoothing"):
+        v = [r["metrics"]["test/ece"] for r in stored if r["label"] == lab and r["grid"] in ("main_b", "base_b")
+             and r["config"]["regime"] == "balanced:5"]
+        cell = joined[header.index(lab)]
+        assert f"{100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1):.2f}" in cell
+        assert cell.startswith("**") == (lab == "focal")   # focal is 4 points below CE, GenCE 2
+    longer = next(line for line in lines if "| longer |" in line).split(" | ")
+    assert longer[header.index("focal")].startswith("**") is False and longer[header.index("ce")] == ""

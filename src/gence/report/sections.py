@@ -73,8 +73,12 @@ def summary_text(results: "T.Results") -> str:
     if not results.runs:
         return "No finished runs outside tuning blocks yet.\n" if results.tuning_runs else "No finished runs.\n"
     bins = "/".join(str(b) for b in sorted({r.config.get("n_bins") for r in results.runs}, key=str))
-    return (f"Test error % (mean ± std over seeds; best in bold)\n\n{T.summary_table(results, ERROR)}\n\n"
-            f"Test ECE % ({bins} equal-width bins; mean ± std over seeds)\n\n{T.summary_table(results, ECE)}\n")
+    joined = any(len(b) > 1 for s in results.settings() for b in T.summary_rows(results, s))
+    note = (" A row joins the blocks of a setting whose runs differ only in the loss and its learning rate; each "
+            "cell is over its own block's seeds." if joined else "")
+    return (f"Test error % (mean ± std over seeds; best in bold){note}\n\n{T.summary_table(results, ERROR)}\n\n"
+            f"Test ECE % ({bins} equal-width bins; mean ± std over seeds; best in bold)\n\n"
+            f"{T.summary_table(results, ECE)}\n")
 
 
 def title(ctx: Context) -> str:

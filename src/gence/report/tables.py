@@ -562,18 +562,39 @@ def setting_table(results: Results, setting) -> tuple[str, list[str], list[list]
     return markdown_table(header, md_rows), csv_header, csv_rows
 
 
+def summary_rows(results: Results, setting) -> list[list[str]]:
+    """The setting's blocks as the summary table's rows: a block joins the row of an earlier one (file order)
+    when every run of its has the config of one of that row's runs apart from the loss and its learning rate
+    (:func:`pairing_ident`, as :meth:`Results.partner` pairs them) and no loss is in both, so a grid's baselines
+    in a block of their own sit beside its CE and GenCE; any other block is a row of its own."""
+    rows: list[tuple[list[str], set[str], set[str]]] = []   # (blocks, idents, labels)
+    for block in results.blocks_of(setting):
+        groups = results.groups_of(setting, block)
+        idents = {pairing_ident(r.config) for g in groups for v in g.variants.values() for r in v}
+        labels = {g.label for g in groups}
+        row = next((r for r in rows if (idents <= r[1] or r[1] <= idents) and not labels & r[2]), None)
+        if row is None:
+            rows.append(([block], set(idents), set(labels)))
+        else:
+            row[0].append(block)
+            row[1].update(idents)
+            row[2].update(labels)
+    return [r[0] for r in rows]
+
+
 def summary_table(results: Results, column: Column = MAIN_COLUMNS[0]) -> str:
-    """Rows (dataset, model, regime[, block]), one column per loss: mean ± std of one metric. With several
-    blocks each (setting, block) is a row: seeds of different blocks are never pooled."""
+    """Rows (dataset, model, regime[, blocks]), one column per loss: mean ± std of one metric over its seeds,
+    the best in bold. Seeds of different blocks are never pooled: each cell is one block's; a row joins blocks
+    whose runs differ only in the loss and its learning rate (:func:`summary_rows`)."""
     labels = results.labels()
     multi = results.multi_block()
     rows = []
-    for setting, block in [(s, b) for s in results.settings() for b in results.blocks_of(s)]:
-        cells = [setting[0], setting[2], setting[1]] + ([block] if multi else [])
+    for setting, blocks in [(s, b) for s in results.settings() for b in summary_rows(results, s)]:
+        cells = [setting[0], setting[2], setting[1]] + ([" + ".join(blocks)] if multi else [])
         first = len(cells)
         means = {}
         for lab in labels:
-            g = results.group(setting, lab, block)
+            g = next((g for g in (results.group(setting, lab, b) for b in blocks) if g is not None), None)
             if g is None:
                 cells.append("")
                 continue
@@ -587,7 +608,7 @@ def summary_table(results: Results, column: Column = MAIN_COLUMNS[0]) -> str:
                 if valid.get(lab) == best:
                     cells[first + i] = f"**{cells[first + i]}**"
         rows.append(cells)
-    head = ["dataset", "model", "regime"] + (["block"] if multi else [])
+    head = ["dataset", "model", "regime"] + (["blocks"] if multi else [])
     return markdown_table(head + [results.display(lab) for lab in labels], rows,
                           ["l"] * len(head) + ["r"] * len(labels))
 
