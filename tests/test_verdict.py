@@ -840,3 +840,27 @@ def test_summary_row_joins_a_baseline_block_with_its_main_block_and_bolds_the_be
         assert cell.startswith("**") == (lab == "focal")   # focal is 4 points below CE, GenCE 2
     longer = next(line for line in lines if "| longer |" in line).split(" | ")
     assert longer[header.index("focal")].startswith("**") is False and longer[header.index("ce")] == ""
+
+
+def test_plots_draw_baselines_of_a_block_of_their_own_beside_ce(split):
+    from gence.report import plots
+    stored, results, _ = split
+    setting = SPLIT_B[0]
+    labels = ["ce", "gence", "gence_0.5", "focal", "label_smoothing"]
+    fig = plots._figure()
+    ax = fig.subplots()
+    plots._ece_axes(ax, results, setting, labels)
+    assert [t.get_text() for t in ax.get_xticklabels()] == labels
+    before = [p.get_height() for p in ax.patches[:len(labels)]]   # the first ax.bar call: before TS
+    for lab, height in zip(labels, before):
+        v = [r["metrics"]["test/ece"] for r in stored if r["label"] == lab and r["grid"] in ("main_b", "base_b")
+             and r["config"]["regime"] == setting[1]]
+        assert np.isclose(height, 100 * np.mean(v))
+    ax = fig.subplots()
+    plots._error_vs_labels_axes(ax, results, SPLIT_B, labels)
+    drawn = {c.get_label(): list(c.lines[0].get_ydata()) for c in ax.containers}   # one errorbar per loss
+    for lab in labels:
+        want = [100 * np.mean([r["metrics"]["test/error"] for r in stored if r["label"] == lab
+                               and r["grid"] in ("main_b", "base_b") and r["config"]["regime"] == regime])
+                for regime in ("balanced:5", "balanced:20")]
+        assert np.allclose(drawn[lab], want)

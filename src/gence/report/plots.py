@@ -40,7 +40,7 @@ def _error_vs_labels_axes(ax, results: Results, settings: list, labels: list[str
         dodge = 1 + 0.025 * (k - (len(labels) - 1) / 2)  # spread the loss' intervals apart on the log axis
         xs, ms, lo, hi = [], [], [], []
         for s in sorted(settings, key=lambda s: regime_order(s[1])):
-            g = results.group(s, label)
+            g = results.shown(s, label)
             if g is None:
                 continue
             m, a, b = mean_interval([r.metrics.get(METRIC["error"], math.nan) * 100 for r in g.runs])
@@ -234,6 +234,27 @@ def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _ece_axes(ax, results: Results, setting, labels: Sequence[str]) -> None:
+    """Bars of ECE before and after temperature scaling (mean ± std over seeds) per loss of ``labels`` that
+    :meth:`Results.shown` has for ``setting``."""
+    xs, before, after, bsd, asd, names = [], [], [], [], [], []
+    for i, g in enumerate(g for g in (results.shown(setting, lab) for lab in labels) if g is not None):
+        b = mean_std([r.metrics.get(METRIC["ece"], math.nan) * 100 for r in g.runs])
+        a = mean_std([r.metrics.get(METRIC["ece_ts"], math.nan) * 100 for r in g.runs])
+        xs.append(i)
+        names.append(results.display(g.label))
+        before.append(b[0])
+        after.append(a[0])
+        bsd.append(0.0 if math.isnan(b[1]) else b[1])
+        asd.append(0.0 if math.isnan(a[1]) else a[1])
+    w = 0.38
+    ax.bar([x - w / 2 for x in xs], before, w, yerr=bsd, capsize=2, label="before TS")
+    ax.bar([x + w / 2 for x in xs], after, w, yerr=asd, capsize=2, label="after TS")
+    ax.set_xticks(xs, names, rotation=40, ha="right", fontsize="small")
+    ax.set_title(setting[1], fontsize="medium")
+    ax.grid(True, axis="y", alpha=0.3)
+
+
 def ece_before_after(results: Results, out_dir: Path) -> list[Path]:
     """ECE before and after temperature scaling per loss, one panel per regime (mean ± std over seeds);
     one PNG per (dataset, model)."""
@@ -245,23 +266,7 @@ def ece_before_after(results: Results, out_dir: Path) -> list[Path]:
         fig = _figure(figsize=(max(5.0, 3.2 * len(settings)), 3.8), layout="constrained")
         axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
         for ax, setting in zip(axes, settings):
-            xs, before, after, bsd, asd, names = [], [], [], [], [], []
-            for i, label in enumerate(lab for lab in labels if results.group(setting, lab) is not None):
-                g = results.group(setting, label)
-                b = mean_std([r.metrics.get(METRIC["ece"], math.nan) * 100 for r in g.runs])
-                a = mean_std([r.metrics.get(METRIC["ece_ts"], math.nan) * 100 for r in g.runs])
-                xs.append(i)
-                names.append(results.display(label))
-                before.append(b[0])
-                after.append(a[0])
-                bsd.append(0.0 if math.isnan(b[1]) else b[1])
-                asd.append(0.0 if math.isnan(a[1]) else a[1])
-            w = 0.38
-            ax.bar([x - w / 2 for x in xs], before, w, yerr=bsd, capsize=2, label="before TS")
-            ax.bar([x + w / 2 for x in xs], after, w, yerr=asd, capsize=2, label="after TS")
-            ax.set_xticks(xs, names, rotation=40, ha="right", fontsize="small")
-            ax.set_title(setting[1], fontsize="medium")
-            ax.grid(True, axis="y", alpha=0.3)
+            _ece_axes(ax, results, setting, labels)
         axes[0].set_ylabel("test ECE % (mean ± std)")
         axes[0].legend(fontsize="small")
         fig.suptitle(f"ECE before and after temperature scaling, {dataset}, {model}")

@@ -185,6 +185,12 @@ class Results:
     def baseline(self, setting, block: str | None = None) -> Group | None:
         return self.group(setting, BASELINE, block)
 
+    def shown(self, setting, label: str) -> Group | None:
+        """The group of ``label`` that plots show for ``setting``: in the setting's primary block, or in a block
+        paired with it (:meth:`partner`), so baselines run in a block of their own are drawn beside CE."""
+        block = self.primary_block(setting)
+        return None if block is None else self.partner(setting, label, block)
+
     def partner(self, setting, label: str, block: str) -> Group | None:
         """The group of ``label`` that the runs of ``block`` in ``setting`` are compared with: its own group in
         ``block``; when ``block`` has none, its group in the first other block of the setting (file order) whose
