@@ -864,3 +864,24 @@ def test_plots_draw_baselines_of_a_block_of_their_own_beside_ce(split):
                                and r["grid"] in ("main_b", "base_b") and r["config"]["regime"] == regime])
                 for regime in ("balanced:5", "balanced:20")]
         assert np.allclose(drawn[lab], want)
+
+
+def test_opening_shows_the_baselines_beside_the_claims_pooled_by_hand(split, tmp_path):
+    from gence.report.opening import beside_table
+    stored, _, verdict = split
+    table = beside_table(verdict.beside)
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+            for line in table.splitlines()[2:]}
+    assert set(rows) == {("gence_0.5 − ce", "test error"), ("gence − logit_adjusted", "test error")} | {
+        (f"gence − {b}", m) for b in ("label_smoothing", "focal") for m in ("ECE before TS", "ECE after TS", "test error")}
+    per = [across(stored, s, ("main_b", "gence"), ("base_b", "focal"), "test/ece") for s in SPLIT_B]
+    means = [x[1] for x in per]
+    ci = stats.ttest_1samp(means, 0.0).confidence_interval()
+    cells = rows[("gence − focal", "ECE before TS")]
+    assert cells[0] == f"{signed(100 * np.mean(means))} [{signed(100 * ci.low)}, {signed(100 * ci.high)}] pp (2)"
+    ps = sorted(x[4] for x in per)
+    holm = [min(1, 2 * ps[0]), min(1, max(2 * ps[0], ps[1]))]
+    worse = sum(p < 0.05 for p in holm)   # every setting's GenCE − focal is positive (focal 2 points better)
+    assert all(m > 0 for m in means) and cells[2] == f"0 / {worse}"
+    want = "gence worse" if ci.low > 0 else "inconclusive"   # a 2-setting t interval (df 1) is wide
+    assert cells[3] == want   # the grid is complete: not provisional

@@ -15,7 +15,8 @@ from gence.report import plots
 from gence.report import tables as T
 from gence.report.sections import Context, Section, compute_lines
 from gence.report.convergence import pooled_sentence
-from gence.report.verdict import (SHOWN_CONVERGED, Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot,
+from gence.report.verdict import (HOLDS, INCONCLUSIVE, MIXED, NO_BETTER, NO_DATA, NOT_HOLDS, SHOWN_CONVERGED, Beside,
+                                  Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot,
                                   pilot_pooled, pooled_by_dataset, setting_name, unit, verdict_of)
 
 HEADING = "## At a glance"
@@ -51,6 +52,33 @@ def claims_table(claims: Sequence[Claim], label: str, baseline: str, only_conver
               *([f"only settings shown converged (pilot){', the verdict decides on these' if only_converged else ''}"]
                 if with_pilot else []), "verdict"]
     return T.markdown_table(header, rows, ["l", "l"] + ["r"] * (1 + len(columns)) + ["l"])
+
+
+def beside_outcome(b: Beside) -> str:
+    """A comparison's outcome by the claims' rules, in words about its two losses: ``holds`` is ``label
+    better``, ``does not hold`` is ``label worse``, ``does not hold (no better)`` is equivalence."""
+    d = b.decision
+    col = d.column
+    words = {HOLDS: f"{b.label} better", NOT_HOLDS: f"{b.label} worse",
+             NO_BETTER: f"equivalent within ±{col.margin * col.scale:g}{unit(col)}" if col else "equivalent",
+             MIXED: "mixed", INCONCLUSIVE: "inconclusive", NO_DATA: "not enough settings yet"}[d.status]
+    return words + (" (provisional)" if d.provisional and d.status != NO_DATA else "")
+
+
+def beside_table(beside: Sequence[Beside]) -> str:
+    """Per comparison shown beside the claims: metric, pooled Δ over all its settings, per dataset, and its
+    outcome by the claims' rules."""
+    datasets = sorted({c.setting[0] for b in beside for c in b.comparisons if c.compared})
+    rows = []
+    for b in beside:
+        col = b.decision.column or b.comparisons[0].column
+        per = dict(pooled_by_dataset(b.comparisons))
+        rows.append([f"{b.label} − {b.other}", b.what, _cell(per.get("all"), col),
+                     *[_cell(per.get(name), col) for name in datasets],
+                     f"{b.decision.better} / {b.decision.worse}", beside_outcome(b)])
+    return T.markdown_table(["comparison", "metric", "all [95% CI] (settings)", *datasets,
+                             "settings where the first is significantly better / worse (Holm)",
+                             "outcome (the claims' rules)"], rows, ["l", "l"] + ["r"] * (2 + len(datasets)) + ["l"])
 
 
 POOLED = "pooled"
@@ -109,6 +137,10 @@ def opening_section(spec: VerdictSpec) -> Section:
               "mean paired differences, t 95% interval over settings; the number of settings in brackets), the "
               "same per dataset, and the verdict by the rules stated under 'Verdict' below.", "",
               claims_table(v.claims, label, base, spec.only_converged), ""]
+        if v.beside:
+            md += ["Beside the claims, not deciding them: the mixed GenCE and the baselines (pooled as above; a "
+                   "baseline at a learning rate not tuned for it carries that disadvantage; the sections below "
+                   "name each setting's blocks and learning rates).", "", beside_table(v.beside), ""]
         if spec.pilot is not None:
             shown = (f"A setting is *shown converged* when its budget (epochs) passes the rule of the convergence "
                      f"pilot (`{spec.pilot}`; its rule and numbers are in its own report).")

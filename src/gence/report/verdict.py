@@ -637,11 +637,24 @@ class Claim:
 
 
 @dataclasses.dataclass
+class Beside:
+    """A comparison shown beside the claims, not deciding any: the mixed GenCE against the baseline, GenCE
+    against an imbalance or a calibration baseline; decided by the same rules as a claim's metric."""
+
+    label: str
+    other: str
+    what: str                   # the metric in words
+    decision: Decision
+    comparisons: list[Comparison]
+
+
+@dataclasses.dataclass
 class Verdict:
     spec: VerdictSpec
     progress: Progress
     claims: list[Claim]
     lr_panels: list = dataclasses.field(default_factory=list)   # for the learning-rate plot
+    beside: list[Beside] = dataclasses.field(default_factory=list)
 
 
 RULE = ("holds: the pooled 95% interval (mean of the settings' mean differences, t over settings) excludes 0 in "
@@ -1092,7 +1105,28 @@ def build_verdict(results: T.Results, spec: VerdictSpec) -> Verdict:
     if spec.lr_robustness:
         lr, panels = lr_claim(results, progress, spec)
         claims.append(lr)
-    return Verdict(spec, progress, claims, panels)
+    return Verdict(spec, progress, claims, panels, beside_comparisons(results, progress, spec))
+
+
+def beside_comparisons(results: T.Results, progress: Progress, spec: VerdictSpec) -> list[Beside]:
+    """The comparisons the claims' sections show beside their verdicts (:class:`Beside`), in that order: the
+    mixed GenCE against the baseline on test error (few-label and imbalance blocks), GenCE against each
+    imbalance baseline on test error, and against each calibration baseline on ECE before and after
+    temperature scaling and test error; those with no setting compared yet are left out."""
+    wanted = []
+    if spec.mixed:
+        wanted.append((spec.mixed, spec.baseline, spec.main_blocks, ERROR, "test error"))
+    for base in dict.fromkeys(results.canonical(b) for b in spec.imbalance_baselines):
+        wanted.append((spec.label, base, spec.imbalance, ERROR, "test error"))
+    for base in dict.fromkeys(results.canonical(b) for b in spec.calibration_baselines):
+        wanted += [(spec.label, base, spec.blocks_for("calibration"), col, what) for col, what in (
+            (ECE, "ECE before TS"), (ECE_TS, "ECE after TS"), (ERROR, "test error"))]
+    out = []
+    for label, other, blocks, col, what in wanted:
+        d, _, comps = _metric_part(results, progress, spec, blocks, spec.column(col), what, label=label, other=other)
+        if any(c.compared for c in comps):
+            out.append(Beside(label, results.display(other), what, d, comps))
+    return out
 
 
 def verdict_of(ctx: Context, spec: VerdictSpec) -> Verdict:
