@@ -23,12 +23,18 @@ The command line, overrides included, is the output's first line.
 With ``--study DB`` (the study's own database as it grows): seconds per step from the study's runs trained
 so far (copied runs left out: their time is the pilot's) replace the pilot's where the study has them, and
 each block's hours still to go count the runs not yet done there.
+With ``--this-cpu``: only runs stored on a CPU of this machine's kind (the capability torch's kernels use,
+``AVX2``, ``AVX512``..., as the runs' hardware names it) count, as one model name covers CPUs whose step
+times differ severalfold (ResNet-20 ~3x on AVX2 against AVX-512 with bf16); a (dataset, model, amp) without
+such runs is scaled from one that has them, of the same dataset if any, else of another, by the step-time
+ratio measured here. Without it, step times pool every CPU the runs used.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import shlex
 import sqlite3
 import statistics
@@ -45,7 +51,7 @@ from gence import models
 from gence.data.regimes import parse_regime
 from gence.experiments.grid import Grid, GridError, parse_grid, select_blocks
 from gence.report.tables import compute_seconds
-from gence.train.loop import amp_dtype, precision
+from gence.train.loop import amp_dtype, hardware_string, precision
 
 SHAPES = {"cifar10": (3, 32), "fashion_mnist": (1, 28), "mnist": (1, 28)}   # (channels, side)
 
@@ -61,16 +67,30 @@ def steps_of(config: dict, num_classes: int = 10) -> int:
     return config.get("steps") or config["epochs"] * per_epoch
 
 
-def measured_costs(db: str) -> dict[tuple[str, str, bool], tuple[float, float, int]]:
+# a CPU in a run's hardware: "MODEL (N cores, CAPABILITY, torch threads T)" (gence.train.loop.hardware_string)
+_CAPABILITY = re.compile(r"\(\d+ cores, ([A-Z0-9_]+), torch threads \d+\)$")
+
+
+def cpu_kind(hardware: str | None) -> str | None:
+    """The CPU capability a run's stored hardware names (``AVX2``, ``AVX512``...), None when it names none (a
+    GPU, or a CPU stored before the capability was recorded)."""
+    m = _CAPABILITY.search(hardware or "")
+    return m.group(1) if m else None
+
+
+def measured_costs(db: str, kind: str | None = None) -> dict[tuple[str, str, bool], tuple[float, float, int]]:
     """(dataset, model, amp) -> (0, b, n): b the median seconds per step of a database's n finished runs
-    trained there (copied runs left out). (A fit a + b * steps over budgets is not used: how busy the
-    machine was moves a run's time more than its fixed evaluation cost does.)"""
+    trained there (copied runs left out), only those on a CPU of capability ``kind`` when given. (A fit
+    a + b * steps over budgets is not used: how busy the machine was moves a run's time more than its fixed
+    evaluation cost does.)"""
     per = defaultdict(list)
-    rows = sqlite3.connect(db).execute("select config, wall_seconds, extras from runs where status='done'")
-    for config, wall, extras in rows:
+    rows = sqlite3.connect(db).execute("select config, wall_seconds, extras, hardware from runs where status='done'")
+    for config, wall, extras, hardware in rows:
         config = json.loads(config)
         extras = json.loads(extras) if extras else {}
         if not isinstance(extras, dict) or "copied_from" in extras:
+            continue
+        if kind is not None and cpu_kind(hardware) != kind:
             continue
         seconds = compute_seconds(wall, extras)   # a resumed run: the training time of every attempt
         per[(config["dataset"], model_ident(config), bool(config.get("amp")))].append(seconds / steps_of(config))
@@ -151,6 +171,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--phases", nargs="+", metavar="PATTERNS", default=None,
                    help="the --blocks pattern lists the runner runs in turn (scripts/study_background.sh's "
                         "STUDY_PHASES): blocks listed in that order")
+    p.add_argument("--this-cpu", action="store_true",
+                   help="step times only from runs on CPUs of this machine's kind (its capability, e.g. AVX2); "
+                        "others scaled by ratios measured here")
     p.add_argument("--override", action="append", default=[], metavar="TABLE",
                    help="a TOML inline table added as an [[override]] at the end of the grid (repeatable): "
                         "the cost of a variant, e.g. '{ match = { dataset = \"cifar10\" }, epochs = 4000 }'")
@@ -162,15 +185,22 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"study_budget: grid file {args.config}: {exc.strerror}") from None
     except GridError as exc:
         raise SystemExit(f"study_budget: {exc}") from None
-    costs = {k: (a, b, "pilot") for k, (a, b, _) in measured_costs(args.pilot).items()}
+    kind = torch.backends.cpu.get_cpu_capability() if args.this_cpu else None
+    costs = {k: (a, b, f"pilot, {n} runs") for k, (a, b, n) in measured_costs(args.pilot, kind).items()}
     done = {}
     if args.study:
-        costs.update({k: (a, b, f"study, {n} runs") for k, (a, b, n) in measured_costs(args.study).items()})
+        costs.update({k: (a, b, f"study, {n} runs") for k, (a, b, n) in measured_costs(args.study, kind).items()})
         done = done_per_block(args.study)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"$ python scripts/study_budget.py {shlex.join(argv)}   (commit {commit or 'unknown'})")
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; seconds per step from {args.pilot}"
-          + (f" and {args.study}" if args.study else ""))
+          + (f" and {args.study}" if args.study else "")
+          + (f", runs on {kind} CPUs only (this machine's kind: {hardware_string('cpu')})" if kind else
+             ", runs on every CPU they used"))
+    if kind and not costs:
+        raise SystemExit(f"study_budget: --this-cpu: no done run in {args.pilot}"
+                         + (f" or {args.study}" if args.study else "") + f" was stored on a {kind} CPU; run "
+                         "without --this-cpu (step times of every CPU) or once some have finished here")
 
     configs = [s.config for s in grid.runs] + [t.config for t in grid.tuned]
     ladder = [g for g in grid.extensions]
@@ -182,18 +212,19 @@ def main(argv: list[str]) -> int:
         if key in costs:
             per_step[key] = costs[key]
             continue
-        refs = [k for k in costs if k[0] == key[0] and k[2] == key[2]]
+        refs = ([k for k in costs if k[0] == key[0] and k[2] == key[2]]
+                or ([k for k in costs if k[2] == key[2]] if kind else []))   # --this-cpu: another dataset's
         if not refs:
             raise SystemExit(f"study_budget: no pilot run of {key[0]} (amp={key[2]}) to scale {key[1]} from")
-        ref = refs[0]
-        ref_config = dict(example[key], model=ref[1].split("-")[0], model_params={})
+        ref = max(refs, key=lambda k: (k[0] == key[0], int(costs[k][2].split(", ")[-1].split()[0])))
+        ref_config = dict(example[key], dataset=ref[0], model=ref[1].split("-")[0], model_params={})
         a, b = [], []
         for _ in range(3):  # interleaved: both under the same load
             a += step_seconds(example[key])
             b += step_seconds(ref_config)
         ratio = statistics.median(a) / statistics.median(b)
         per_step[key] = (costs[ref][0] * ratio, costs[ref][1] * ratio,
-                         f"{ratio:.2f} x {ref[1]}'s ({costs[ref][2]}), ratio measured here in "
+                         f"{ratio:.2f} x {ref[0]} {ref[1]}'s ({costs[ref][2]}), ratio measured here in "
                          f"{precision(torch.device('cpu'), key[2])}")
     print("\nseconds a run of s steps takes (dataset, model, amp): a + b * s")
     for key, (a, b, how) in per_step.items():

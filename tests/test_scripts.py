@@ -397,3 +397,32 @@ def test_study_budget_costs_a_variant_with_overrides_added_at_the_end(tmp_path):
     with pytest.raises(SystemExit) as exc:
         budget.main([str(tmp_path / "g.toml"), "--override", '{ match = { regime = "balanced:7" }, epochs = 8 }'])
     assert "study_budget: " in str(exc.value) and "balanced:7" in str(exc.value)
+
+
+def test_study_budget_this_cpu_takes_step_times_from_runs_on_this_kind_of_cpu_only(tmp_path):
+    from gence.experiments import ResultsDB
+    budget = load_script("study_budget")
+    assert budget.cpu_kind("AMD EPYC (2 cores, AVX2, torch threads 1)") == "AVX2"
+    assert budget.cpu_kind("AMD EPYC (2 cores, torch threads 1)") is None          # stored before it was recorded
+    assert budget.cpu_kind("NVIDIA H100 80GB HBM3 (CUDA 12.8)") is None
+    config = {"dataset": "digits", "regime": "balanced:20", "model": "mlp", "batch_size": 50, "epochs": 2, "amp": True}
+    steps = 2 * 4   # 200 images, batches of 50, 2 epochs
+    db = ResultsDB(tmp_path / "s.sqlite")
+    # seconds per run by CPU kind; a resumed run counts its history's training seconds when longer
+    stored = {"AVX2": [16.0, 24.0, 40.0], "AVX512": [4.0, 8.0], None: [80.0]}
+    for kind, walls in stored.items():
+        for i, wall in enumerate(walls):
+            c = dict(config, seed=i)
+            key = f"{kind}-{i}"
+            db.claim(key, c, label="ce")
+            hw = f"AMD EPYC (2 cores, {kind}, torch threads 1)" if kind else "AMD EPYC (2 cores, torch threads 1)"
+            db.finish(key, metrics={"test/error": 0.5}, extras={"history": [{"seconds": wall / 2}]}, wall_seconds=wall,
+                      hardware=hw)
+    db.close()
+    key = ("digits", "mlp", True)
+    by_hand = {"AVX2": np.median([16, 24, 40]) / steps, "AVX512": np.median([4, 8]) / steps,
+               None: np.median([16, 24, 40, 4, 8, 80]) / steps}
+    for kind, want in by_hand.items():
+        a, b, n = budget.measured_costs(str(tmp_path / "s.sqlite"), kind)[key]
+        assert np.isclose(b, want) and n == (len(stored[kind]) if kind else 6)
+    assert budget.measured_costs(str(tmp_path / "s.sqlite"), "AVX512_BF16") == {}
