@@ -22,7 +22,8 @@ METRIC = {
 # (fraction of all training steps done, in (0, 1]) and the validation metrics METRIC["val_error"], ...
 HISTORY = "history"
 HISTORY_PROGRESS = "progress"
-# losses whose targets are not one-hot: the attainable training loss is above ``train/loss_floor``
+# losses whose targets are not one-hot: ``train/loss_floor`` (the loss at certain, right logits) is not their
+# floor (gence.report.convergence.loss_floor computes it)
 SOFT_TARGET_LOSSES = ("label_smoothing",)
 # measurements of the machine, not of the model: left out when telling whether two runs gave the same numbers
 TIMING_METRICS = ("train/seconds", "train/images_per_second")

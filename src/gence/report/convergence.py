@@ -25,17 +25,22 @@ settings, which resolves a smaller average move than 1-2 seeds resolve in one se
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from gence.contract import canonical_json, key_fields
+from gence.losses.classification import LabelSmoothing
 from gence.report import plots
 from gence.report import tables as T
 from gence.report.columns import HISTORY, HISTORY_PROGRESS, METRIC, SOFT_TARGET_LOSSES
 from gence.report.stats import (PairedDifference, Pooled, equivalence_p, fmt_p, mean_interval, mean_std,
                                 paired_difference, pool)
+
+# label smoothing's alpha where a run's loss_params leave it out: the loss's own default
+LABEL_SMOOTHING_ALPHA = inspect.signature(LabelSmoothing).parameters["alpha"].default
 
 PLATEAU_WINDOW = 0.2          # the last fraction of training over which the plateau measure is taken
 CURVE_METRICS = ("val_error", "val_nll")   # the panels of the convergence plot (METRIC names)
@@ -71,9 +76,28 @@ def plateau_change(run: T.Run, window: float = PLATEAU_WINDOW) -> float:
     return float(last[METRIC["val_error"]]) - float(before[-1][METRIC["val_error"]])
 
 
-def floor_gap(metrics: Mapping[str, float]) -> float:
-    """``train/loss − train/loss_floor`` (NaN when either is missing)."""
-    return float(metrics.get(METRIC["train_loss"], math.nan)) - float(metrics.get(METRIC["train_loss_floor"], math.nan))
+def loss_floor(run: T.Run) -> float:
+    """The smallest training loss the run's loss can reach: the stored ``train/loss_floor``, the loss of logits
+    certain and right (the infimum for CE, focal and GenCE), except for a soft-target loss
+    (:data:`~gence.report.columns.SOFT_TARGET_LOSSES`: label smoothing), whose loss at certain logits is large
+    (9 nats at alpha 0.1 and 10 classes: what the loop stores) and whose infimum, at predicted probabilities
+    equal to its target ``t = (1 − α) onehot(y) + α / K``, is the entropy of ``t``:
+    ``−(1 − α + α/K) log(1 − α + α/K) − (K − 1) (α/K) log(α/K)``, with K the classes the run trained on
+    (``extras["data"]["class_counts"]``); NaN when a number it needs is missing."""
+    if not _soft(run.config):
+        return float(run.metrics.get(METRIC["train_loss_floor"], math.nan))
+    data = run.extras.get("data") if isinstance(run.extras, dict) else None
+    counts = data.get("class_counts") if isinstance(data, dict) else None
+    if not isinstance(counts, list) or len(counts) < 2:
+        return math.nan
+    k, alpha = len(counts), float((run.config.get("loss_params") or {}).get("alpha", LABEL_SMOOTHING_ALPHA))
+    top, rest = 1 - alpha + alpha / k, alpha / k
+    return -top * math.log(top) - ((k - 1) * rest * math.log(rest) if rest > 0 else 0.0)
+
+
+def floor_gap(run: T.Run) -> float:
+    """``train/loss`` minus the loss's attainable floor (:func:`loss_floor`); NaN when either is missing."""
+    return float(run.metrics.get(METRIC["train_loss"], math.nan)) - loss_floor(run)
 
 
 def budget(run: T.Run) -> float | None:
@@ -146,13 +170,12 @@ def convergence(ctx: Context) -> str:
         title = f"{setting[0]}, {setting[1]}, {setting[2]}"
         rows = []
         for name, runs in lines:
-            soft = any(_soft(r.config) for r in runs)
-            gap = _mean(floor_gap(r.metrics) for r in runs)
+            gap = _mean(floor_gap(r) for r in runs)
             change, low, high = mean_interval([plateau_change(r) for r in runs])
             final = _mean(eval_points(r)[-1][METRIC["val_error"]] for r in runs)
             train_err = _mean(r.metrics.get(METRIC["train_error"], math.nan) for r in runs)
             rows.append([name, str(len(runs)), T.fmt_num(train_err, 2, 100),
-                         T.fmt_num(gap, 3) + (" ‡" if soft and not math.isnan(gap) else ""),
+                         T.fmt_num(gap, 3),
                          T.fmt_num(final, 2, 100), T.fmt_num(change, 2, 100, signed=True) + _pp_interval(low, high)])
             csv_rows.append([*setting, name, len(runs), train_err, gap, final, change, low, high])
         md += [f"### {title}", "", T.markdown_table(
@@ -172,14 +195,13 @@ def convergence(ctx: Context) -> str:
             "against the epochs done, one line per loss and budget (mean over seeds, the seeds' range shaded; "
             "one colour per loss, the longest budget solid; a log axis where budgets differ, so each line ends "
             "at its own budget). Tables: means over seeds of the final model's error on the un-augmented "
-            "training subset, of the last epoch's training loss minus its floor (the loss a model certain and right on every "
-            "training image would have had on the same batches: 0 for CE), of the final validation error, and "
+            "training subset, of the last epoch's training loss minus its floor (the least loss attainable on the "
+            "same batches: that of a model certain and right on every image, 0 for CE; for label smoothing the "
+            "entropy of its smoothed target, where a certain model's loss is large), of the final validation "
+            "error, and "
             f"of the change of validation error over the last {PLATEAU_WINDOW:.0%} of training (last evaluation "
             f"minus the last one at least {PLATEAU_WINDOW:.0%} of the steps before it; near 0: a plateau), with "
             "the Student-t 95% interval of that mean over the seeds (none for one seed).", ""]
-    if any("‡" in line for line in md):
-        head += ["‡ a soft-target loss (label smoothing): its attainable floor is higher than the stored "
-                 "`train/loss_floor`, so the gap shown overstates its distance from the floor.", ""]
     return "\n".join(head + md + [ctx.csv("convergence.csv", ["dataset", "regime", "model", "loss", "seeds",
                                                               "train_error", "train_loss_minus_floor",
                                                               "final_val_error", "val_error_change_last_20pct",
@@ -254,11 +276,10 @@ class PilotRow:
     epochs: int
     seeds: int
     train_error: float          # mean at E
-    floor_gap: float            # mean train loss − floor at E
+    floor_gap: float            # mean train loss − attainable floor at E (loss_floor)
     test_error: float           # mean at E
     test_error_double: float    # mean at 2E
     change: PairedDifference    # test error 2E − E, seed by seed
-    soft: bool                  # a soft-target loss (its true floor is higher)
     fits: bool                  # train error or floor condition
     stable: bool                # test error change condition
 
@@ -374,13 +395,13 @@ def pilot_row(label: str, epochs: int, at_e: Sequence[T.Run], at_2e: Sequence[T.
     """One loss's numbers at E and 2E (runs in seed order, the same seeds) and whether it meets the rule."""
     err = METRIC["error"]
     train_error = _mean(r.metrics.get(METRIC["train_error"], math.nan) for r in at_e)
-    gap = _mean(floor_gap(r.metrics) for r in at_e)
+    gap = _mean(floor_gap(r) for r in at_e)
     change = paired_difference({r.seed: r.metrics.get(err, math.nan) for r in at_2e},
                                {r.seed: r.metrics.get(err, math.nan) for r in at_e})
     fits = train_error < spec.train_error_below or gap < spec.floor_within
     stable = abs(change.mean) < spec.test_error_change_below
     return PilotRow(label, epochs, len(at_e), train_error, gap, _mean(r.metrics.get(err, math.nan) for r in at_e),
-                    _mean(r.metrics.get(err, math.nan) for r in at_2e), change, any(_soft(r.config) for r in at_e),
+                    _mean(r.metrics.get(err, math.nan) for r in at_2e), change,
                     bool(fits), bool(stable))
 
 
@@ -554,7 +575,7 @@ def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pool
         for r in s.rows:
             c = r.change
             rows.append([r.label, str(r.epochs), str(r.seeds), T.fmt_num(r.train_error, 2, 100),
-                         T.fmt_num(r.floor_gap, 3) + (" ‡" if r.soft and not math.isnan(r.floor_gap) else ""),
+                         T.fmt_num(r.floor_gap, 3),
                          T.fmt_num(r.test_error, 2, 100), T.fmt_num(r.test_error_double, 2, 100),
                          T.fmt_num(c.mean, 2, 100, signed=True) + _pp_interval(c.low, c.high), "yes" if r.fits else "no",
                          "yes" if r.stable else "no"])
@@ -578,9 +599,6 @@ def pilot_markdown(settings: Sequence[PilotSetting], spec: ConvergenceSpec, pool
                          T.fmt_num(d.at_e, 2, 100, signed=True), T.fmt_num(d.at_2e, 2, 100, signed=True),
                          T.fmt_num(d.change.mean, 2, 100, signed=True) + _pp_interval(d.change.low, d.change.high)]
                         for d in diffs], ["l"] + ["r"] * 5), ""]
-    if any(r.soft for s in settings for r in s.rows):
-        md += ["‡ a soft-target loss (label smoothing): its attainable floor is higher than the stored "
-               "`train/loss_floor`, so the floor condition is harder for it than it should be.", ""]
     return "\n".join(md)
 
 
