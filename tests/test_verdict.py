@@ -885,3 +885,20 @@ def test_opening_shows_the_baselines_beside_the_claims_pooled_by_hand(split, tmp
     assert all(m > 0 for m in means) and cells[2] == f"0 / {worse}"
     want = "gence worse" if ci.low > 0 else "inconclusive"   # a 2-setting t interval (df 1) is wide
     assert cells[3] == want   # the grid is complete: not provisional
+
+
+def test_ranks_take_in_the_baselines_of_a_block_paired_with_the_claims_block(split):
+    stored, _, verdict = split
+    body = claim(verdict, "Accuracy with few").body
+    labels = ["ce", "gence", "gence_0.5", "label_smoothing", "focal"]
+    ranks = {lab: [] for lab in labels}
+    for setting in SPLIT_B:   # by hand: each loss's mean test error over its own seeds, ranked (1 = lowest)
+        means = [np.mean([r["metrics"]["test/error"] for r in stored if r["label"] == lab and r["grid"] in
+                          ("main_b", "base_b") and r["config"]["regime"] == setting[1]]) for lab in labels]
+        for lab, rk in zip(labels, stats.rankdata(means)):
+            ranks[lab].append(rk)
+    order = sorted(labels, key=lambda lab: np.mean(ranks[lab]))
+    assert ("Ranks in block `main_b` with the losses of `base_b` (runs that differ only in the loss and its "
+            "learning rate).") in body
+    assert (f"gence ranks {order.index('gence') + 1} of 5 losses on average over 2 setting(s) (mean rank "
+            f"{np.mean(ranks['gence']):.2f}") in body

@@ -591,13 +591,26 @@ def outcome_sentence(comps: Sequence[Comparison], decision: Decision, what: str,
     return text
 
 
+def joined_blocks(results: T.Results, block: str) -> list[str]:
+    """``block`` and the blocks that share its settings' summary rows (:func:`T.summary_rows`: runs that differ
+    only in the loss and its learning rate), in file order."""
+    out = {block}
+    for setting in results.settings():
+        for row in T.summary_rows(results, setting):
+            if block in row:
+                out.update(row)
+    return sorted(out, key=results.block_order)
+
+
 def rank_table(results: T.Results, block: str, column: Column, label: str) -> tuple[str, str] | None:
-    """Per loss, its mean rank by mean ``column`` among the losses present in each setting of ``block``
-    (1 = best, ties share the average rank) and how often it is best."""
+    """Per loss, its mean rank by mean ``column`` among the losses present in each setting of ``block`` and
+    of the blocks paired with it there (:func:`joined_blocks`; 1 = best, ties share the average rank) and how
+    often it is best."""
     ranks: dict[str, list[float]] = defaultdict(list)
     n_losses = []
     for setting in results.settings():
-        groups = results.groups_of(setting, block)
+        row = next((r for r in T.summary_rows(results, setting) if block in r), [])
+        groups = [g for b in row for g in results.groups_of(setting, b)]
         means = {g.label: mean_std([column.value(r.metrics) for r in g.runs])[0] for g in groups}
         means = {k: v for k, v in means.items() if not math.isnan(v)}
         if len(means) < 2:
@@ -758,7 +771,10 @@ def accuracy_claim(results, progress, spec: VerdictSpec, blocks, name, heading, 
     for b in blocks:
         ranked = rank_table(results, b, err, spec.label)
         if ranked:
-            body += [f"Ranks in block `{b}`. " + ranked[1], "", ranked[0], ""]
+            others = [o for o in joined_blocks(results, b) if o != b]
+            where = f"block `{b}`" + (f" with the losses of {', '.join(f'`{o}`' for o in others)} (runs that differ "
+                                      "only in the loss and its learning rate)" if others else "")
+            body += [f"Ranks in {where}. " + ranked[1], "", ranked[0], ""]
     return Claim(name, heading, d, d.evidence(), "\n".join(body), comparisons=comps)
 
 
