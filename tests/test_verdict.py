@@ -902,3 +902,13 @@ def test_ranks_take_in_the_baselines_of_a_block_paired_with_the_claims_block(spl
             "learning rate).") in body
     assert (f"gence ranks {order.index('gence') + 1} of 5 losses on average over 2 setting(s) (mean rank "
             f"{np.mean(ranks['gence']):.2f}") in body
+
+
+def test_a_tuning_block_is_never_a_partner_in_the_grid_count():
+    from gence.report.verdict import BlockProgress, Progress
+    s = ("digits", "balanced:5", "mlp")
+    seeds = {("lr", *s, "ce"): {100}, ("main", *s, "ce"): {0}, ("base", *s, "focal"): {0}}
+    idents = {k: {"same data and budget"} for k in seeds}
+    blocks = [BlockProgress(b, 1, 1, 0) for b in ("lr", "main", "base")]
+    assert Progress(blocks, seeds, [], [], idents, frozenset({"lr"})).partner_block("base", s, "ce") == "main"
+    assert Progress(blocks, seeds, [], [], idents).partner_block("base", s, "ce") == "lr"   # what it guards against

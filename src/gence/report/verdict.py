@@ -189,6 +189,7 @@ class Progress:
     extensions: list[X.SweepExtension] = dataclasses.field(default_factory=list)  # sweeps that may extend
     # (block, dataset, regime, model, label) -> the pairing idents (T.pairing_ident) of its runs in the grid
     idents: dict[tuple, set[str]] = dataclasses.field(default_factory=dict)
+    tuning: frozenset[str] = frozenset()   # blocks other blocks tune from: never a partner (as in T.Results)
 
     def expected(self, block: str, setting: tuple, label: str) -> set[int] | None:
         return self.seeds.get((block, *setting, label)) if self.blocks else None
@@ -204,7 +205,7 @@ class Progress:
         order = [b.block for b in self.blocks]
         for other in order:
             ids = self.idents.get((other, *setting, label))
-            if other != block and ids and ids <= mine:
+            if other != block and other not in self.tuning and ids and ids <= mine:
                 return other
         return None
 
@@ -266,7 +267,8 @@ def grid_progress(results: T.Results) -> Progress:
         idents[(block, config["dataset"], config["regime"], config["model"], label)].add(T.pairing_ident(config))
     order = {name: i for i, name in enumerate(T.grid_tunes(results.grids)[1])}
     blocks = [BlockProgress(b, *c) for b, c in sorted(counts.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))]
-    return Progress(blocks, dict(seeds), unreadable, sweeps, dict(idents))
+    tuning = frozenset(src for t in T.grid_tunes(results.grids)[0].values() for src in t.sources)
+    return Progress(blocks, dict(seeds), unreadable, sweeps, dict(idents), tuning)
 
 
 # -------------------------------------------------------------------------------------- comparisons
