@@ -12,10 +12,16 @@ Holm threshold of the claim's first step, 5% / number of settings), noncentral t
 k setting means (the verdict's random-effects estimate), k counted from the study grid's [verdict] blocks;
 each setting mean has variance sd^2 / n + tau^2, tau the sd of the true difference between settings
 (heterogeneity; 0, 0.5 and 1 pp shown: with few settings it, not the seeds, limits the pooled power).
+The pilot's convergence rule: the sd of a seed's test-error change from E to 2E (the pilot's judged losses,
+pooled over its settings and budgets with 2 seeds), the chance that a setting whose true change is 0 meets
+the rule's ``|mean change| < 0.3 pp`` for both losses at the pilot's 2 seeds, and the seeds that would show
+the change within ±0.3 pp by two one-sided t tests (5%) with 80% power, in one setting and pooled over a
+dataset's settings (:func:`tost_power`).
 """
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import statistics
 import subprocess
@@ -25,9 +31,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, stats
 
 from gence.experiments import load_grid
+from gence.report import convergence as C
+from gence.report import tables as T
 from gence.report.verdict import VerdictSpec
 
 
@@ -62,6 +70,67 @@ def power_paired(delta: float, sd: float, n: int, alpha: float) -> float:
 def power_pooled(delta: float, sd: float, n: int, k: int, tau: float = 0.0, alpha: float = 0.05) -> float:
     """The t test over k setting means, each with variance sd^2 / n + tau^2 (tau: heterogeneity)."""
     return _two_sided_power(k - 1, delta / (np.sqrt(sd ** 2 / n + tau ** 2) / np.sqrt(k)), alpha)
+
+
+def tost_power(margin: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of two one-sided t tests at level ``alpha`` to show the mean of ``n`` normal differences with sd
+    ``sd`` within ±``margin`` when its true value is 0, exactly: both tests reject when |mean| < margin −
+    t s/√n (t the 1 − alpha quantile of Student's t with n − 1 degrees of freedom, s the sample sd), so the
+    power is the expectation over s (``(n − 1) s² / sd²`` is chi-square) of ``2 Φ((margin − t s/√n) √n / sd) − 1``
+    where that is positive, integrated numerically."""
+    if n < 2:
+        return 0.0
+    df, t, root = n - 1, stats.t.ppf(1 - alpha, n - 1), math.sqrt(n)
+    u_max = df * (margin * root / (t * sd)) ** 2   # beyond it margin - t s / sqrt(n) < 0: no rejection
+
+    def inner(u: float) -> float:
+        s = sd * math.sqrt(u / df)
+        return (2 * stats.norm.cdf((margin - t * s / root) * root / sd) - 1) * stats.chi2.pdf(u, df)
+    return float(integrate.quad(inner, 0.0, u_max, limit=200)[0])
+
+
+def seeds_for_tost(margin: float, sd: float, power: float = 0.8, alpha: float = 0.05, n_max: int = 100_000) -> int:
+    """The fewest differences (at least 2) with which :func:`tost_power` reaches ``power``."""
+    n = 2
+    while tost_power(margin, sd, n, alpha) < power and n < n_max:
+        n += 1
+    return n
+
+
+def pooled_sd(groups: list[tuple[float, int]]) -> tuple[float, int]:
+    """(sd, n) of groups pooled: sqrt(sum (n-1) sd^2 / sum (n-1)) and its degrees of freedom."""
+    df = sum(n - 1 for sd, n in groups if n >= 2 and not math.isnan(sd))
+    if not df:
+        return math.nan, 0
+    return math.sqrt(sum((n - 1) * sd ** 2 for sd, n in groups if n >= 2 and not math.isnan(sd)) / df), df
+
+
+def pilot_rule_lines(db: str) -> list[str]:
+    """Per dataset of the pilot: the pooled sd of a seed's E -> 2E test-error change, the chance of the rule's
+    stability condition at 2 seeds for both judged losses under no true change, and the seeds TOST needs."""
+    results = T.load_results(db)
+    rule = C.spec_from_grids(results.grids)
+    if rule is None:
+        return []
+    margin = rule.test_error_change_below
+    settings = C.pilot(results, rule)
+    out = []
+    for dataset in sorted({s.setting[0] for s in settings}):
+        mine = [s for s in settings if s.setting[0] == dataset]
+        labels = sorted({r.label for s in mine for r in s.rows})
+        sd, df = pooled_sd([(r.change.sd, r.change.n) for s in mine for r in s.rows])
+        if not df:
+            continue
+        one = 2 * stats.norm.cdf(margin / (sd / math.sqrt(2))) - 1   # |mean of 2| < margin, true change 0
+        k = len(mine)
+        out.append(f"{dataset}: sd of a seed's test-error change from E to 2E {100 * sd:.2f} pp (pooled over "
+                   f"{', '.join(labels)} in {k} settings, {df} degrees of freedom); with no true change a loss meets "
+                   f"|mean change| < {100 * margin:g} pp at 2 seeds with probability {one:.2f}, all {len(labels)} "
+                   f"(independent) {one ** len(labels):.2f}; to show the change within ±{100 * margin:g} pp (TOST, 5%, 80% power) "
+                   f"takes {seeds_for_tost(margin, sd)} seeds per loss in one setting, or "
+                   f"{math.ceil(seeds_for_tost(margin, sd) / k)} per setting pooled over its {k} settings "
+                   "(the pooled change as the mean of all seeds' changes, between-setting differences ignored)")
+    return out
 
 
 def claim_settings(config: str) -> dict[str, int]:
@@ -154,6 +223,9 @@ def main(argv: list[str]) -> int:
     if Path(pilot).exists():
         print(f"paired sd (pp) at the pilot's budgets, {pilot} (2 seeds each: a rough check of the archived values):")
         for line in pilot_paired_sds(pilot):
+            print("  " + line)
+        print(f"the pilot's convergence rule, {pilot}:")
+        for line in pilot_rule_lines(pilot):
             print("  " + line)
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -426,3 +427,18 @@ def test_study_budget_this_cpu_takes_step_times_from_runs_on_this_kind_of_cpu_on
         a, b, n = budget.measured_costs(str(tmp_path / "s.sqlite"), kind)[key]
         assert np.isclose(b, want) and n == (len(stored[kind]) if kind else 6)
     assert budget.measured_costs(str(tmp_path / "s.sqlite"), "AVX512_BF16") == {}
+
+
+def test_power_of_showing_the_pilots_change_within_its_margin_by_simulation():
+    power = load_script("power")
+    rng = np.random.default_rng(0)
+    for n, sd in ((10, 0.01), (30, 0.0095), (90, 0.0095)):
+        d = rng.normal(0.0, sd, size=(20000, n))   # true change 0: TOST at 5% against ±0.3 pp, by simulation
+        m, se = d.mean(1), d.std(1, ddof=1) / np.sqrt(n)
+        t = stats.t.ppf(0.95, n - 1)
+        simulated = np.mean((m - t * se > -0.003) & (m + t * se < 0.003))
+        assert power.tost_power(0.003, sd, n) == pytest.approx(simulated, abs=0.02)
+    n = power.seeds_for_tost(0.003, 0.0095)
+    assert power.tost_power(0.003, 0.0095, n) >= 0.8 > power.tost_power(0.003, 0.0095, n - 1)
+    # pooled sd by hand: groups (sd 1, 2 values) and (sd 3, 4 values): sqrt((1*1 + 3*9) / 4)
+    assert power.pooled_sd([(1.0, 2), (3.0, 4), (float("nan"), 1)]) == (pytest.approx(math.sqrt(28 / 4)), 4)
