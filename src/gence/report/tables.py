@@ -9,12 +9,12 @@ Groups are also split by grid block (the ``grid`` column of the database): seeds
 setting and a loss are never pooled; a setting's table then has a ``block`` column. Comparisons pair seeds
 within a block, or, for a loss its block lacks, with that loss's runs in another block of the setting whose
 configs are the same apart from the loss and its learning rate (:data:`PAIR_FREE_FIELDS`,
-:meth:`Results.partner`): a grid that runs its baselines in a block of their own still compares them. Runs of tuning blocks
-(blocks named in some block's ``tune.from``, read from the grid files stored in the database) are not in
-the main tables: :func:`tuning_tables` summarises them per candidate value. Rows that are not benchmark
-runs (the properness study's, or any without a ``dataset``) are skipped. Labels whose runs gave exactly the
-same metrics as another label's on every run both have (the same loss under two names) are shown once
-(:func:`same_loss_labels`, ``Results.display``).
+:meth:`Results.partner`): a grid that runs its baselines in a block of their own still compares them.
+Runs of tuning blocks (blocks named in some block's ``tune.from``, read from the grid files stored in the
+database) are not in the main tables: :func:`tuning_tables` summarises them per candidate value. Rows that are
+not benchmark runs (the properness study's, or any without a ``dataset``) are skipped. Labels whose runs gave
+exactly the same metrics as another label's on every run both have (the same loss under two names) are shown
+once (:func:`same_loss_labels`, ``Results.display``).
 """
 from __future__ import annotations
 
@@ -199,13 +199,17 @@ class Results:
         own = self.group(setting, label, block)
         if own is not None:
             return own
-        mine = {pairing_ident(r.config) for g in self.groups_of(setting, block) for v in g.variants.values()
-                for r in v}
+        mine = self.idents(setting, block)
         for other in self.blocks_of(setting):
             g = self.group(setting, label, other) if other != block else None
             if g is not None and all(pairing_ident(r.config) in mine for v in g.variants.values() for r in v):
                 return g
         return None
+
+    def idents(self, setting, block: str) -> set[str]:
+        """The :func:`pairing_ident` of every run (every variant) of ``block`` in ``setting``."""
+        return {pairing_ident(r.config) for g in self.groups_of(setting, block) for v in g.variants.values()
+                for r in v}
 
     def multi_block(self) -> bool:
         return len({g.block for g in self.groups}) > 1
@@ -575,9 +579,8 @@ def summary_rows(results: Results, setting) -> list[list[str]]:
     in a block of their own sit beside its CE and GenCE; any other block is a row of its own."""
     rows: list[tuple[list[str], set[str], set[str]]] = []   # (blocks, idents, labels)
     for block in results.blocks_of(setting):
-        groups = results.groups_of(setting, block)
-        idents = {pairing_ident(r.config) for g in groups for v in g.variants.values() for r in v}
-        labels = {g.label for g in groups}
+        idents = results.idents(setting, block)
+        labels = {g.label for g in results.groups_of(setting, block)}
         row = next((r for r in rows if (idents <= r[1] or r[1] <= idents) and not labels & r[2]), None)
         if row is None:
             rows.append(([block], set(idents), set(labels)))

@@ -4,9 +4,10 @@ What is compared comes from the grid file's ``[verdict]`` table (:class:`Verdict
 the few-labels, imbalance, calibration, OOD and learning-rate claims, which label is GenCE, the mixed GenCE
 and the baseline. Nothing here knows a study's block names or labels.
 
-Per setting (dataset x model x regime, within one block; a loss the block lacks is taken from another block of
-the setting whose runs differ only in the loss and its learning rate, :meth:`gence.report.tables.Results.partner`)
-GenCE − baseline over matching seeds (:func:`gence.report.stats.paired_difference`). Per claim and metric (:func:`decide`):
+Per setting (dataset x model x regime, within one block; a loss the block lacks is taken from another block
+of the setting whose runs differ only in the loss and its learning rate,
+:meth:`gence.report.tables.Results.partner`) GenCE − baseline over matching seeds
+(:func:`gence.report.stats.paired_difference`). Per claim and metric (:func:`decide`):
 
 - Holm's correction over the claim's settings of the paired-t p-values; a setting is **significantly
   better** (**worse**) when its adjusted p is below 0.05 and the mean difference favours (disfavours) GenCE.
