@@ -885,6 +885,9 @@ def test_opening_shows_the_baselines_beside_the_claims_pooled_by_hand(split, tmp
     assert all(m > 0 for m in means) and cells[2] == f"0 / {worse}"
     want = "gence worse" if ci.low > 0 else "inconclusive"   # a 2-setting t interval (df 1) is wide
     assert cells[3] == want   # the grid is complete: not provisional
+    # the claim's section says the same in the same words (not "holds" / "does not hold": it claims nothing)
+    body = claim(verdict, "Calibration before").body
+    assert f"gence − focal, ECE before temperature scaling (lower is better): **{want}**." in body
 
 
 def test_ranks_take_in_the_baselines_of_a_block_paired_with_the_claims_block(split):

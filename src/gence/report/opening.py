@@ -15,9 +15,8 @@ from gence.report import plots
 from gence.report import tables as T
 from gence.report.sections import Context, Section, compute_lines
 from gence.report.convergence import pooled_sentence
-from gence.report.verdict import (HOLDS, INCONCLUSIVE, MIXED, NO_BETTER, NO_DATA, NOT_HOLDS, SHOWN_CONVERGED, Beside,
-                                  Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot,
-                                  pilot_pooled, pooled_by_dataset, setting_name, unit, verdict_of)
+from gence.report.verdict import (SHOWN_CONVERGED, Beside, Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot,
+                                  outcome_words, pilot_pooled, pooled_by_dataset, setting_name, unit, verdict_of)
 
 HEADING = "## At a glance"
 
@@ -55,14 +54,8 @@ def claims_table(claims: Sequence[Claim], label: str, baseline: str, only_conver
 
 
 def beside_outcome(b: Beside) -> str:
-    """A comparison's outcome by the claims' rules, in words about its two losses: ``holds`` is ``label
-    better``, ``does not hold`` is ``label worse``, ``does not hold (no better)`` is equivalence."""
-    d = b.decision
-    col = d.column
-    words = {HOLDS: f"{b.label} better", NOT_HOLDS: f"{b.label} worse",
-             NO_BETTER: f"equivalent within ±{col.margin * col.scale:g}{unit(col)}" if col else "equivalent",
-             MIXED: "mixed", INCONCLUSIVE: "inconclusive", NO_DATA: "not enough settings yet"}[d.status]
-    return words + (" (provisional)" if d.provisional and d.status != NO_DATA else "")
+    """A comparison's outcome by the claims' rules, in words about its two losses (:func:`outcome_words`)."""
+    return outcome_words(b.decision, b.label)
 
 
 def beside_table(beside: Sequence[Beside]) -> str:

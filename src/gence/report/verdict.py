@@ -554,18 +554,31 @@ def pooled_table(comps: Sequence[Comparison]) -> str:
                              "fixed effect [95% CI]", "Cochran Q", "Q p", "I²"], rows)
 
 
+def outcome_words(decision: Decision, label: str) -> str:
+    """A decision in words about the loss compared (for a comparison beside the claims, which claims nothing):
+    ``holds`` is ``label better``, ``does not hold`` is ``label worse``, ``does not hold (no better)`` is
+    equivalence within the margin; the rest as they are."""
+    col = decision.column
+    words = {HOLDS: f"{label} better", NOT_HOLDS: f"{label} worse",
+             NO_BETTER: f"equivalent within ±{col.margin * col.scale:g}{unit(col)}" if col else "equivalent",
+             NO_DATA: "not enough settings yet"}.get(decision.status, decision.status)
+    return words + (" (provisional)" if decision.provisional and decision.status != NO_DATA else "")
+
+
 def outcome_sentence(comps: Sequence[Comparison], decision: Decision, what: str, who: str = "GenCE",
-                     other: str = "CE") -> str:
-    """The pooled estimate, the Holm counts and every setting where ``who`` is significantly worse."""
+                     other: str = "CE", plain: bool = False) -> str:
+    """The pooled estimate, the Holm counts and every setting where ``who`` is significantly worse; ``plain``:
+    the outcome in words about ``who`` (:func:`outcome_words`), not as a claim's verdict."""
     compared = [c for c in comps if c.compared and c.in_verdict]
     outside = [c for c in comps if c.compared and not c.in_verdict]
+    verdict = outcome_words(decision, who) if plain else decision.text
     if not compared:
-        return (f"{who} vs {other}, {what}: **{decision.text}**: no setting with 2 or more paired seeds "
+        return (f"{who} vs {other}, {what}: **{verdict}**: no setting with 2 or more paired seeds "
                 + ("at a budget shown converged yet" if outside else "yet") + ".")
     col = compared[0].column
     direction = "higher is better" if col.higher_is_better else "lower is better"
     counts = {o: sum(c.outcome == o for c in compared) for o in (BETTER, WORSE, UNCLEAR)}
-    text = (f"{who} − {other}, {what} ({direction}): **{decision.text}**. Over {len(compared)} setting(s) the "
+    text = (f"{who} − {other}, {what} ({direction}): **{verdict}**. Over {len(compared)} setting(s) the "
             f"pooled difference is ")
     if decision.pooled is not None and decision.pooled.k:
         r, f = decision.pooled.random, decision.pooled.fixed
@@ -724,8 +737,9 @@ def _compare_blocks(results, progress, blocks, label, other, column) -> list[Com
 
 
 def _metric_part(results, progress, spec, blocks, column, what, label=None, other=None,
-                 grid_labels=None) -> tuple[Decision, list[str], list[Comparison]]:
-    """One metric of a claim: decision, Markdown (sentence, pooled table, per-setting table) and comparisons."""
+                 grid_labels=None, plain=False) -> tuple[Decision, list[str], list[Comparison]]:
+    """One metric of a claim: decision, Markdown (sentence, pooled table, per-setting table) and comparisons;
+    ``plain``: a comparison beside the claims, its outcome said in words (:func:`outcome_words`)."""
     label, other = label or spec.label, other or spec.baseline
     comps = _compare_blocks(results, progress, blocks, label, other, column)
     annotate_pilot(comps, results, spec)
@@ -734,7 +748,7 @@ def _metric_part(results, progress, spec, blocks, column, what, label=None, othe
                                  spec.min_fraction), comps, spec)
     if not comps:
         return d, [f"{label} vs {results.display(other)}, {what}: no setting with runs of both yet.", ""], comps
-    md = [outcome_sentence(comps, d, what, who=label, other=results.display(other)), ""]
+    md = [outcome_sentence(comps, d, what, who=label, other=results.display(other), plain=plain), ""]
     if d.pooled is not None and d.pooled.k:
         md += [pooled_table(comps), ""]
     md += [comparison_table(comps, label, results.display(other)), ""]
@@ -784,7 +798,8 @@ def accuracy_claim(results, progress, spec: VerdictSpec, blocks, name, heading, 
 def _mixed_part(results, progress, spec, blocks) -> list[str]:
     if not spec.mixed:
         return []
-    return _metric_part(results, progress, spec, blocks, spec.column(ERROR), "test error", label=spec.mixed)[1]
+    return _metric_part(results, progress, spec, blocks, spec.column(ERROR), "test error", label=spec.mixed,
+                        plain=True)[1]
 
 
 def _few_group_part(results, progress, spec, blocks) -> list[str]:
@@ -795,7 +810,8 @@ def _few_group_part(results, progress, spec, blocks) -> list[str]:
 def _baselines_part(results, progress, spec, blocks) -> list[str]:
     md = []
     for base in dict.fromkeys(results.canonical(b) for b in spec.imbalance_baselines):
-        md += _metric_part(results, progress, spec, blocks, spec.column(ERROR), "test error", other=base)[1]
+        md += _metric_part(results, progress, spec, blocks, spec.column(ERROR), "test error", other=base,
+                           plain=True)[1]
     return md
 
 
@@ -815,7 +831,7 @@ def _calibration_baselines_part(results, progress, spec, blocks) -> list[str]:
     for base in bases:
         for col, what in ((ECE, "ECE before temperature scaling"), (ECE_TS, "ECE after temperature scaling"),
                           (ERROR, "test error")):
-            md += _metric_part(results, progress, spec, blocks, spec.column(col), what, other=base)[1]
+            md += _metric_part(results, progress, spec, blocks, spec.column(col), what, other=base, plain=True)[1]
     return md
 
 
