@@ -915,3 +915,15 @@ def test_a_tuning_block_is_never_a_partner_in_the_grid_count():
     blocks = [BlockProgress(b, 1, 1, 0) for b in ("lr", "main", "base")]
     assert Progress(blocks, seeds, [], [], idents, frozenset({"lr"})).partner_block("base", s, "ce") == "main"
     assert Progress(blocks, seeds, [], [], idents).partner_block("base", s, "ce") == "lr"   # what it guards against
+
+
+def test_the_paired_section_says_which_blocks_have_no_ce_to_pair_with_and_why(split, tmp_path):
+    from gence.report.sections import Context, paired
+    _, results, _ = split
+    ctx = Context(results, "db", "t", "c", tmp_path / "plots", tmp_path / "tables", tmp_path, with_plots=False)
+    md = paired(ctx)
+    # 'longer' trains focal for 2 epochs, CE's block (main_b) for 1: by hand, epochs is what keeps them apart
+    assert ("Not compared with CE: blocks of a setting with CE elsewhere whose runs differ from it in more than "
+            "the loss and its learning rate") in md
+    assert "`longer` at digits / small_cnn / balanced:5 (from CE's `main_b` in: epochs)." in md
+    assert "`base_b`" not in md.split("Not compared with CE")[1]   # base_b is paired (lr differs only)

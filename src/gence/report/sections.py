@@ -225,6 +225,12 @@ def paired(ctx: Context) -> str:
            "and ECE; positive for AUROC. Units as in the tables (percentage points for %).", ""]
     for dataset, model in sorted({(r.setting[0], r.setting[2]) for r in rows}):
         md += [f"### {dataset}, {model}", "", T.paired_markdown(rows, (dataset, model), ctx.results.display), ""]
+    apart = T.unpaired(ctx.results)
+    if apart:
+        md += ["Not compared with CE: blocks of a setting with CE elsewhere whose runs differ from it in more than "
+               "the loss and its learning rate (so seed s of both does not share data, budget and training): "
+               + "; ".join(f"`{b}` at {s[0]} / {s[2]} / {s[1]} (from CE's `{ce}` in: {', '.join(f) or '?'})"
+                           for s, b, ce, f in apart) + ".", ""]
     md.append(ctx.csv("paired_vs_ce.csv", *T.paired_csv_rows(rows)))
     return "\n".join(md)
 

@@ -668,6 +668,28 @@ def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) ->
     return out
 
 
+def unpaired(results: Results) -> list[tuple[tuple[str, str, str], str, str, list[str]]]:
+    """(setting, block, CE's block, fields) for every block whose losses have no CE to be paired with
+    (:meth:`Results.partner`) while another block of the setting has CE: the config fields, outside
+    :data:`PAIR_FREE_FIELDS`, in which its runs differ from those of the CE they differ least from (what
+    keeps them apart)."""
+    def differ(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+        return sorted(k for k in set(a) | set(b)
+                      if k not in PAIR_FREE_FIELDS and canonical_json(a.get(k)) != canonical_json(b.get(k)))
+    out = []
+    for setting in results.settings():
+        bases = [g for g in (results.group(setting, BASELINE, b) for b in results.blocks_of(setting)) if g is not None]
+        for block in results.blocks_of(setting):
+            groups = results.groups_of(setting, block)
+            if not bases or results.partner(setting, BASELINE, block) is not None \
+                    or not any(g.label != BASELINE for g in groups):
+                continue
+            mine = groups[0].runs[0].config
+            nearest = min(bases, key=lambda g: len(differ(mine, g.runs[0].config)))
+            out.append((setting, block, nearest.block, differ(mine, nearest.runs[0].config)))
+    return out
+
+
 def paired_markdown(rows: list[PairedRow], setting_prefix: tuple[str, str], display=lambda lab: lab) -> str:
     """One table for (dataset, model): rows (regime, loss), a cell per metric: Δ [95% t interval], paired-t p,
     and * when that p stays below 0.05 after Holm over the loss's settings. A loss paired with the CE of
