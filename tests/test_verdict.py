@@ -927,3 +927,35 @@ def test_the_paired_section_says_which_blocks_have_no_ce_to_pair_with_and_why(sp
             "the loss and its learning rate") in md
     assert "`longer` at digits / small_cnn / balanced:5 (from CE's `main_b` in: epochs)." in md
     assert "`base_b`" not in md.split("Not compared with CE")[1]   # base_b is paired (lr differs only)
+
+
+def test_a_block_sweeping_the_budget_is_not_joined_with_a_block_at_one_of_its_budgets(tmp_path):
+    from gence.report.tables import summary_rows
+    text = textwrap.dedent("""
+        [train]
+        ood = ["gaussian_noise"]
+        [[grid]]
+        name = "sweep"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = ["ce"]
+        sweep = { epochs = [1, 2] }
+        [[grid]]
+        name = "one"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = [{ name = "focal", params = { gamma = 3.0 }, label = "focal" }]
+        train = { epochs = 2 }
+        """)
+    grid = parse_grid(text, name="budgets")
+    db = tmp_path / "b.sqlite"
+    run_grid(grid.runs, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
+    results = load_results(db)
+    s = ("digits", "balanced:5", "small_cnn")
+    # CE's selected variant may be the 1-epoch one: a row of its own, and focal has no CE to pair with
+    assert summary_rows(results, s) == [["sweep"], ["one"]]
+    assert results.partner(s, "ce", "one") is None

@@ -574,19 +574,19 @@ def setting_table(results: Results, setting) -> tuple[str, list[str], list[list]
 
 def summary_rows(results: Results, setting) -> list[list[str]]:
     """The setting's blocks as the summary table's rows: a block joins the row of an earlier one (file order)
-    when every run of its has the config of one of that row's runs apart from the loss and its learning rate
-    (:func:`pairing_ident`, as :meth:`Results.partner` pairs them) and no loss is in both, so a grid's baselines
-    in a block of their own sit beside its CE and GenCE; any other block is a row of its own."""
+    when their runs have the same configs apart from the loss and its learning rate (the same set of
+    :func:`pairing_ident`: one budget, data and model, as :meth:`Results.partner` pairs them) and no loss is in
+    both, so a grid's baselines in a block of their own sit beside its CE and GenCE; any other block (another
+    budget, or a sweep of one) is a row of its own."""
     rows: list[tuple[list[str], set[str], set[str]]] = []   # (blocks, idents, labels)
     for block in results.blocks_of(setting):
         idents = results.idents(setting, block)
         labels = {g.label for g in results.groups_of(setting, block)}
-        row = next((r for r in rows if (idents <= r[1] or r[1] <= idents) and not labels & r[2]), None)
+        row = next((r for r in rows if idents == r[1] and not labels & r[2]), None)
         if row is None:
-            rows.append(([block], set(idents), set(labels)))
+            rows.append(([block], idents, set(labels)))
         else:
             row[0].append(block)
-            row[1].update(idents)
             row[2].update(labels)
     return [r[0] for r in rows]
 
