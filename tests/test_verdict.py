@@ -958,4 +958,6 @@ def test_a_block_sweeping_the_budget_is_not_joined_with_a_block_at_one_of_its_bu
     s = ("digits", "balanced:5", "small_cnn")
     # CE's selected variant may be the 1-epoch one: a row of its own, and focal has no CE to pair with
     assert summary_rows(results, s) == [["sweep"], ["one"]]
-    assert results.partner(s, "ce", "one") is None
+    assert results.partner(s, "ce", "one") is None and results.partner(s, "focal", "sweep") is None
+    progress = grid_progress(results)
+    assert progress.partner_block("one", s, "ce") is None and progress.partner_block("sweep", s, "focal") is None

@@ -194,15 +194,16 @@ class Results:
     def partner(self, setting, label: str, block: str) -> Group | None:
         """The group of ``label`` that the runs of ``block`` in ``setting`` are compared with: its own group in
         ``block``; when ``block`` has none, its group in the first other block of the setting (file order) whose
-        every run has the config of one of ``block``'s runs there apart from :data:`PAIR_FREE_FIELDS`
-        (:func:`pairing_ident`); None when there is no such group."""
+        runs there have the same configs as ``block``'s apart from :data:`PAIR_FREE_FIELDS` (the same set of
+        :func:`pairing_ident`: a block sweeping its budget pairs with no block at one of them); None when there
+        is no such group."""
         own = self.group(setting, label, block)
         if own is not None:
             return own
         mine = self.idents(setting, block)
         for other in self.blocks_of(setting):
             g = self.group(setting, label, other) if other != block else None
-            if g is not None and all(pairing_ident(r.config) in mine for v in g.variants.values() for r in v):
+            if g is not None and self.idents(setting, other) == mine:
                 return g
         return None
 

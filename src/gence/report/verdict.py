@@ -198,17 +198,20 @@ class Progress:
     def partner_block(self, block: str, setting: tuple, label: str) -> str | None:
         """The block whose runs of ``label`` the grid's runs of ``block`` in ``setting`` are compared with, as
         :meth:`gence.report.tables.Results.partner` picks it from stored runs: ``block`` when it asks for
-        ``label`` there, else the first other block (grid order) whose runs of ``label`` there all share a
-        pairing ident with ``block``'s; None when none does."""
+        ``label`` there, else the first other block (grid order, tuning blocks left out) that asks for it there
+        and whose runs there have the same set of pairing idents as ``block``'s; None when none does."""
         if (block, *setting, label) in self.seeds:
             return block
-        mine = set().union(*(ids for (b, *s, _), ids in self.idents.items() if b == block and tuple(s) == setting))
-        order = [b.block for b in self.blocks]
-        for other in order:
-            ids = self.idents.get((other, *setting, label))
-            if other != block and other not in self.tuning and ids and ids <= mine:
+        mine = self.block_idents(block, setting)
+        for other in (b.block for b in self.blocks):
+            if other != block and other not in self.tuning and (other, *setting, label) in self.idents \
+                    and self.block_idents(other, setting) == mine:
                 return other
         return None
+
+    def block_idents(self, block: str, setting: tuple) -> set[str]:
+        """The pairing idents of every run the grid asks of ``block`` in ``setting``."""
+        return set().union(*(ids for (b, *s, _), ids in self.idents.items() if b == block and tuple(s) == setting))
 
     def settings(self, block: str, labels: Sequence[str]) -> set[tuple]:
         """The grid's settings of ``block`` with runs of every one of ``labels`` to compare, in ``block`` or in
