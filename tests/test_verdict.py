@@ -961,3 +961,35 @@ def test_a_block_sweeping_the_budget_is_not_joined_with_a_block_at_one_of_its_bu
     assert results.partner(s, "ce", "one") is None and results.partner(s, "focal", "sweep") is None
     progress = grid_progress(results)
     assert progress.partner_block("one", s, "ce") is None and progress.partner_block("sweep", s, "focal") is None
+
+
+def test_plots_draw_from_the_block_with_the_most_losses_not_an_lr_sweep_before_it(tmp_path):
+    text = textwrap.dedent("""
+        [train]
+        epochs = 1
+        ood = ["gaussian_noise"]
+        [[grid]]
+        name = "lr_sweep"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [200, 201]
+        sweep = { lr = [0.01, 0.2] }
+        losses = ["ce", "gence"]
+        [[grid]]
+        name = "main"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = ["ce", "gence", { name = "focal", params = { gamma = 3.0 }, label = "focal" }]
+        """)
+    grid = parse_grid(text, name="first")
+    db = tmp_path / "f.sqlite"
+    run_grid(grid.runs, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
+    results = load_results(db)
+    s = ("digits", "balanced:5", "small_cnn")
+    assert results.primary_block(s) == "main"
+    assert {lab: results.shown(s, lab).block for lab in ("ce", "gence", "focal")} == dict.fromkeys(
+        ("ce", "gence", "focal"), "main")
+    assert sorted(r.seed for r in results.shown(s, "ce").runs) == [0, 1]   # not the sweep's seeds 200, 201

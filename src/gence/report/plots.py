@@ -197,11 +197,12 @@ def reliability_diagrams(results: Results, out_dir: Path) -> list[Path]:
     ECE is that of the pooled predictions (titled so), not the mean of per-seed ECEs the tables show."""
     paths = []
     for setting in results.settings():
-        base = results.baseline(setting)
+        base = results.shown(setting, BASELINE)
         glabel = _gence_label(results, setting)
-        if base is None or glabel is None:
+        gence = results.shown(setting, glabel) if glabel is not None else None
+        if base is None or gence is None:
             continue
-        groups = [base, results.group(setting, glabel)]
+        groups = [base, gence]
         panels = {}
         for g in groups:
             for split in RELIABILITY_SPLITS:

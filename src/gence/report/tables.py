@@ -167,9 +167,15 @@ class Results:
         return sorted({g.block for g in self.groups if g.setting == setting}, key=self.block_order)
 
     def primary_block(self, setting) -> str | None:
-        """The first block (in file order) with runs in ``setting``: what plots show."""
-        blocks = self.blocks_of(setting)
-        return blocks[0] if blocks else None
+        """The block plots show for ``setting``: the first block (file order) of the summary row
+        (:func:`summary_rows`: blocks that differ only in loss and lr) with the most losses, the first such row
+        among equals; None without runs. (An lr sweep block before the main one, with CE and GenCE only, is
+        not what a plot of every loss should draw from.)"""
+        rows = summary_rows(self, setting)
+        if not rows:
+            return None
+        count = {b: len(self.groups_of(setting, b)) for row in rows for b in row}
+        return max(rows, key=lambda row: (sum(count[b] for b in row), -rows.index(row)))[0]
 
     def groups_of(self, setting, block: str | None = None) -> list[Group]:
         """The setting's groups, of one block, or of every block (block order, then loss order)."""
