@@ -53,14 +53,10 @@ def claims_table(claims: Sequence[Claim], label: str, baseline: str, only_conver
     return T.markdown_table(header, rows, ["l", "l"] + ["r"] * (1 + len(columns)) + ["l"])
 
 
-def beside_outcome(b: Beside) -> str:
-    """A comparison's outcome by the claims' rules, in words about its two losses (:func:`outcome_words`)."""
-    return outcome_words(b.decision, b.label)
-
-
 def beside_table(beside: Sequence[Beside]) -> str:
-    """Per comparison shown beside the claims: metric, pooled Δ over all its settings, per dataset, and its
-    outcome by the claims' rules."""
+    """Per comparison shown beside the claims with a setting compared: metric, pooled Δ over all its settings,
+    per dataset, and its outcome by the claims' rules, in words about its two losses (:func:`outcome_words`)."""
+    beside = [b for b in beside if any(c.compared for c in b.comparisons)]
     datasets = sorted({c.setting[0] for b in beside for c in b.comparisons if c.compared})
     rows = []
     for b in beside:
@@ -68,7 +64,7 @@ def beside_table(beside: Sequence[Beside]) -> str:
         per = dict(pooled_by_dataset(b.comparisons))
         rows.append([f"{b.label} − {b.other}", b.what, _cell(per.get("all"), col),
                      *[_cell(per.get(name), col) for name in datasets],
-                     f"{b.decision.better} / {b.decision.worse}", beside_outcome(b)])
+                     f"{b.decision.better} / {b.decision.worse}", outcome_words(b.decision, b.label)])
     return T.markdown_table(["comparison", "metric", "all [95% CI] (settings)", *datasets,
                              "settings where the first is significantly better / worse (Holm)",
                              "outcome (the claims' rules)"], rows, ["l", "l"] + ["r"] * (2 + len(datasets)) + ["l"])
@@ -130,7 +126,7 @@ def opening_section(spec: VerdictSpec) -> Section:
               "mean paired differences, t 95% interval over settings; the number of settings in brackets), the "
               "same per dataset, and the verdict by the rules stated under 'Verdict' below.", "",
               claims_table(v.claims, label, base, spec.only_converged), ""]
-        if v.beside:
+        if any(c.compared for b in v.beside for c in b.comparisons):
             md += ["Beside the claims, not deciding them: the mixed GenCE and the baselines (pooled as above; a "
                    "baseline at a learning rate not tuned for it carries that disadvantage; the sections below "
                    "name each setting's blocks and learning rates).", "", beside_table(v.beside), ""]

@@ -675,9 +675,11 @@ class Beside:
 
     label: str
     other: str
-    what: str                   # the metric in words
+    what: str                   # the metric in a few words (the opening's table)
     decision: Decision
     comparisons: list[Comparison]
+    claim: str = ""             # the claim whose section shows it ("imbalance", "calibration"; "" for the mixed GenCE)
+    md: list[str] = dataclasses.field(default_factory=list)   # what that section shows (_metric_part)
 
 
 @dataclasses.dataclass
@@ -810,35 +812,27 @@ def _few_group_part(results, progress, spec, blocks) -> list[str]:
                         "accuracy on the few-shot class group (the rarest classes, as the training loop groups them)")[1]
 
 
-def _baselines_part(results, progress, spec, blocks) -> list[str]:
-    md = []
-    for base in dict.fromkeys(results.canonical(b) for b in spec.imbalance_baselines):
-        md += _metric_part(results, progress, spec, blocks, spec.column(ERROR), "test error", other=base,
-                           plain=True)[1]
-    return md
+def _beside_lines(beside: Sequence[Beside], claim: str) -> list[str]:
+    """The Markdown of the comparisons beside ``claim`` (:func:`beside_comparisons`), in their order."""
+    return [line for b in beside if b.claim == claim for line in b.md]
 
 
-def _calibration_baselines_part(results, progress, spec, blocks) -> list[str]:
+def _calibration_baselines_part(results, spec, beside: Sequence[Beside]) -> list[str]:
     """GenCE against each of ``spec.calibration_baselines`` on ECE before and after temperature scaling and
     on test error, the same statistics as the claim's; shown, not part of the claim's verdict."""
     bases = list(dict.fromkeys(results.canonical(b) for b in spec.calibration_baselines))
     if not bases:
         return []
-    md = [f"### {spec.label} against the calibration baselines", "",
-          f"{spec.label} − each of {', '.join(f'`{results.display(b)}`' for b in bases)} over matching seeds, "
-          "with the same statistics (Holm over the settings of each baseline and metric). Shown beside the claim, "
-          f"not part of its verdict, which compares {spec.label} with {spec.baseline}. Where a baseline's runs "
-          "are in another block than GenCE's, the table names both blocks and each loss's learning rate: a "
-          "baseline trained at a learning rate that was not tuned for it is at a disadvantage the difference "
-          "includes.", ""]
-    for base in bases:
-        for col, what in ((ECE, "ECE before temperature scaling"), (ECE_TS, "ECE after temperature scaling"),
-                          (ERROR, "test error")):
-            md += _metric_part(results, progress, spec, blocks, spec.column(col), what, other=base, plain=True)[1]
-    return md
+    return [f"### {spec.label} against the calibration baselines", "",
+            f"{spec.label} − each of {', '.join(f'`{results.display(b)}`' for b in bases)} over matching seeds, "
+            "with the same statistics (Holm over the settings of each baseline and metric). Shown beside the claim, "
+            f"not part of its verdict, which compares {spec.label} with {spec.baseline}. Where a baseline's runs "
+            "are in another block than GenCE's, the table names both blocks and each loss's learning rate: a "
+            "baseline trained at a learning rate that was not tuned for it is at a disadvantage the difference "
+            "includes.", "", *_beside_lines(beside, "calibration")]
 
 
-def calibration_claims(results, progress, spec) -> list[Claim]:
+def calibration_claims(results, progress, spec, beside: Sequence[Beside] = ()) -> list[Claim]:
     blocks = spec.blocks_for("calibration")
     heading = "Claim: calibration before and after temperature scaling"
     parts = {}
@@ -853,7 +847,7 @@ def calibration_claims(results, progress, spec) -> list[Claim]:
         body = "\n".join([f"Blocks {_blocks_text(blocks)}, ECE with {'/'.join(map(str, bins))} equal-width bins on the "
                           "test split, before and after temperature scaling (temperature fitted on the validation "
                           "split, per run).", ""] + [line for p in parts.values() for line in p[1]]
-                         + _calibration_baselines_part(results, progress, spec, blocks))
+                         + _calibration_baselines_part(results, spec, beside))
     return [Claim("Calibration before temperature scaling (ECE)", heading, before,
                   before.evidence() if parts[ECE.key][2] else "no runs yet", body, "calibration", parts[ECE.key][2]),
             Claim("Calibration after temperature scaling (ECE)", heading, after,
@@ -1125,6 +1119,7 @@ def verdict_markdown(verdict: Verdict) -> str:
 def build_verdict(results: T.Results, spec: VerdictSpec) -> Verdict:
     """The claims the spec names, each with its decision and Markdown body (no files written)."""
     progress = grid_progress(results)
+    beside = beside_comparisons(results, progress, spec)
     claims = []
     if spec.few_labels:
         claims.append(dataclasses.replace(accuracy_claim(
@@ -1134,36 +1129,46 @@ def build_verdict(results: T.Results, spec: VerdictSpec) -> Verdict:
         claims.append(dataclasses.replace(accuracy_claim(
             results, progress, spec, spec.imbalance, "Accuracy under class imbalance",
             "Claim: accuracy under class imbalance", "long-tailed regimes",
-            [_few_group_part, _mixed_part, _baselines_part]), key="imbalance"))
+            # the imbalance baselines: computed once, with the comparisons beside the claims
+            [_few_group_part, _mixed_part, lambda *_: _beside_lines(beside, "imbalance")]), key="imbalance"))
     if spec.blocks_for("calibration"):
-        claims += calibration_claims(results, progress, spec)
+        claims += calibration_claims(results, progress, spec, beside)
     if spec.blocks_for("ood"):
         claims.append(ood_claim(results, progress, spec))
     panels = []
     if spec.lr_robustness:
         lr, panels = lr_claim(results, progress, spec)
         claims.append(lr)
-    return Verdict(spec, progress, claims, panels, beside_comparisons(results, progress, spec))
+    return Verdict(spec, progress, claims, panels, beside)
+
+
+# per claim whose section shows baselines beside it: the metrics compared, as (column, its words in the
+# section, its few words in the opening's table)
+BASELINE_METRICS = {
+    "imbalance": ((ERROR, "test error", "test error"),),
+    "calibration": ((ECE, "ECE before temperature scaling", "ECE before TS"),
+                    (ECE_TS, "ECE after temperature scaling", "ECE after TS"), (ERROR, "test error", "test error")),
+}
 
 
 def beside_comparisons(results: T.Results, progress: Progress, spec: VerdictSpec) -> list[Beside]:
-    """The comparisons the claims' sections show beside their verdicts (:class:`Beside`), in that order: the
-    mixed GenCE against the baseline on test error (few-label and imbalance blocks), GenCE against each
-    imbalance baseline on test error, and against each calibration baseline on ECE before and after
-    temperature scaling and test error; those with no setting compared yet are left out."""
+    """The comparisons shown beside the claims (:class:`Beside`), each computed once, in this order: the mixed
+    GenCE against the baseline on test error (few-label and imbalance blocks pooled: the opening's; each
+    claim's section shows its own blocks'), GenCE against each imbalance baseline (:data:`BASELINE_METRICS`),
+    then against each calibration baseline. Those of a claim whose blocks are empty are left out."""
     wanted = []
     if spec.mixed:
-        wanted.append((spec.mixed, spec.baseline, spec.main_blocks, ERROR, "test error"))
-    for base in dict.fromkeys(results.canonical(b) for b in spec.imbalance_baselines):
-        wanted.append((spec.label, base, spec.imbalance, ERROR, "test error"))
-    for base in dict.fromkeys(results.canonical(b) for b in spec.calibration_baselines):
-        wanted += [(spec.label, base, spec.blocks_for("calibration"), col, what) for col, what in (
-            (ECE, "ECE before TS"), (ECE_TS, "ECE after TS"), (ERROR, "test error"))]
+        wanted.append(("", spec.mixed, spec.baseline, spec.main_blocks, ERROR, "test error", "test error"))
+    for claim, bases, blocks in (("imbalance", spec.imbalance_baselines, spec.imbalance),
+                                 ("calibration", spec.calibration_baselines, spec.blocks_for("calibration"))):
+        if blocks:
+            wanted += [(claim, spec.label, base, blocks, *metric)
+                       for base in dict.fromkeys(results.canonical(b) for b in bases) for metric in BASELINE_METRICS[claim]]
     out = []
-    for label, other, blocks, col, what in wanted:
-        d, _, comps = _metric_part(results, progress, spec, blocks, spec.column(col), what, label=label, other=other)
-        if any(c.compared for c in comps):
-            out.append(Beside(label, results.display(other), what, d, comps))
+    for claim, label, other, blocks, col, words, short in wanted:
+        d, md, comps = _metric_part(results, progress, spec, blocks, spec.column(col), words, label=label, other=other,
+                                    plain=True)
+        out.append(Beside(label, results.display(other), short, d, comps, claim, md))
     return out
 
 
