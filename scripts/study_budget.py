@@ -186,11 +186,11 @@ def main(argv: list[str]) -> int:
     except GridError as exc:
         raise SystemExit(f"study_budget: {exc}") from None
     kind = torch.backends.cpu.get_cpu_capability() if args.this_cpu else None
-    costs = {k: (a, b, f"pilot, {n} runs") for k, (a, b, n) in measured_costs(args.pilot, kind).items()}
-    done = {}
-    if args.study:
-        costs.update({k: (a, b, f"study, {n} runs") for k, (a, b, n) in measured_costs(args.study, kind).items()})
-        done = done_per_block(args.study)
+    costs, runs = {}, {}   # (dataset, model, amp) -> (a, b, where from), and the runs b is the median of
+    for source, db in (("pilot", args.pilot), ("study", args.study)):   # the study's replace the pilot's
+        for k, (a, b, n) in (measured_costs(db, kind) if db else {}).items():
+            costs[k], runs[k] = (a, b, f"{source}, {n} runs"), n
+    done = done_per_block(args.study) if args.study else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"$ python scripts/study_budget.py {shlex.join(argv)}   (commit {commit or 'unknown'})")
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; seconds per step from {args.pilot}"
@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
                 or ([k for k in costs if k[2] == key[2]] if kind else []))   # --this-cpu: another dataset's
         if not refs:
             raise SystemExit(f"study_budget: no pilot run of {key[0]} (amp={key[2]}) to scale {key[1]} from")
-        ref = max(refs, key=lambda k: (k[0] == key[0], int(costs[k][2].split(", ")[-1].split()[0])))
+        ref = max(refs, key=lambda k: (k[0] == key[0], runs[k]))
         ref_config = dict(example[key], dataset=ref[0], model=ref[1].split("-")[0], model_params={})
         a, b = [], []
         for _ in range(3):  # interleaved: both under the same load
