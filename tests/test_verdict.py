@@ -135,12 +135,17 @@ def signed(x: float) -> str:
     return f"{x:+.2f}".replace("-", "−")
 
 
+def stored(db: Path, text: str, name: str, run_fn=fake_run):
+    """Every run of grid ``text`` stored in ``db`` by ``run_fn`` (the grid text with them); the grid."""
+    grid = parse_grid(textwrap.dedent(text), name=name)
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, grid_text=(grid.name, None, grid.text))
+    return grid
+
+
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("verdict")
-    grid = parse_grid(textwrap.dedent(GRID), name="verdict-grid")
-    db = tmp / "full.sqlite"
-    run_grid(grid.runs, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
+    db = tmp_path_factory.mktemp("verdict") / "full.sqlite"
+    grid = stored(db, GRID, "verdict-grid")
     results = load_results(db)
     return db, grid, results, build_verdict(results, CFG)
 
@@ -740,8 +745,7 @@ def split_run(config):
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     db = tmp_path_factory.mktemp("split") / "split.sqlite"
-    grid = parse_grid(textwrap.dedent(SPLIT_GRID), name="split-grid")
-    run_grid(grid.runs, db, run_fn=split_run, progress=False, grid_text=(grid.name, None, grid.text))
+    grid = stored(db, SPLIT_GRID, "split-grid", split_run)
     results = load_results(db)
     return rows(db), results, build_verdict(results, VerdictSpec.from_table(grid.verdict))
 
@@ -951,10 +955,8 @@ def test_a_block_sweeping_the_budget_is_not_joined_with_a_block_at_one_of_its_bu
         losses = [{ name = "focal", params = { gamma = 3.0 }, label = "focal" }]
         train = { epochs = 2 }
         """)
-    grid = parse_grid(text, name="budgets")
-    db = tmp_path / "b.sqlite"
-    run_grid(grid.runs, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
-    results = load_results(db)
+    stored(tmp_path / "b.sqlite", text, "budgets")
+    results = load_results(tmp_path / "b.sqlite")
     s = ("digits", "balanced:5", "small_cnn")
     # CE's selected variant may be the 1-epoch one: a row of its own, and focal has no CE to pair with
     assert summary_rows(results, s) == [["sweep"], ["one"]]
@@ -984,10 +986,8 @@ def test_plots_draw_from_the_block_with_the_most_losses_not_an_lr_sweep_before_i
         seeds = [0, 1]
         losses = ["ce", "gence", { name = "focal", params = { gamma = 3.0 }, label = "focal" }]
         """)
-    grid = parse_grid(text, name="first")
-    db = tmp_path / "f.sqlite"
-    run_grid(grid.runs, db, run_fn=fake_run, progress=False, grid_text=(grid.name, None, grid.text))
-    results = load_results(db)
+    stored(tmp_path / "f.sqlite", text, "first")
+    results = load_results(tmp_path / "f.sqlite")
     s = ("digits", "balanced:5", "small_cnn")
     assert results.primary_block(s) == "main"
     assert {lab: results.shown(s, lab).block for lab in ("ce", "gence", "focal")} == dict.fromkeys(
