@@ -394,6 +394,50 @@ def test_an_interrupt_between_claim_and_stored_outcome_gives_the_claim_up(tmp_pa
     assert db_rows(tmp_path / "r.sqlite") == []
 
 
+class _InterruptingConnection:
+    """A sqlite3 connection whose ``n``-th ``BEGIN IMMEDIATE`` is interrupted: the statement runs (the write
+    lock is taken), then KeyboardInterrupt arrives, as a SIGTERM does when it lands on the next bytecode."""
+
+    def __init__(self, conn: sqlite3.Connection, n: int):
+        self._conn, self._left = conn, n
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def cursor(self):
+        return self
+
+    def execute(self, sql, *args):
+        out = self._conn.execute(sql, *args)
+        if sql == "BEGIN IMMEDIATE":
+            self._left -= 1
+            if self._left == 0:
+                raise KeyboardInterrupt
+        return out
+
+
+@pytest.mark.parametrize("begin", [1, 2], ids=["claim", "store"])
+def test_an_interrupt_just_after_begin_leaves_no_lock_and_no_claim(tmp_path, begin):
+    """The window a SIGTERM hit under load (the flaky mid-grid test): an interrupt just after ``BEGIN
+    IMMEDIATE`` of the claim or of the stored outcome. The claim is still given up with KeyboardInterrupt (no
+    sqlite error from the release), and the write lock is free at once for another process."""
+    from gence.experiments import runner
+    spec = parse_grid(GRID).runs[0]
+    db = ResultsDB(tmp_path / "r.sqlite")
+    db.conn = _InterruptingConnection(db.conn, begin)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner._execute(db, spec, lambda config: ({"test/error": 0.5}, {}), {}, False, {}, {})
+        other = ResultsDB(tmp_path / "r.sqlite", timeout=0.5)   # would wait, then fail, on a held lock
+        try:
+            assert other.claim(spec.key, spec.config, label=spec.label)
+        finally:
+            other.close()
+    finally:
+        db.close()
+    assert [(r["key"], r["status"]) for r in db_rows(tmp_path / "r.sqlite")] == [(spec.key, "running")]
+
+
 def test_two_workers_share_one_db_without_duplicates(tmp_path, fake, monkeypatch):
     run_fn, log = fake
     monkeypatch.setenv("FAKE_SLEEP", "0.15")

@@ -223,16 +223,24 @@ class ResultsDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """``BEGIN IMMEDIATE`` takes the write lock up front, so read-then-write cannot interleave."""
+        """``BEGIN IMMEDIATE`` takes the write lock up front, so read-then-write cannot interleave.
+
+        Safe against an interrupt (Ctrl-C, SIGTERM) at any bytecode: one that lands after BEGIN or before
+        COMMIT rolls back here; one that lands where no handler of this function sees it (inside contextlib)
+        leaves a transaction this connection abandons on its next entry. Transactions never nest, so an
+        open one on entry can only be such a leftover; without this it would keep the write lock, every
+        other process would wait for it, and the next BEGIN here would fail."""
         cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield cur
-        except BaseException:
+        if self.conn.in_transaction:
             cur.execute("ROLLBACK")
-            raise
-        else:
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            yield cur
             cur.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.stop_heartbeat()
