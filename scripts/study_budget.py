@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shlex
 import sqlite3
 import statistics
@@ -48,6 +47,7 @@ from pathlib import Path
 import torch
 
 from gence import models
+from gence.contract import parse_cpu_hardware
 from gence.data.regimes import parse_regime
 from gence.experiments.grid import Grid, GridError, parse_grid, select_blocks
 from gence.report.tables import compute_seconds
@@ -67,15 +67,11 @@ def steps_of(config: dict, num_classes: int = 10) -> int:
     return config.get("steps") or config["epochs"] * per_epoch
 
 
-# a CPU in a run's hardware: "MODEL (N cores, CAPABILITY, torch threads T)" (gence.train.loop.hardware_string)
-_CAPABILITY = re.compile(r"\(\d+ cores, ([A-Z0-9_]+), torch threads \d+\)$")
-
-
 def cpu_kind(hardware: str | None) -> str | None:
     """The CPU capability a run's stored hardware names (``AVX2``, ``AVX512``...), None when it names none (a
     GPU, or a CPU stored before the capability was recorded)."""
-    m = _CAPABILITY.search(hardware or "")
-    return m.group(1) if m else None
+    cpu = parse_cpu_hardware(hardware)
+    return cpu and cpu["capability"]
 
 
 def measured_costs(db: str, kind: str | None = None) -> dict[tuple[str, str, bool], tuple[float, float, int]]:

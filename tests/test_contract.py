@@ -5,6 +5,7 @@ model check reporting the model's own error."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import gence
 from gence import metrics
 from gence.cli import main as gence_main
 from gence.contract import (KEY_OMITTED_DEFAULTS, SPLIT_METRICS, TrainConfig, field_problem, metric_keys,
-                            run_key)
+                            parse_cpu_hardware, run_key)
 from gence.experiments import db as results_db
 from gence.experiments.grid import GridChecks, GridError, parse_grid
 from gence.losses import build as build_loss
@@ -23,7 +24,7 @@ from gence.models import build as build_model
 from gence.properness.report import previous_loop_key
 from gence.properness.study import study_config
 from gence.train import fit
-from gence.train.loop import train_epochs
+from gence.train.loop import hardware_string, train_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,3 +219,15 @@ def test_stored_version_names_the_git_commit_and_nothing_outside_git(tmp_path, m
     finally:
         monkeypatch.undo()
         results_db.code_revision.cache_clear()
+
+
+def test_cpu_hardware_is_read_back_from_what_a_run_stores():
+    """The hardware string a run on this CPU stores parses back to the values asked of the OS and torch; one
+    stored before the capability was recorded has none; a GPU's is not a CPU's."""
+    cpu = parse_cpu_hardware(hardware_string("cpu"))
+    assert cpu["cores"] == len(os.sched_getaffinity(0))
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["threads"] == torch.get_num_threads()
+    assert parse_cpu_hardware("Intel(R) Xeon(R) 6 (2 cores, torch threads 1)") == {
+        "model": "Intel(R) Xeon(R) 6", "cores": 2, "capability": None, "threads": 1}
+    assert parse_cpu_hardware("NVIDIA H100 80GB HBM3 (CUDA 12.8)") is None

@@ -272,6 +272,27 @@ def ood_key(ood_set: str, score: str, metric: str) -> str:
     return f"ood/{ood_set}/{score}/{metric}"
 
 
+# ``hardware`` of a stored run on a CPU: "MODEL (N cores, CAPABILITY, torch threads T)", where CAPABILITY is
+# torch's CPU capability (DEFAULT, AVX2, AVX512...); runs stored before it was recorded lack that field.
+_CPU_HARDWARE = re.compile(
+    r"^(?P<model>.*) \((?P<cores>\d+) cores, (?:(?P<capability>[A-Z0-9_]+), )?torch threads (?P<threads>\d+)\)$")
+
+
+def cpu_hardware(model: str, cores: int, capability: str | None, threads: int) -> str:
+    """The ``hardware`` string of a run on a CPU (``capability`` None: as written before it was recorded)."""
+    return f"{model} ({cores} cores, {capability + ', ' if capability else ''}torch threads {threads})"
+
+
+def parse_cpu_hardware(hardware: str | None) -> dict | None:
+    """``model``, ``cores``, ``capability`` (None when not recorded) and ``threads`` of a CPU ``hardware`` string
+    (:func:`cpu_hardware`); None for anything else (a GPU)."""
+    m = _CPU_HARDWARE.match(hardware or "")
+    if m is None:
+        return None
+    return {"model": m["model"], "cores": int(m["cores"]), "capability": m["capability"],
+            "threads": int(m["threads"])}
+
+
 def metric_keys(ood_sets: tuple | list = ()) -> list[str]:
     """Every metric key of a run of ``fit`` with these OOD sets, in the order ``fit`` writes them."""
     keys = [split_key(s, m) for s in SPLITS for m in SPLIT_METRICS] + [TEMPERATURE]

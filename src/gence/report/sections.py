@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gence.contract import cpu_hardware, parse_cpu_hardware
 from gence.report import convergence as C
 from gence.report import extensions as X
 from gence.report import plots
@@ -90,14 +90,13 @@ def title(ctx: Context) -> str:
     return text
 
 
-# a CPU as gence before the CPU capability was recorded wrote it: "MODEL (N cores, torch threads T)"
-_CPU_WITHOUT_CAPABILITY = re.compile(r"^(.*\(\d+ cores, )(torch threads \d+\))$")
-
-
 def hardware_label(hardware: str) -> str:
     """``hardware`` as the report shows it: a CPU stored without the capability torch's kernels used
     (runs before it was recorded) says so, as one model name covers CPUs with and without AVX-512."""
-    return _CPU_WITHOUT_CAPABILITY.sub(r"\1CPU capability not recorded, \2", hardware)
+    cpu = parse_cpu_hardware(hardware)
+    if cpu is None or cpu["capability"] is not None:
+        return hardware
+    return cpu_hardware(cpu["model"], cpu["cores"], "CPU capability not recorded", cpu["threads"])
 
 
 def compute_lines(results: "T.Results") -> tuple[str, str]:

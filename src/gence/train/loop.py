@@ -77,8 +77,8 @@ from gence import data as datasets
 from gence import losses, metrics, models
 from gence.calibration import fit_temperature
 from gence.contract import (CURVE_METRICS, FIT_METRICS, GROUPS, KEY_EXCLUDED_FIELDS, OOD_SCORES, SCHEDULES,
-                            SPLIT_METRICS, TEMPERATURE, TRAIN_METRICS, TrainConfig, group_key, ood_key, run_key,
-                            split_key)
+                            SPLIT_METRICS, TEMPERATURE, TRAIN_METRICS, TrainConfig, cpu_hardware, group_key, ood_key,
+                            run_key, split_key)
 
 __all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "SCHEDULES", "fit", "train_epochs", "evaluate_model",
            "learning_rate", "step_plan", "StepPlan", "make_optimizer", "group_thresholds", "predict",
@@ -160,7 +160,7 @@ def hardware_string(device: str | torch.device | None = None) -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores, {torch.backends.cpu.get_cpu_capability()}, torch threads {torch.get_num_threads()})"
+    return cpu_hardware(model, cores, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
 
 
 @contextlib.contextmanager
