@@ -637,13 +637,16 @@ class PairedRow:
     result: PairedDifference
     block: str = ""
     p_holm: float = math.nan     # paired-t p after Holm over the settings of this loss and metric
-    other_block: str = ""        # the block of the CE runs: ``block`` unless the loss's block has none
+    other_block: str = ""        # the block of the CE runs (not given: ``block``)
     lr: str = ""                 # the loss's learning rate(s) (:func:`lr_text`)
     other_lr: str = ""           # CE's
 
+    def __post_init__(self) -> None:
+        self.other_block = self.other_block or self.block
+
     @property
     def across_blocks(self) -> bool:
-        return self.other_block not in ("", self.block)
+        return self.other_block != self.block
 
 
 def paired_rows(results: Results, columns: Sequence[Column] = PAIRED_COLUMNS) -> list[PairedRow]:

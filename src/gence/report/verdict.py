@@ -291,14 +291,18 @@ class Comparison:
     pilot: str = ""             # set by annotate_pilot(): the pilot's rule at this setting's budget
     epochs: Any = None          # the budget of this setting's runs (with a pilot)
     in_verdict: bool = True     # set by mark_verdict_family(): False when [verdict].decide_on leaves it out
-    label_block: str = ""       # the blocks the two losses' runs come from ("": ``block``)
+    label_block: str = ""       # the blocks the two losses' runs come from (not given: ``block``)
     other_block: str = ""
     label_lr: str = ""          # their learning rates (T.lr_text)
     other_lr: str = ""
 
+    def __post_init__(self) -> None:
+        self.label_block = self.label_block or self.block
+        self.other_block = self.other_block or self.block
+
     @property
     def across_blocks(self) -> bool:
-        return (self.label_block or self.block) != (self.other_block or self.block)
+        return self.label_block != self.other_block
 
     @property
     def compared(self) -> bool:
@@ -360,8 +364,8 @@ def annotate_pilot(comps: Sequence[Comparison], results: T.Results, spec: Verdic
         return
     runs = [*results.runs, *results.tuning_runs]
     for c in comps:
-        c.epochs, c.pilot = _pilot_status(settings, runs, c.setting, ((c.label_block or c.block, c.label),
-                                                                      (c.other_block or c.block, c.other)))
+        c.epochs, c.pilot = _pilot_status(settings, runs, c.setting, ((c.label_block, c.label),
+                                                                      (c.other_block, c.other)))
 
 
 def _pilot_status(settings: Sequence[C.PilotSetting], runs: Sequence[T.Run], setting: tuple,
