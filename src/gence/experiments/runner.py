@@ -293,6 +293,20 @@ def _worker(db_path: str, tasks, run_fn, runtime: dict, retry_failed: bool, leas
         events.put(("exit", None, None, 0.0))
 
 
+def _stop_feeder(tasks) -> None:
+    """Close the task queue and wait for its feeder thread, which holds two of the queue's named semaphores.
+    Left running (``cancel_join_thread``), it let them go only at interpreter exit, where the resource tracker
+    sometimes missed one and warned of a "leaked semaphore" after an interrupt. What no worker took is read
+    back first, so the feeder never waits on a full pipe."""
+    try:
+        while True:
+            tasks.get(timeout=0.05)
+    except queue_module.Empty:
+        pass
+    tasks.close()
+    tasks.join_thread()
+
+
 def _die_with_parent() -> None:
     """Linux: get SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps running runs."""
     if not sys.platform.startswith("linux"):
@@ -729,7 +743,7 @@ def _run_workers(sched: Scheduler, db_path, run_fn, runtime, retry_failed, lease
     finally:
         for p in procs:
             p.join(timeout=30)
-        tasks.cancel_join_thread()
+        _stop_feeder(tasks)
     for key in list(handed) + [s.key for s in sched.queue]:
         if key not in reported:
             record("held", key, None, 0.0)
