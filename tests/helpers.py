@@ -61,11 +61,13 @@ def start_bench(grid: Path, db: Path, run_fn: str, workers: int) -> subprocess.P
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_runs(proc: subprocess.Popen, db: Path, enough: Callable[[int, int], bool], timeout: float) -> None:
-    """Poll ``db`` until ``enough(done, running)`` (row counts by status) or ``timeout`` seconds; assert
-    that ``proc`` is still running then (its stderr in the message otherwise)."""
+def wait_for_runs(proc: subprocess.Popen | None, db: Path, enough: Callable[[int, int], bool],
+                  timeout: float) -> None:
+    """Poll ``db`` until ``enough(done, running)`` (row counts by status) or ``timeout`` seconds. With a
+    ``proc`` (a grid in a subprocess), stop early if it exits and assert that it is still running then (its
+    stderr in the message otherwise); with ``None`` (a grid in this process, on another thread) just wait."""
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and (proc is None or proc.poll() is None):
         if db.exists():
             try:
                 with sqlite3.connect(db, timeout=5) as con:
@@ -76,7 +78,8 @@ def wait_for_runs(proc: subprocess.Popen, db: Path, enough: Callable[[int, int],
             if enough(done, running):
                 break
         time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read()
+    if proc is not None:
+        assert proc.poll() is None, proc.stderr.read()
 
 
 def pid_alive(pid: int) -> bool:

@@ -397,11 +397,7 @@ def test_an_interrupted_grid_with_workers_unlinks_its_semaphores_before_the_inte
     db = tmp_path / "r.sqlite"
 
     def interrupt_when_both_workers_run():
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if db.exists() and sum(r["status"] == "running" for r in db_rows(db)) >= 2:
-                break
-            time.sleep(0.05)
+        helpers.wait_for_runs(None, db, lambda done, running: running >= 2, timeout=60)
         os.kill(os.getpid(), signal.SIGINT)
     interrupter = threading.Thread(target=interrupt_when_both_workers_run, daemon=True)
     interrupter.start()
