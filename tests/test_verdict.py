@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from scipy import stats
 
 from gence.cli import main
 from gence.experiments import parse_grid, run_grid
 from gence.experiments.grid import GridError
 from gence.experiments.db import run_key
-from gence.report import load_results
+from gence.report import load_results, plots
 from gence.report.cli import write_for
 from gence.report.verdict import (HOLDS, NO_DATA, NOT_HOLDS, VerdictError, VerdictSpec, build_verdict,
                                   grid_progress, progress_markdown, verdict_markdown)
@@ -847,7 +848,6 @@ def test_summary_row_joins_a_baseline_block_with_its_main_block_and_bolds_the_be
 
 
 def test_plots_draw_baselines_of_a_block_of_their_own_beside_ce(split):
-    from gence.report import plots
     stored, results, _ = split
     setting = SPLIT_B[0]
     labels = ["ce", "gence", "gence_0.5", "focal", "label_smoothing"]
@@ -993,3 +993,83 @@ def test_plots_draw_from_the_block_with_the_most_losses_not_an_lr_sweep_before_i
     assert {lab: results.shown(s, lab).block for lab in ("ce", "gence", "focal")} == dict.fromkeys(
         ("ce", "gence", "focal"), "main")
     assert sorted(r.seed for r in results.shown(s, "ce").runs) == [0, 1]   # not the sweep's seeds 200, 201
+
+
+def recorded_figures(monkeypatch) -> list:
+    """The matplotlib figures the report's plots create from now on, kept to read what they drew."""
+    figures = []
+    monkeypatch.setattr(plots, "_figure", lambda **kwargs: figures.append(Figure(**kwargs)) or figures[-1])
+    return figures
+
+
+def test_the_lr_plot_rings_the_lr_the_tuned_runs_use_chosen_on_validation_not_on_test(tmp_path, monkeypatch):
+    # validation prefers one lr per loss and test error another: the ring must sit where validation puts it
+    # (the value the tuned block runs with), on the loss's mean test error there
+    val_opt, test_opt = {"ce": 0.1, "gence": 0.01}, {"ce": 0.01, "gence": 0.1}
+
+    def run(config):
+        h = noise(config)
+        loss, lr = config["loss"], config["lr"]
+        m, _ = fake_run(config)
+        m["val/error"] = 0.2 + 0.05 * abs(math.log10(lr / val_opt[loss])) + 0.001 * h
+        m["test/error"] = 0.2 + 0.05 * abs(math.log10(lr / test_opt[loss])) + 0.01 * h
+        m["test/never_predicted"] = 0.0
+        return m, {"history": {"loss": [1.0]}}
+    text = """
+        [verdict]
+        lr_robustness = ["tune"]
+        [train]
+        epochs = 1
+        ood = ["gaussian_noise"]
+        [[grid]]
+        name = "tune"
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [200, 201]
+        sweep = { lr = [0.01, 0.03, 0.1] }
+        losses = ["ce", "gence"]
+        [[grid]]
+        name = "main"
+        tune = { from = ["tune"], field = "lr", metric = "val/error" }
+        datasets = ["digits"]
+        regimes = ["balanced:5"]
+        models = ["small_cnn"]
+        seeds = [0, 1]
+        losses = ["ce", "gence"]
+        """
+    db = tmp_path / "t.sqlite"
+    grid = parse_grid(textwrap.dedent(text), name="tuned")
+    run_grid(grid.runs, db, run_fn=run, progress=False, tuned=grid.tuned, grid_text=(grid.name, None, grid.text))
+    done = rows(db)
+    sweep = [r for r in done if r["grid"] == "tune"]
+
+    def mean(lab, lr, metric):
+        return np.mean([r["metrics"][metric] for r in sweep if r["label"] == lab and r["config"]["lr"] == lr])
+    lrs = (0.01, 0.03, 0.1)
+    expected = {lab: min(lrs, key=lambda lr: mean(lab, lr, "val/error")) for lab in ("ce", "gence")}
+    assert expected == val_opt   # and test error is lowest elsewhere
+    assert {lab: min(lrs, key=lambda lr: mean(lab, lr, "test/error")) for lab in ("ce", "gence")} == test_opt
+    # the value the main block's runs were trained with, read from SQLite
+    assert {r["label"]: r["config"]["lr"] for r in done if r["grid"] == "main"} == expected
+
+    verdict = build_verdict(load_results(db), VerdictSpec(lr_robustness=("tune",)))
+    ((_, _, chosen),) = verdict.lr_panels
+    assert chosen == expected
+    figures = recorded_figures(monkeypatch)
+    plots.lr_robustness(verdict.lr_panels, tmp_path / "lr.png")
+    (ax,) = [ax for ax in figures[0].axes if ax.get_visible()]
+    rings = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
+    drawn = sorted((float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in rings)
+    want = sorted((lr, 100 * mean(lab, lr, "test/error")) for lab, lr in expected.items())
+    assert np.allclose(drawn, want)
+    assert "lr the tuned runs use (chosen on validation)" in [t.get_text() for t in figures[0].legends[0].get_texts()]
+
+
+def test_the_lr_plot_legend_names_a_loss_and_collapsed_runs_that_only_a_later_panel_draws(tmp_path, monkeypatch):
+    figures = recorded_figures(monkeypatch)
+    fine = {"ce": {0.1: [(0.2, False)], 0.2: [(0.3, False)]}}
+    collapsed = {"ce": {0.1: [(0.2, False)], 0.2: [(0.3, False)]}, "gence": {0.1: [(0.2, False)], 0.2: [(0.9, True)]}}
+    plots.lr_robustness([("first", fine, {}), ("second", collapsed, {})], tmp_path / "lr.png")
+    names = [t.get_text() for t in figures[0].legends[0].get_texts()]
+    assert names == ["ce", "gence", "collapsed run"]   # no ring entry: nothing was chosen

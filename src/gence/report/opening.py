@@ -15,8 +15,9 @@ from gence.report import plots
 from gence.report import tables as T
 from gence.report.sections import Context, Section, compute_lines
 from gence.report.convergence import pooled_sentence
-from gence.report.verdict import (SHOWN_CONVERGED, Beside, Claim, Comparison, VerdictSpec, fmt_estimate, lr_plot,
-                                  outcome_words, pilot_pooled, pooled_by_dataset, setting_name, unit, verdict_of)
+from gence.report.verdict import (LR_PLOT_CAPTION, SHOWN_CONVERGED, Beside, Claim, Comparison, VerdictSpec,
+                                  fmt_estimate, lr_plot, outcome_words, pilot_pooled, pooled_by_dataset, setting_name,
+                                  unit, verdict_of)
 
 HEADING = "## At a glance"
 
@@ -174,7 +175,7 @@ def figures(ctx: Context, spec: VerdictSpec, claims: Sequence[Claim], label: str
                 f"{name}: test error against labelled images per class")
         elif key == "lr_robustness":
             if verdict_of(ctx, spec).lr_panels:
-                add(lr_plot(ctx, spec), f"{name}: test error against {spec.field}, collapsed runs marked", new=False)
+                add(lr_plot(ctx, spec), f"{name}: {LR_PLOT_CAPTION.format(field=spec.field)}", new=False)
         else:
             calibration = key == "calibration"
             title = "Calibration: ECE before and after temperature scaling" if calibration else name

@@ -277,31 +277,36 @@ def ece_before_after(results: Results, out_dir: Path) -> list[Path]:
     return paths
 
 
-def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float, bool]]]]]], path: Path,
-                  field: str = "lr") -> Path:
+def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float, bool]]]], dict[str, float]]],
+                  path: Path, field: str = "lr") -> Path:
     """Test error against the learning rate, one panel per setting: per loss the mean over seeds with every
-    run as a dot, runs that collapsed (a class never predicted) as red crosses. ``panels``: (title,
-    {label: {lr: [(test error, collapsed), ...]}})."""
+    run as a dot, runs that collapsed (a class never predicted) as red crosses, and a ring around the mean
+    at the lr chosen on validation for the tuned runs (test error need not be lowest there). ``panels``:
+    (title, {label: {lr: [(test error, collapsed), ...]}}, {label: chosen lr}); a label missing from the
+    last dict gets no ring."""
     n = len(panels)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     fig = _figure(figsize=(3.6 * cols, 3.1 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    colors = {}
-    for i, (title, losses) in enumerate(panels):
+    colors, ringed = {}, False
+    for i, (title, losses, chosen) in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for j, (label, by_lr) in enumerate(losses.items()):
             color = colors.setdefault(label, f"C{len(colors)}")
             lrs = sorted(by_lr)
             offset = 1 + 0.04 * (j - (len(losses) - 1) / 2)   # dodge the losses' dots
-            ax.plot(lrs, [100 * sum(e for e, _ in by_lr[lr]) / len(by_lr[lr]) for lr in lrs], "-", color=color,
-                    label=label if i == 0 else None)
+            means = {lr: 100 * sum(e for e, _ in by_lr[lr]) / len(by_lr[lr]) for lr in lrs}
+            ax.plot(lrs, [means[lr] for lr in lrs], "-", color=color, label=label)
+            if chosen.get(label) in means:
+                ax.plot([chosen[label]], [means[chosen[label]]], "o", mfc="none", mec=color, ms=11, mew=1.6)
+                ringed = True
             for lr in lrs:
                 ok = [100 * e for e, c in by_lr[lr] if not c]
                 bad = [100 * e for e, c in by_lr[lr] if c]
                 ax.plot([lr * offset] * len(ok), ok, "o", color=color, ms=3.5, alpha=0.7)
                 ax.plot([lr * offset] * len(bad), bad, "x", color="red", ms=6, mew=1.6,
-                        label="collapsed run" if i == 0 and bad and "collapsed run" not in
+                        label="collapsed run" if bad and "collapsed run" not in
                         [t.get_label() for t in ax.get_lines()] else None)
         ax.set_xscale("log")
         ax.set_xticks(sorted({lr for by_lr in losses.values() for lr in by_lr}))
@@ -321,6 +326,11 @@ def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float
                 if lab not in names:
                     handles.append(h)
                     names.append(lab)
+    if ringed:   # one neutral entry for the rings, drawn in each loss's colour
+        from matplotlib.lines import Line2D  # optional dependency, as in _figure
+
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="0.4", ms=11, mew=1.6))
+        names.append(f"{field} the tuned runs use (chosen on validation)")
     fig.legend(handles, names, loc="outside upper center", ncols=len(names), fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

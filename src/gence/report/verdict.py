@@ -886,6 +886,7 @@ def _collapsed(run: T.Run) -> bool:
     return v is not None and not math.isnan(float(v)) and float(v) > 0
 
 
+LR_PLOT_CAPTION = "test error against {field}, collapsed runs marked, the {field} the tuned runs use ringed"
 NEAR_BEST = 0.01   # the learning-rate range within 1 pp of a loss's best test error
 
 
@@ -899,6 +900,17 @@ def near_best_range(means: Mapping[float, float], near: float = NEAR_BEST) -> st
     lo, hi = within[0], within[-1]
     span = f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
     return f"{span} (×{hi / lo:.3g}; {len(within)} of {len(means)})"
+
+
+def chosen_values(tuning: Sequence[T.TuningTable], block: str, setting: tuple[str, str, str],
+                  labels: Sequence[str], field: str) -> dict[str, Any]:
+    """``{label: value}``: the ``field`` value the tuned blocks use, chosen on validation from the tuning runs
+    of ``block`` (a tuning source) at ``setting`` (dataset, regime, model); labels with no choice yet (no
+    done run) and a block no tuned block tunes from are left out."""
+    dataset, regime, model = setting
+    return {row.label: row.value for t in tuning if block in t.sources and t.field == field for row in t.rows
+            if row.chosen and row.label in labels and (row.dataset, row.model) == (dataset, model)
+            and regime in row.regimes.split(", ")}
 
 
 def lr_claim(results, progress, spec) -> tuple[Claim, list]:
@@ -1039,7 +1051,8 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
     panels = [(f"{block}: {setting_name(setting)}",
                {lab: {lr: [(err.value(r.metrics), _collapsed(r)) for r in seeds.values()]
                       for lr, seeds in by[(block, setting)][lab].items()}
-                for lab in (ce_l, ge_l) if by[(block, setting)].get(lab)}) for block, setting in keys]
+                for lab in (ce_l, ge_l) if by[(block, setting)].get(lab)},
+               chosen_values(results.tuning, block, setting, (ce_l, ge_l), field)) for block, setting in keys]
     return Claim(name, heading, decision, evidence, "\n".join(md), "lr_robustness", worst_comps), panels
 
 
@@ -1211,7 +1224,7 @@ def verdict_sections(spec: VerdictSpec) -> list[Section]:
             md = [f"## {heading}", "", *bodies]
             if heading.startswith("Claim: learning-rate") and v.lr_panels and ctx.with_plots:
                 path = lr_plot(ctx, spec)
-                md += ["", f"![test error against {spec.field}, collapsed runs marked]({ctx.link(path)})"]
+                md += ["", f"![{LR_PLOT_CAPTION.format(field=spec.field)}]({ctx.link(path)})"]
             return "\n".join(md)
         return section
 
