@@ -20,6 +20,7 @@ import torch
 
 from gence.cli import main
 from gence.experiments import ResultsDB, load_grid, parse_grid, run_grid, shard
+from gence.experiments import runner
 from gence.experiments.db import run_key
 from gence.experiments.grid import GridError, load_demo_grid
 
@@ -32,6 +33,9 @@ import hashlib, json, os, time
 
 def run(config):
     from gence.experiments.db import run_key
+    if os.environ.get("FAKE_IGNORE_TERM"):   # a run stuck where SIGTERM cannot reach it (before it is logged)
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log = os.environ.get("FAKE_LOG")
     if log:
         with open(log, "a") as f:
@@ -413,6 +417,46 @@ def test_an_interrupted_grid_with_workers_unlinks_its_semaphores_before_the_inte
     assert named   # the queues' semaphores were seen (the spawn context names them)
     assert left == []
     assert "running" not in [r["status"] for r in db_rows(db)]
+
+
+def test_an_interrupt_kills_workers_that_do_not_exit_in_time_and_the_next_run_takes_their_claims_over(
+        tmp_path, fake, monkeypatch):
+    """Ctrl-C with two workers stuck in runs that ignore SIGTERM: run_grid leaves within the workers' exit
+    time (both together, not one after the other) with both killed; the next invocation takes their claims
+    over as those of dead processes and runs every run once."""
+    run_fn, log = fake
+    monkeypatch.setattr(runner, "WORKER_EXIT_SECONDS", 2.0)
+    monkeypatch.setenv("FAKE_SLEEP", "120")
+    monkeypatch.setenv("FAKE_IGNORE_TERM", "1")
+    db = tmp_path / "r.sqlite"
+    sent = []
+
+    def interrupt_when_both_workers_ignore_sigterm():   # both runs logged: both workers ignore SIGTERM
+        deadline = time.time() + 60
+        while time.time() < deadline and len(log.read_text().split() if log.exists() else []) < 2:
+            time.sleep(0.02)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+    interrupter = threading.Thread(target=interrupt_when_both_workers_ignore_sigterm, daemon=True)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(parse_grid(GRID).runs, db, run_fn=run_fn, progress=False, workers=2)
+    left = time.monotonic()
+    interrupter.join()
+    stuck = [r for r in db_rows(db) if r["status"] == "running"]
+    pids = [int(r["owner"].split(":")[1]) for r in stuck]
+    alive = [pid for pid in pids if _alive(pid)]
+    for pid in alive:   # without the kill: end them here, or the interpreter's exit waits for them
+        os.kill(pid, signal.SIGKILL)
+    assert left - sent[0] < 2.0 + 2 * 5 + 3   # the shared wait, then at most 5 s for each kill to land
+    assert len(stuck) == 2 and alive == []
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    monkeypatch.delenv("FAKE_IGNORE_TERM")
+    s = run_grid(parse_grid(GRID).runs, db, run_fn=run_fn, progress=False)
+    assert (s.done, s.failed, s.held_elsewhere) == (12, 0, 0)
+    starts = log.read_text().split()
+    assert sorted(set(starts)) == sorted(r.key for r in parse_grid(GRID).runs)
+    assert all(starts.count(r["key"]) == 2 for r in stuck) and len(starts) == 14
 
 
 @pytest.mark.parametrize("where", ["after the claim", "while storing"])

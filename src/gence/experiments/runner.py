@@ -6,7 +6,8 @@
   over by the next invocation (see :mod:`gence.experiments.db`).
 - ``workers > 1`` starts that many processes (spawn), all walking the same ordered list and claiming runs
   one at a time: whoever is free takes the next unclaimed run, so no run is done twice and no worker
-  idles while runs remain. Each worker gets ``cpu cores // workers`` torch threads (or ``threads``).
+  idles while runs remain. On Ctrl-C or SIGTERM each worker gives its claim up and exits; one that has
+  not within :data:`WORKER_EXIT_SECONDS` (all workers together) is killed, its claim left to be taken over. Each worker gets ``cpu cores // workers`` torch threads (or ``threads``).
   :func:`auto_workers` picks one worker per core for CPU runs: small models gain little from a second
   thread, and on a shared machine oversubscribed threads can make a run ten times slower.
 - Sharding (``grid.shard``) picks a deterministic, disjoint part of the list before any of this.
@@ -76,6 +77,12 @@ DEFAULT_RUN_FN = "gence.experiments.runner:train_run"
 
 # Fields that may be overridden at run time without changing a run's key.
 RUNTIME_FIELDS = KEY_EXCLUDED_FIELDS
+
+# How long the parent waits for its workers to exit once the grid ends or is interrupted (all of them
+# together, so Ctrl-C returns within this however many workers there are). A worker still alive then is
+# stuck (it got SIGTERM and did not give its claim up): it is killed, and its claim, that of a dead
+# process, is taken over by the next invocation.
+WORKER_EXIT_SECONDS = 30.0
 
 
 def train_run(config: dict, checkpoint: str | os.PathLike | None = None) -> tuple[dict, Any]:
@@ -741,8 +748,13 @@ def _run_workers(sched: Scheduler, db_path, run_fn, runtime, retry_failed, lease
                 p.terminate()  # SIGTERM: the worker releases its claim and exits
         raise
     finally:
+        deadline = time.monotonic() + WORKER_EXIT_SECONDS
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
         _stop_feeder(tasks)
     for key in list(handed) + [s.key for s in sched.queue]:
         if key not in reported:
