@@ -15,6 +15,28 @@ from typing import Callable
 
 import numpy as np
 
+# A block sweeping lr for CE and GenCE and a block tuned on it: the smallest grid with a `tune`.
+TUNED_GRID = """
+[train]
+epochs = 1
+[[grid]]
+name = "tune"
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["small_cnn"]
+seeds = [100, 101]
+sweep = { lr = [0.01, 0.03, 0.1] }
+losses = ["ce", "gence"]
+[[grid]]
+name = "main"
+tune = { from = ["tune"], field = "lr", metric = "val/error" }
+datasets = ["digits"]
+regimes = ["balanced:5"]
+models = ["small_cnn"]
+seeds = [0, 1]
+losses = ["ce", "gence"]
+"""
+
 
 def grid_file(tmp_path: Path, text: str) -> Path:
     """``text`` (dedented) written as tmp_path/grid.toml."""

@@ -72,27 +72,6 @@ seeds = [0, 1]
 losses = ["ce", "gence"]
 """
 
-TUNED = """
-[train]
-epochs = 1
-[[grid]]
-name = "tune"
-datasets = ["digits"]
-regimes = ["balanced:5"]
-models = ["small_cnn"]
-seeds = [100, 101]
-sweep = { lr = [0.01, 0.03, 0.1] }
-losses = ["ce", "gence"]
-[[grid]]
-name = "main"
-tune = { from = ["tune"], field = "lr", metric = "val/error" }
-datasets = ["digits"]
-regimes = ["balanced:5"]
-models = ["small_cnn"]
-seeds = [0, 1]
-losses = ["ce", "gence"]
-"""
-
 MANY = """
 [train]
 epochs = 1
@@ -168,7 +147,7 @@ def test_tiny_grid_equals_local_runner(cluster, tmp_path):
 @needs_ray
 def test_tuned_block_under_ray_via_cli(cluster, tmp_path, capsys):
     db = tmp_path / "t.sqlite"
-    code = main(["bench", str(grid_file(tmp_path, TUNED)), "--db", str(db), "--backend", "ray",
+    code = main(["bench", str(grid_file(tmp_path, helpers.TUNED_GRID)), "--db", str(db), "--backend", "ray",
                  "--run-fn", "fake_ray_run:run", "--no-report", "--quiet", "--max-in-flight", "2"])
     assert code == 0, capsys.readouterr().err
     stored = rows(db)

@@ -31,6 +31,8 @@ from gence.report.cli import write_for
 from gence.report.verdict import (HOLDS, NO_DATA, NOT_HOLDS, VerdictError, VerdictSpec, build_verdict,
                                   grid_progress, progress_markdown, verdict_markdown)
 
+import helpers  # tests/helpers.py
+
 VERDICT = """
 [verdict]
 mixed = "gence_0.5"
@@ -1015,38 +1017,16 @@ def test_the_lr_plot_rings_the_lr_the_tuned_runs_use_chosen_on_validation_not_on
         m["test/error"] = 0.2 + 0.05 * abs(math.log10(lr / test_opt[loss])) + 0.01 * h
         m["test/never_predicted"] = 0.0
         return m, {"history": {"loss": [1.0]}}
-    text = """
-        [verdict]
-        lr_robustness = ["tune"]
-        [train]
-        epochs = 1
-        ood = ["gaussian_noise"]
-        [[grid]]
-        name = "tune"
-        datasets = ["digits"]
-        regimes = ["balanced:5"]
-        models = ["small_cnn"]
-        seeds = [200, 201]
-        sweep = { lr = [0.01, 0.03, 0.1] }
-        losses = ["ce", "gence"]
-        [[grid]]
-        name = "main"
-        tune = { from = ["tune"], field = "lr", metric = "val/error" }
-        datasets = ["digits"]
-        regimes = ["balanced:5"]
-        models = ["small_cnn"]
-        seeds = [0, 1]
-        losses = ["ce", "gence"]
-        """
     db = tmp_path / "t.sqlite"
-    grid = parse_grid(textwrap.dedent(text), name="tuned")
+    grid = parse_grid(helpers.TUNED_GRID, name="tuned")
     run_grid(grid.runs, db, run_fn=run, progress=False, tuned=grid.tuned, grid_text=(grid.name, None, grid.text))
     done = rows(db)
     sweep = [r for r in done if r["grid"] == "tune"]
+    lrs = (0.01, 0.03, 0.1)
+    assert {r["config"]["lr"] for r in sweep} == set(lrs)
 
     def mean(lab, lr, metric):
         return np.mean([r["metrics"][metric] for r in sweep if r["label"] == lab and r["config"]["lr"] == lr])
-    lrs = (0.01, 0.03, 0.1)
     expected = {lab: min(lrs, key=lambda lr: mean(lab, lr, "val/error")) for lab in ("ce", "gence")}
     assert expected == val_opt   # and test error is lowest elsewhere
     assert {lab: min(lrs, key=lambda lr: mean(lab, lr, "test/error")) for lab in ("ce", "gence")} == test_opt
