@@ -6,10 +6,11 @@
   over by the next invocation (see :mod:`gence.experiments.db`).
 - ``workers > 1`` starts that many processes (spawn), all walking the same ordered list and claiming runs
   one at a time: whoever is free takes the next unclaimed run, so no run is done twice and no worker
-  idles while runs remain. On Ctrl-C or SIGTERM each worker gives its claim up and exits; one that has
-  not within :data:`WORKER_EXIT_SECONDS` (all workers together) is killed, its claim left to be taken over. Each worker gets ``cpu cores // workers`` torch threads (or ``threads``).
+  idles while runs remain. Each worker gets ``cpu cores // workers`` torch threads (or ``threads``).
   :func:`auto_workers` picks one worker per core for CPU runs: small models gain little from a second
-  thread, and on a shared machine oversubscribed threads can make a run ten times slower.
+  thread, and on a shared machine oversubscribed threads can make a run ten times slower. On Ctrl-C or
+  SIGTERM each worker gives its claim up and exits; one that has not within :data:`WORKER_EXIT_SECONDS`
+  (all workers together) is killed, its claim left to be taken over.
 - Sharding (``grid.shard``) picks a deterministic, disjoint part of the list before any of this.
 - Tuned runs (blocks with ``tune``, see :mod:`gence.experiments.grid`) wait until every tuning run of
   their dataset, model and loss is stored done or failed; the runner runs everything it can, and after

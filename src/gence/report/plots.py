@@ -306,8 +306,7 @@ def lr_robustness(panels: list[tuple[str, dict[str, dict[float, list[tuple[float
                 bad = [100 * e for e, c in by_lr[lr] if c]
                 ax.plot([lr * offset] * len(ok), ok, "o", color=color, ms=3.5, alpha=0.7)
                 ax.plot([lr * offset] * len(bad), bad, "x", color="red", ms=6, mew=1.6,
-                        label="collapsed run" if bad and "collapsed run" not in
-                        [t.get_label() for t in ax.get_lines()] else None)
+                        label="collapsed run" if bad else None)   # one legend entry: names are deduplicated below
         ax.set_xscale("log")
         ax.set_xticks(sorted({lr for by_lr in losses.values() for lr in by_lr}))
         ax.get_xaxis().set_major_formatter(_log_formatter())

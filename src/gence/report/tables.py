@@ -117,7 +117,7 @@ class TuningRow:
     dataset: str
     model: str
     label: str
-    regimes: str
+    regimes: tuple[str, ...]    # the regimes its tuning runs pool, in regime order
     value: Any
     n: int                      # done runs
     failed: int
@@ -397,7 +397,7 @@ def tuning_tables(tunes: dict[str, TuneSpec], runs: Sequence[Run], failed: Seque
                 m, sd, _ = mean_std([r.metrics.get(metric, math.nan) for r in vr])
                 e, esd, _ = mean_std([r.metrics.get(METRIC["error"], math.nan) for r in vr])
                 rows.append(TuningRow(
-                    dataset=ref["dataset"], model=ref["model"], label=label, regimes=", ".join(regimes),
+                    dataset=ref["dataset"], model=ref["model"], label=label, regimes=tuple(regimes),
                     value=value, n=len(vr), failed=failed_by[(ident, vkey)], metric=(m, sd), test_error=(e, esd),
                     chosen=chosen_key == vkey,
                     seeds=len({r.seed for r in vr})))
@@ -422,7 +422,7 @@ def tuning_markdown(table: TuningTable) -> tuple[str, str | None]:
             mine = {canonical_json(r.value): r for r in table.rows if (r.dataset, r.model, r.label) == k}
             if only_seeded and not all(r.seeds >= 2 for r in mine.values()):
                 continue
-            cells = [k[0], k[1], k[2], next(iter(mine.values())).regimes]
+            cells = [k[0], k[1], k[2], ", ".join(next(iter(mine.values())).regimes)]
             for v in values:
                 r = mine.get(canonical_json(v))
                 cells.append("" if r is None else fmt(r))
@@ -449,7 +449,7 @@ def tuning_csv_rows(table: TuningTable) -> tuple[list[str], list[list]]:
     header = ["tuning_blocks", "tuned_blocks", "field", "metric", "dataset", "model", "loss", "regimes", "value",
               "n", "failed", "seeds", "metric_mean", "metric_std", "test_error_mean", "test_error_std", "chosen"]
     rows = [["+".join(table.sources), "+".join(table.tuned_blocks), table.field, table.metric, r.dataset, r.model,
-             r.label, r.regimes, r.value, r.n, r.failed, r.seeds, *r.metric, *r.test_error, int(r.chosen)]
+             r.label, ", ".join(r.regimes), r.value, r.n, r.failed, r.seeds, *r.metric, *r.test_error, int(r.chosen)]
             for r in table.rows]
     return header, rows
 

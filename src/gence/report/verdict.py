@@ -910,7 +910,7 @@ def chosen_values(tuning: Sequence[T.TuningTable], block: str, setting: tuple[st
     dataset, regime, model = setting
     return {row.label: row.value for t in tuning if block in t.sources and t.field == field for row in t.rows
             if row.chosen and row.label in labels and (row.dataset, row.model) == (dataset, model)
-            and regime in row.regimes.split(", ")}
+            and regime in row.regimes}
 
 
 def lr_claim(results, progress, spec) -> tuple[Claim, list]:
