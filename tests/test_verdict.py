@@ -261,6 +261,44 @@ def test_learning_rate_claim_counts_collapse_and_worst_lr(full):
     assert signed(100 * d.mean()) in line and "GenCE worse" in line
 
 
+def test_worst_lr_is_taken_over_the_lrs_both_losses_ran_when_one_sweep_was_extended(full, tmp_path):
+    """An extension that only GenCE's sweep got (lr 0.4, much worse here) neither drops the setting from the
+    worst-lr comparison nor becomes GenCE's worst: both losses' worst come from the lrs both ran (numpy)."""
+    db = tmp_path / "extended.sqlite"
+    src, dst = sqlite3.connect(full[0]), sqlite3.connect(db)
+    src.backup(dst)
+    src.close()
+    cols = [c[1] for c in dst.execute("PRAGMA table_info(runs)")]
+    added = []
+    for row in dst.execute("SELECT * FROM runs WHERE grid = 'lr_sweep' AND label = 'gence' AND status = 'done'").fetchall():
+        r = dict(zip(cols, row))
+        config, metrics = json.loads(r["config"]), json.loads(r["metrics"])
+        if config["lr"] != 0.2:
+            continue
+        config["lr"] = 0.4
+        metrics = {k: (0.9 if k.endswith("/error") else v) for k, v in metrics.items()}
+        metrics["test/never_predicted"], metrics["test/worst_class_accuracy"] = 0.0, 0.5
+        added.append({**r, "key": run_key(config), "config": json.dumps(config), "metrics": json.dumps(metrics)})
+    assert len(added) == 3
+    dst.executemany(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [[a[c] for c in cols] for a in added])
+    dst.commit()
+    dst.close()
+    c = claim(build_verdict(load_results(db), CFG), "Learning-rate")
+    stored = [r for r in rows(db) if r["grid"] == "lr_sweep"]
+    def err(lab, lr):
+        return {r["config"]["seed"]: r["metrics"]["test/error"] for r in stored if r["label"] == lab and r["config"]["lr"] == lr}
+    assert sorted(err("gence", 0.4).values()) == [0.9] * 3 and not err("ce", 0.4)
+    worst = {lab: max((0.01, 0.2), key=lambda lr: (np.mean(list(err(lab, lr).values())), lr)) for lab in ("ce", "gence")}
+    assert worst["gence"] == 0.2   # 0.4, which only GenCE ran, would be its worst if it counted
+    d = np.array([err("gence", worst["gence"])[s] - err("ce", worst["ce"])[s] for s in (200, 201, 202)])
+    assert "worst-lr error over 1 setting(s)" in c.evidence
+    line = next(line for line in c.body.splitlines()
+                if f"(lr {worst['ce']:g}) |" in line and f"(lr {worst['gence']:g}) |" in line)
+    assert signed(100 * d.mean()) in line
+    assert "| 0.4 |" in c.body   # the lr 0.4 runs still stand in the per-lr table
+
+
 def test_verdict_table_errors_name_the_key():
     with pytest.raises(VerdictError, match=r"unknown key 'blocks'"):
         VerdictSpec.from_table({"blocks": ["a"]})
