@@ -134,6 +134,16 @@ def expected(stored, block, setting, label, other, metric):
     return len(d), d.mean(), ci.low, ci.high, t.pvalue
 
 
+def sweep_errors(stored, label, lr) -> dict:
+    """Test error per seed of ``label``'s stored runs at learning rate ``lr``."""
+    return {r["config"]["seed"]: r["metrics"]["test/error"] for r in stored if r["label"] == label and r["config"]["lr"] == lr}
+
+
+def worst_lr(stored, label, lrs=(0.01, 0.2)) -> float:
+    """numpy: the lr of ``lrs`` with ``label``'s highest mean test error (ties: the larger lr)."""
+    return max(lrs, key=lambda lr: (np.mean(list(sweep_errors(stored, label, lr).values())), lr))
+
+
 def signed(x: float) -> str:
     return f"{x:+.2f}".replace("-", "−")
 
@@ -253,10 +263,8 @@ def test_learning_rate_claim_counts_collapse_and_worst_lr(full):
     assert f"collapsed runs: gence 3/6, ce 0/6 (Fisher p={p_fisher:.3g})" in c.evidence
     assert c.decision.status == NOT_HOLDS   # the worst-lr error is significantly higher (one setting)
     assert "gence, 0.2, digits, balanced:5" in c.body
-    def err(lab, lr):
-        return {r["config"]["seed"]: r["metrics"]["test/error"] for r in stored if r["label"] == lab and r["config"]["lr"] == lr}
-    ce_worst = max((0.01, 0.2), key=lambda lr: (np.mean(list(err("ce", lr).values())), lr))
-    d = np.array([err("gence", 0.2)[s] - err("ce", ce_worst)[s] for s in (200, 201, 202)])
+    ce_worst = worst_lr(stored, "ce")
+    d = np.array([sweep_errors(stored, "gence", 0.2)[s] - sweep_errors(stored, "ce", ce_worst)[s] for s in (200, 201, 202)])
     line = next(line for line in c.body.splitlines() if f"(lr {ce_worst:g}) |" in line and "(lr 0.2)" in line)
     assert signed(100 * d.mean()) in line and "GenCE worse" in line
 
@@ -286,12 +294,10 @@ def test_worst_lr_is_taken_over_the_lrs_both_losses_ran_when_one_sweep_was_exten
     dst.close()
     c = claim(build_verdict(load_results(db), CFG), "Learning-rate")
     stored = [r for r in rows(db) if r["grid"] == "lr_sweep"]
-    def err(lab, lr):
-        return {r["config"]["seed"]: r["metrics"]["test/error"] for r in stored if r["label"] == lab and r["config"]["lr"] == lr}
-    assert sorted(err("gence", 0.4).values()) == [0.9] * 3 and not err("ce", 0.4)
-    worst = {lab: max((0.01, 0.2), key=lambda lr: (np.mean(list(err(lab, lr).values())), lr)) for lab in ("ce", "gence")}
+    assert sorted(sweep_errors(stored, "gence", 0.4).values()) == [0.9] * 3 and not sweep_errors(stored, "ce", 0.4)
+    worst = {lab: worst_lr(stored, lab) for lab in ("ce", "gence")}   # over the lrs both ran
     assert worst["gence"] == 0.2   # 0.4, which only GenCE ran, would be its worst if it counted
-    d = np.array([err("gence", worst["gence"])[s] - err("ce", worst["ce"])[s] for s in (200, 201, 202)])
+    d = np.array([sweep_errors(stored, "gence", worst["gence"])[s] - sweep_errors(stored, "ce", worst["ce"])[s] for s in (200, 201, 202)])
     assert "worst-lr error over 1 setting(s)" in c.evidence
     line = next(line for line in c.body.splitlines()
                 if f"(lr {worst['ce']:g}) |" in line and f"(lr {worst['gence']:g}) |" in line)
