@@ -33,7 +33,7 @@ from gence.experiments.db import run_key
 from gence.experiments.grid import GridError, extension_state
 from gence.report import load_results, write_report
 from gence.report.cli import write_for
-from gence.report.verdict import VerdictSpec, grid_progress, progress_markdown
+from gence.report.verdict import VerdictSpec, build_verdict, grid_progress, progress_markdown
 
 import helpers  # tests/helpers.py
 
@@ -478,6 +478,25 @@ def sweep_row(label, added, chosen, state) -> str:
     """The report's row for one loss's sweep of GRID (values as the report prints numbers: %g)."""
     return (f"| sweep | digits | balanced:5 | small_cnn | {label} | {', '.join(f'{v:g}' for v in SWEPT)} | "
             f"{', '.join(f'{v:g}' for v in added) or 'none'} | {chosen} | {state} |")
+
+
+def test_the_lr_plot_rings_no_lr_for_a_sweep_still_undecided_then_the_one_the_tuned_runs_use(tmp_path, fake):
+    """After the swept runs only, ce's best so far is 0.4 but its sweep waits for 0.8 (module docstring): the
+    tuned runs have no lr yet, so no ring; gence settled at 0.1 inside. After every run: ce's ring at 0.8."""
+    run_fn, _ = fake
+    grid = parse_grid(textwrap.dedent(GRID), name="ext")
+    db = tmp_path / "r.sqlite"
+    spec = VerdictSpec(label="gence", lr_robustness=("sweep",))
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, grid_text=(grid.name, None, grid.text))
+    ((_, losses, chosen),) = build_verdict(load_results(db), spec).lr_panels
+    assert sorted(losses["ce"]) == SWEPT   # ce's panel is drawn, its best so far (0.4) is not ringed
+    assert chosen == {"gence": EXPECTED_BEST["gence"]}
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, tuned=grid.tuned, extensions=grid.extensions,
+             grid_text=(grid.name, None, grid.text))
+    ((_, losses, chosen),) = build_verdict(load_results(db), spec).lr_panels
+    assert sorted(losses["ce"]) == SWEPT + EXPECTED_ADDED["ce"]
+    assert chosen == {"ce": EXPECTED_BEST["ce"], "gence": EXPECTED_BEST["gence"]}
+    assert {r["label"]: r["config"]["lr"] for r in rows(db) if r["grid"] == "main" and r["label"] in chosen} == chosen
 
 
 def test_report_shows_each_sweep_undecided_settled_extended_or_at_edge_with_its_values(tmp_path, fake):

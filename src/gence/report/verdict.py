@@ -887,7 +887,8 @@ def _collapsed(run: T.Run) -> bool:
     return v is not None and not math.isnan(float(v)) and float(v) > 0
 
 
-LR_PLOT_CAPTION = "test error against {field}, collapsed runs marked, the {field} the tuned runs use ringed"
+LR_PLOT_CAPTION = ("test error against {field}, collapsed runs marked, the {field} the tuned runs use ringed "
+                   "(none while the sweep is undecided)")
 NEAR_BEST = 0.01   # the learning-rate range within 1 pp of a loss's best test error
 
 
@@ -1054,11 +1055,17 @@ def lr_claim(results, progress, spec) -> tuple[Claim, list]:
                                      f"{ge_l} worst error %", "Δ [95% CI]", "t p", "Holm p", "outcome"], wrows,
                                     ["l"] * 4 + ["r"] * 5 + ["l"]), ""]
     md += [collapse_table(every, field, results), ""]
+    # a sweep still undecided (runs missing, the runner may add values) has no lr the tuned runs use yet:
+    # its validation-best so far gets no ring
+    undecided = {(s.group.grid, (s.group.config["dataset"], s.group.config["regime"], s.group.config["model"]),
+                  s.group.label) for s in sweeps if s.kind == X.UNDECIDED}
     panels = [(f"{block}: {setting_name(setting)}",
                {lab: {lr: [(err.value(r.metrics), _collapsed(r)) for r in seeds.values()]
                       for lr, seeds in by[(block, setting)][lab].items()}
                 for lab in (ce_l, ge_l) if by[(block, setting)].get(lab)},
-               chosen_values(results.tuning, block, setting, (ce_l, ge_l), field)) for block, setting in keys]
+               {lab: v for lab, v in chosen_values(results.tuning, block, setting, (ce_l, ge_l), field).items()
+                if (block, setting, lab) not in undecided})
+              for block, setting in keys]
     return Claim(name, heading, decision, evidence, "\n".join(md), "lr_robustness", worst_comps), panels
 
 
