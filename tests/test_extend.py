@@ -482,7 +482,9 @@ def sweep_row(label, added, chosen, state) -> str:
 
 def test_the_lr_plot_rings_no_lr_for_a_sweep_still_undecided_then_the_one_the_tuned_runs_use(tmp_path, fake):
     """After the swept runs only, ce's best so far is 0.4 but its sweep waits for 0.8 (module docstring): the
-    tuned runs have no lr yet, so no ring; gence settled at 0.1 inside. After every run: ce's ring at 0.8."""
+    tuned runs have no lr yet, so no ring, and the tuning table says its mark is the best so far; gence
+    settled at 0.1 inside. After every run: ce's ring at 0.8 and no such remark."""
+    undecided_remark = "(in a sweep still undecided, runs missing: the best so far, which may move"
     run_fn, _ = fake
     grid = parse_grid(textwrap.dedent(GRID), name="ext")
     db = tmp_path / "r.sqlite"
@@ -491,12 +493,15 @@ def test_the_lr_plot_rings_no_lr_for_a_sweep_still_undecided_then_the_one_the_tu
     ((_, losses, chosen),) = build_verdict(load_results(db), spec).lr_panels
     assert sorted(losses["ce"]) == SWEPT   # ce's panel is drawn, its best so far (0.4) is not ringed
     assert chosen == {"gence": EXPECTED_BEST["gence"]}
+    assert undecided_remark in write_report(db, tmp_path / "partial", with_plots=False).markdown
     run_grid(grid.runs, db, run_fn=run_fn, progress=False, tuned=grid.tuned, extensions=grid.extensions,
              grid_text=(grid.name, None, grid.text))
     ((_, losses, chosen),) = build_verdict(load_results(db), spec).lr_panels
     assert sorted(losses["ce"]) == SWEPT + EXPECTED_ADDED["ce"]
     assert chosen == {"ce": EXPECTED_BEST["ce"], "gence": EXPECTED_BEST["gence"]}
     assert {r["label"]: r["config"]["lr"] for r in rows(db) if r["grid"] == "main" and r["label"] in chosen} == chosen
+    md = write_report(db, tmp_path / "done", with_plots=False).markdown
+    assert "✓ and bold mark the value the tuned runs use." in md and undecided_remark not in md
 
 
 def test_report_shows_each_sweep_undecided_settled_extended_or_at_edge_with_its_values(tmp_path, fake):

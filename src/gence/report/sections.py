@@ -234,9 +234,16 @@ def paired(ctx: Context) -> str:
     return "\n".join(md)
 
 
+def stored_sweeps(ctx: Context) -> list[X.SweepExtension]:
+    """The sweeps that extend and their states on the stored runs (computed once per report)."""
+    return ctx.derived("sweep_extensions",
+                       lambda: X.sweep_extensions(X.expand_stored(ctx.results.grids)[0], ctx.results))
+
+
 def tuning(ctx: Context) -> str:
     results = ctx.results
     md = []
+    undecided = {s.group.grid for s in stored_sweeps(ctx) if s.kind == X.UNDECIDED}
     for t in results.tuning:
         choice, robust = T.tuning_markdown(t)
         heading = tuning_heading(t.field)
@@ -245,7 +252,9 @@ def tuning(ctx: Context) -> str:
         md += [f"## {heading}", "",
                f"Tuning runs of {', '.join(f'`{b}`' for b in t.sources)} for {', '.join(f'`{b}`' for b in t.tuned_blocks)}: "
                f"mean ± std of `{t.metric}` per `{t.field}` value over the done runs (pooled over regimes and "
-               f"seeds; n = done runs, failed runs are ignored); ✓ and bold mark the value the tuned runs use.",
+               f"seeds; n = done runs, failed runs are ignored); ✓ and bold mark the value the tuned runs use"
+               + (" (in a sweep still undecided, runs missing: the best so far, which may move; see the sweeps "
+                  "that extend)" if undecided & set(t.sources) else "") + ".",
                "", choice, ""]
         if robust:
             md += [f"Test error % per `{t.field}` (mean ± std over seeds; losses with at least 2 seeds at every "
@@ -258,7 +267,7 @@ def sweep_extensions(ctx: Context) -> str:
     """Per sweep that may extend (a block with ``extend``): values swept and added, the chosen value and the
     state, AT EDGE when the best value is still the smallest or largest tried; empty when no block extends.
     A report with the verdict shows it under the study progress instead."""
-    sweeps = X.sweep_extensions(X.expand_stored(ctx.results.grids)[0], ctx.results)
+    sweeps = stored_sweeps(ctx)
     if not sweeps:
         return ""
     return "## Sweep extensions\n\n" + X.extensions_markdown(sweeps)
