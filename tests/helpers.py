@@ -84,11 +84,14 @@ def start_bench(grid: Path, db: Path, run_fn: str, workers: int) -> subprocess.P
 
 
 def wait_for_runs(proc: subprocess.Popen | None, db: Path, enough: Callable[[int, int], bool],
-                  timeout: float) -> None:
-    """Poll ``db`` until ``enough(done, running)`` (row counts by status) or ``timeout`` seconds. With a
-    ``proc`` (a grid in a subprocess), stop early if it exits and assert that it is still running then (its
-    stderr in the message otherwise); with ``None`` (a grid in this process, on another thread) just wait."""
+                  timeout: float) -> bool:
+    """Poll ``db`` until ``enough(done, running)`` (row counts by status) or ``timeout`` seconds; return
+    whether it was reached. With a ``proc`` (a grid in a subprocess), stop early if it exits and assert that
+    it is still running then (its stderr in the message otherwise); with ``None`` (a grid in this process, on
+    another thread) just wait: the caller must not interrupt a grid that may have finished, or its signal
+    lands in whatever test runs next."""
     deadline = time.time() + timeout
+    reached = False
     while time.time() < deadline and (proc is None or proc.poll() is None):
         if db.exists():
             try:
@@ -98,10 +101,12 @@ def wait_for_runs(proc: subprocess.Popen | None, db: Path, enough: Callable[[int
             except sqlite3.OperationalError:  # not created yet
                 done = running = 0
             if enough(done, running):
+                reached = True
                 break
         time.sleep(0.02)
     if proc is not None:
         assert proc.poll() is None, proc.stderr.read()
+    return reached
 
 
 def pid_alive(pid: int) -> bool:

@@ -326,7 +326,7 @@ def test_sigkill_mid_extension_then_rerun_stores_each_run_once(tmp_path, fake, m
     monkeypatch.setenv("FAKE_SLEEP", "0.25")
     proc = helpers.start_bench(path, db, run_fn, workers)
     try:   # swept runs and the first extension round done: mid-extension
-        helpers.wait_for_runs(proc, db, lambda done, running: done >= 12, timeout=60)
+        assert helpers.wait_for_runs(proc, db, lambda done, running: done >= 12, timeout=60)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=10)
