@@ -438,11 +438,14 @@ def test_an_interrupt_kills_workers_that_do_not_exit_in_time_and_the_next_run_ta
     db = tmp_path / "r.sqlite"
     sent, reached = [], []
 
-    def interrupt_when_both_workers_ignore_sigterm():   # both runs logged: both workers ignore SIGTERM
+    def both_logged() -> bool:   # both runs logged: both workers ignore SIGTERM
+        return len(log.read_text().split() if log.exists() else []) >= 2
+
+    def interrupt_when_both_workers_ignore_sigterm():
         deadline = time.time() + 60
-        while time.time() < deadline and len(log.read_text().split() if log.exists() else []) < 2:
+        while time.time() < deadline and not both_logged():
             time.sleep(0.02)
-        reached.append(len(log.read_text().split() if log.exists() else []) >= 2)
+        reached.append(both_logged())
         sent.append(time.monotonic())
         os.kill(os.getpid(), signal.SIGINT)   # in any case: the grid's 120 s runs are still going
     interrupter = threading.Thread(target=interrupt_when_both_workers_ignore_sigterm, daemon=True)
