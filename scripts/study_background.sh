@@ -256,15 +256,25 @@ done_counts() {  # "study N, pilot M": runs stored done in the committed snapsho
 commit_results() {  # commit_results WHAT: commit results/ and the pages, and nothing else of the index
   local paths=(results RESULTS.md) pages=(RESULTS.md results/pilot/README.md) try
   not_light || return 1
+  local message="$1 (autosave): $(done_counts) runs done; $MACHINE"
   if git -C "$REPO" diff --quiet HEAD -- results/study.sqlite results/pilot.sqlite results/checkpoints \
      && [ -z "$(git -C "$REPO" ls-files --others --exclude-standard -- results/checkpoints)" ]; then
-    git -C "$REPO" checkout -q HEAD -- "${pages[@]}"   # they differ by their date line only
-    say "$1: no run finished and no checkpoint moved since the last commit: nothing committed"; return 0
+    # no run finished: the pages were made from the same runs, so they differ by their date line alone, unless
+    # the report's code changed since they were committed (its plots and tables then differ too) or a file was
+    # written under results/: those are committed (putting the pages back alone left the working tree with
+    # the new code's plots beside the old code's pages until the next run finished)
+    if git -C "$REPO" diff --quiet -I '^Generated ' HEAD -- "${pages[@]}" \
+       && git -C "$REPO" diff --quiet HEAD -- results ':!results/study.sqlite' ':!results/pilot.sqlite' \
+       && [ -z "$(git -C "$REPO" ls-files --others --exclude-standard -- results)" ]; then
+      git -C "$REPO" checkout -q HEAD -- "${pages[@]}"
+      say "$1: no run finished and no checkpoint moved since the last commit: nothing committed"; return 0
+    fi
+    message="$1 (autosave): no run finished; results/ changed beyond the pages' date line (a report made by newer code, or files written there); $MACHINE"
   fi
   for try in 1 2 3 4 5 6; do   # a git command of the session's may hold the index for a moment
     if git -C "$REPO" add -A -- "${paths[@]}" 2>/dev/null; then
       if git -C "$REPO" diff --cached --quiet -- "${paths[@]}"; then say "$1: nothing new to commit"; return 0; fi
-      git -C "$REPO" commit -q -m "$1 (autosave): $(done_counts) runs done; $MACHINE" -- "${paths[@]}" && return 0
+      git -C "$REPO" commit -q -m "$message" -- "${paths[@]}" && return 0
     fi
     sleep 10
   done
