@@ -703,6 +703,30 @@ def test_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypat
         pytest.approx({k: v for k, v in reference.items() if k not in timing}, nan_ok=True, rel=0, abs=0)
 
 
+def test_runs_with_a_checkpoint_start_first_then_the_rest_in_block_order(tmp_path):
+    """Two runs of the later block were stopped mid-way (their checkpoints are on disk): they run before
+    every other run, in their own order, then the rest in block order; each is given its checkpoint."""
+    grid = parse_grid(TWO_BLOCKS)
+    few = [r for r in grid.runs if r.grid == "few"]
+    more = [r for r in grid.runs if r.grid == "more"]
+    assert len(few) == 2 and len(more) == 2
+    folder = tmp_path / "r.sqlite.checkpoints"
+    folder.mkdir()
+    for spec in more:
+        (folder / f"{spec.key}.pt").write_text("state")
+    started, given = [], {}
+
+    def record(config, checkpoint):
+        started.append(run_key(config))
+        given[run_key(config)] = Path(checkpoint).read_text() if Path(checkpoint).exists() else None
+        return {"test/error": 0.5}, {}
+
+    summary = run_grid(grid.runs, tmp_path / "r.sqlite", run_fn=record, progress=False, order=["few", "more"])
+    assert summary.done == 4
+    assert started == [more[0].key, more[1].key, few[0].key, few[1].key]
+    assert given == {more[0].key: "state", more[1].key: "state", few[0].key: None, few[1].key: None}
+
+
 def test_checkpoint_given_only_to_run_functions_that_take_one_and_deleted_after_a_failure(tmp_path):
     grid = parse_grid(GRID)
     db = tmp_path / "r.sqlite"

@@ -23,6 +23,9 @@
 - Runs start in the order of their blocks (``order``, the grid file's order from ``gence bench``), each
   block's runs in its order: a tuned run that becomes ready goes ahead of every queued run of a later
   block, so a file can put what matters most first (sweeps, then the main comparisons, then the rest).
+  Runs with a checkpoint (started by an earlier invocation and stopped: a kill, Ctrl-C, a machine that went
+  away) go before all of them, in the same order among themselves: their training is partly done, so they
+  finish first, and their checkpoints do not wait on disk behind a grid's worth of new runs.
 - Extending sweeps (blocks with ``extend``) are decided the same way: whenever a run of a sweep ends, its
   state is recomputed from the database (:func:`gence.experiments.grid.extension_state`) and the runs it
   adds are queued; a tuned run on that block waits until the sweep has settled. ``RunnerSummary.extensions``
@@ -383,32 +386,35 @@ class RunQueue:
 
     def __init__(self, order: Sequence[str] = ()):
         self._rank = {name: i for i, name in enumerate(order)}
-        self._heap: list[tuple[int, int, RunSpec]] = []
+        self._heap: list[tuple[bool, int, int, RunSpec]] = []   # (no checkpoint, block rank, arrival, run)
         self._count = itertools.count()
 
-    def append(self, spec: RunSpec) -> None:
+    def append(self, spec: RunSpec, resumed: bool = False) -> None:
+        """Queue ``spec`` after the queued runs of its block and before those of later blocks; ``resumed``
+        (the run has a checkpoint) queues it before every run without one."""
         rank = self._rank.setdefault(spec.grid, len(self._rank))
-        heapq.heappush(self._heap, (rank, next(self._count), spec))
+        heapq.heappush(self._heap, (not resumed, rank, next(self._count), spec))
 
     def popleft(self) -> RunSpec:
-        return heapq.heappop(self._heap)[2]
+        return heapq.heappop(self._heap)[-1]
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def __iter__(self):
-        return (spec for _, _, spec in sorted(self._heap, key=lambda item: item[:2]))
+        return (item[-1] for item in sorted(self._heap, key=lambda item: item[:3]))
 
 
 class Scheduler:
-    """The runs still to do in this invocation: a queue of ready specs (:class:`RunQueue`, in block order),
-    tuned runs that wait, and extending sweeps (``ExtendGroup``) not yet settled, whose next runs are
-    queued as they are decided."""
+    """The runs still to do in this invocation: a queue of ready specs (:class:`RunQueue`, in block order,
+    runs with a checkpoint in ``checkpoints`` first), tuned runs that wait, and extending sweeps
+    (``ExtendGroup``) not yet settled, whose next runs are queued as they are decided."""
 
     def __init__(self, db: ResultsDB, specs: list[RunSpec], tuned: list[TunedSpec], retry_failed: bool,
                  summary: RunnerSummary, extensions: Sequence[ExtendGroup] = (), order: Sequence[str] = (),
-                 reuse: Sequence[str | os.PathLike] = ()):
+                 reuse: Sequence[str | os.PathLike] = (), checkpoints: Path | None = None):
         self.db, self.retry_failed, self.summary = db, retry_failed, summary
+        self.checkpoints = checkpoints   # the folder of <run key>.pt files (None: runs keep no checkpoint)
         self.reuse = [str(p) for p in reuse]   # databases whose done runs are copied, looked up as runs are added
         status = db.statuses()
         self.queue = RunQueue(order)
@@ -448,7 +454,8 @@ class Scheduler:
         if st == "failed" and not self.retry_failed:
             self.summary.skipped_failed += 1
             return False
-        self.queue.append(spec)
+        self.queue.append(spec, resumed=self.checkpoints is not None
+                          and (self.checkpoints / f"{spec.key}.pt").exists())
         self.unfinished.add(spec.key)
         self.specs[spec.key] = spec
         return True
@@ -579,7 +586,9 @@ def run_grid(specs: Sequence[RunSpec], db_path: str | os.PathLike, *, workers: i
     try:
         if grid_text is not None:
             db.add_grid(*grid_text)
-        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions, order, reuse)
+        checkpoints = checkpoint_path(db_path, "-").parent if executor is None else \
+            getattr(executor, "checkpoint_dir", None)
+        sched = Scheduler(db, specs, tuned, retry_failed, summary, extensions, order, reuse, checkpoints)
         bar = _progress_bar(len(sched.queue) + len(sched.waiting), progress)
 
         def account_released():
