@@ -727,6 +727,34 @@ def test_runs_with_a_checkpoint_start_first_then_the_rest_in_block_order(tmp_pat
     assert given == {more[0].key: "state", more[1].key: "state", few[0].key: None, few[1].key: None}
 
 
+def test_an_executor_with_a_checkpoint_dir_gets_the_runs_with_a_checkpoint_there_first(tmp_path):
+    """Executors (Ray's) keep checkpoints in their own folder: the scheduler reads that one, not the
+    database's; an executor without the attribute gets block order."""
+    grid = parse_grid(TWO_BLOCKS)
+    keys = [r.key for r in grid.runs]
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / f"{keys[-1]}.pt").write_text("state")
+    (tmp_path / "r.sqlite.checkpoints").mkdir()
+    (tmp_path / "r.sqlite.checkpoints" / f"{keys[-2]}.pt").write_text("not this executor's")
+
+    class InOrder:
+        def __init__(self, checkpoint_dir=None):
+            if checkpoint_dir is not None:
+                self.checkpoint_dir = checkpoint_dir
+            self.order = []
+
+        def run(self, d):
+            while d.sched.queue:
+                self.order.append(d.sched.pop().key)
+
+    with_dir, without = InOrder(folder), InOrder()
+    run_grid(grid.runs, tmp_path / "r.sqlite", executor=with_dir, progress=False)
+    run_grid(grid.runs, tmp_path / "r.sqlite", executor=without, progress=False)
+    assert with_dir.order == [keys[-1]] + keys[:-1]
+    assert without.order == keys
+
+
 def test_checkpoint_given_only_to_run_functions_that_take_one_and_deleted_after_a_failure(tmp_path):
     grid = parse_grid(GRID)
     db = tmp_path / "r.sqlite"

@@ -534,7 +534,9 @@ class Dispatch:
 
 
 class Executor(Protocol):
-    """Runs the runs of a :class:`Dispatch` until its scheduler has none left."""
+    """Runs the runs of a :class:`Dispatch` until its scheduler has none left. One with a
+    ``checkpoint_dir`` attribute (a folder of ``<run key>.pt`` files, as Ray's) has the runs with a
+    checkpoint there queued first; without it (or None) runs are queued in block order alone."""
 
     def run(self, dispatch: Dispatch) -> None: ...
 
