@@ -556,3 +556,28 @@ def test_report_shows_each_sweep_undecided_settled_extended_or_at_edge_with_its_
     md = write_for(db, tmp_path / "no_extend", verdict_spec=VerdictSpec(lr_robustness=("sweep",))).markdown
     for needle in ("Sweep extensions", "Sweeps that extend", "added by extension", "AT EDGE", "may extend"):
         assert needle not in md, needle
+
+
+def test_a_report_with_the_verdict_expands_the_stored_grids_and_replays_their_sweeps_once(tmp_path, fake, monkeypatch):
+    """The verdict's progress, the tuning table and the lr plot all read the sweeps' states: one expansion of
+    the stored grid texts and one replay of the sweeps per report, shared, and the same states as a fresh
+    replay of the stored runs."""
+    import gence.report.extensions as X
+    run_fn, _ = fake
+    grid = parse_grid(textwrap.dedent(GRID), name="ext")
+    db = tmp_path / "r.sqlite"
+    run_grid(grid.runs, db, run_fn=run_fn, progress=False, grid_text=(grid.name, None, grid.text))
+    calls = {"expand_stored": 0, "sweep_extensions": 0}
+    for name in calls:
+        def counted(*args, _name=name, _f=getattr(X, name)):
+            calls[_name] += 1
+            return _f(*args)
+        monkeypatch.setattr(X, name, counted)
+    md = write_for(db, tmp_path / "verdict", verdict_spec=VerdictSpec(lr_robustness=("sweep",))).markdown
+    assert "### Sweeps that extend" in md and "(in a sweep still undecided, runs missing" in md
+    assert calls == {"expand_stored": 1, "sweep_extensions": 1}
+    monkeypatch.undo()
+    replay = X.sweep_extensions(X.expand_stored(load_results(db).grids)[0], load_results(db))
+    undecided = sorted(s.group.label for s in replay if s.kind == X.UNDECIDED)
+    assert undecided == ["brier", "ce", "focal"]   # the module docstring's optima: they wait for a rung
+    assert f"{len(undecided)} undecided (runs missing)" in md

@@ -31,6 +31,24 @@ def expand_stored(grids: Sequence[dict]) -> tuple[list[Grid], list[str]]:
     return out, unreadable
 
 
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """The grid files stored with a set of results, expanded as the runner does."""
+
+    grids: list[Grid]
+    unreadable: list[str]              # one line per stored text this version cannot expand
+    sweeps: list["SweepExtension"]     # their extending sweeps' states on the stored runs
+
+
+def stored(results: T.Results) -> Stored:
+    """:func:`expand_stored` of ``results.grids`` and :func:`sweep_extensions` on them, computed once per
+    loaded results (a report's verdict and its sections read the same)."""
+    if "stored" not in results.memo:
+        grids, unreadable = expand_stored(results.grids)
+        results.memo["stored"] = Stored(grids, unreadable, sweep_extensions(grids, results))
+    return results.memo["stored"]
+
+
 def stored_states(results: T.Results) -> dict[str, tuple[str, dict | None]]:
     """key -> (status, metrics) of every stored done or failed benchmark run: the rows
     :func:`~gence.experiments.grid.extension_state` reads (as the runner's ``ResultsDB.states``)."""

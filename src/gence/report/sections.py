@@ -234,16 +234,12 @@ def paired(ctx: Context) -> str:
     return "\n".join(md)
 
 
-def stored_sweeps(ctx: Context) -> list[X.SweepExtension]:
-    """The sweeps that extend and their states on the stored runs (computed once per report)."""
-    return ctx.derived("sweep_extensions",
-                       lambda: X.sweep_extensions(X.expand_stored(ctx.results.grids)[0], ctx.results))
 
 
 def tuning(ctx: Context) -> str:
     results = ctx.results
     md = []
-    undecided = {s.group.grid for s in stored_sweeps(ctx) if s.kind == X.UNDECIDED}
+    undecided = {s.group.grid for s in X.stored(ctx.results).sweeps if s.kind == X.UNDECIDED}
     for t in results.tuning:
         choice, robust = T.tuning_markdown(t)
         heading = tuning_heading(t.field)
@@ -267,7 +263,7 @@ def sweep_extensions(ctx: Context) -> str:
     """Per sweep that may extend (a block with ``extend``): values swept and added, the chosen value and the
     state, AT EDGE when the best value is still the smallest or largest tried; empty when no block extends.
     A report with the verdict shows it under the study progress instead."""
-    sweeps = stored_sweeps(ctx)
+    sweeps = X.stored(ctx.results).sweeps
     if not sweeps:
         return ""
     return "## Sweep extensions\n\n" + X.extensions_markdown(sweeps)

@@ -147,6 +147,9 @@ class Results:
     tuning: list[TuningTable] = dataclasses.field(default_factory=list)
     tuning_runs: list[Run] = dataclasses.field(default_factory=list)      # runs of tuning blocks
     same_as: dict[str, str] = dataclasses.field(default_factory=dict)     # label -> the label it duplicates
+    # values derived from the fields above, computed once by whoever needs them first (e.g.
+    # gence.report.extensions.stored); not an argument, so dataclasses.replace starts a copy empty
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def canonical(self, label: str) -> str:
         """The label a duplicate label is shown as (itself when it is no duplicate)."""

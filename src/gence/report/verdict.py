@@ -242,13 +242,13 @@ def grid_progress(results: T.Results) -> Progress:
     failed = {f["key"] for f in results.failed}
     ordinary: dict[str, tuple[str, dict, str]] = {}      # key -> (block, config, label)
     tuned: dict[tuple, tuple[str, dict, str]] = {}       # candidate keys -> (block, config, label)
-    grids, unreadable = X.expand_stored(results.grids)
+    stored = X.stored(results)
+    grids, unreadable, sweeps = stored.grids, stored.unreadable, stored.sweeps
     for grid in grids:
         for spec in grid.runs:
             ordinary.setdefault(spec.key, (spec.grid, spec.config, spec.label))
         for t in grid.tuned:
             tuned.setdefault(tuple(s.key for _, s in t.candidates), (t.grid, t.config, t.label))
-    sweeps = X.sweep_extensions(grids, results)
     counted = set(ordinary) | {k for keys in tuned for k in keys}
     added: dict[str, tuple[str, dict, str]] = {}         # key -> (block, config, label) of extension runs
     for s in sweeps:
