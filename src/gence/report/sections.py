@@ -234,8 +234,6 @@ def paired(ctx: Context) -> str:
     return "\n".join(md)
 
 
-
-
 def tuning(ctx: Context) -> str:
     results = ctx.results
     md = []
