@@ -265,6 +265,7 @@ commit_results() {  # commit_results WHAT: commit results/ and the pages, and no
     # the new code's plots beside the old code's pages until the next run finished)
     if git -C "$REPO" diff --quiet -I '^Generated ' HEAD -- "${pages[@]}" \
        && git -C "$REPO" diff --quiet HEAD -- results ':!results/study.sqlite' ':!results/pilot.sqlite' \
+              "${pages[@]/#/:!}" \
        && [ -z "$(git -C "$REPO" ls-files --others --exclude-standard -- results)" ]; then
       git -C "$REPO" checkout -q HEAD -- "${pages[@]}"
       say "$1: no run finished and no checkpoint moved since the last commit: nothing committed"; return 0

@@ -239,9 +239,11 @@ def test_autosave_commits_results_and_pages_only(tmp_path):
     (repo / "other.txt").write_text("b\n")
     _git(repo, "add", "other.txt")                             # a change of the session's, staged
     (repo / "RESULTS.md").write_text("# results\nGenerated on day 2\n")
+    (repo / "results" / "pilot" / "README.md").write_text("# pilot\nGenerated on day 2\n")   # a page under results/
     assert "nothing committed" in commit("snapshot")
     assert log() == ["start"]
     assert (repo / "RESULTS.md").read_text() == "# results\nGenerated on day 1\n"
+    assert (repo / "results" / "pilot" / "README.md").read_text() == "# pilot\nGenerated on day 1\n"
 
     (repo / "results" / "study" / "plots").mkdir(parents=True)   # no run finished, but the report's code
     (repo / "results" / "study" / "plots" / "lr.png").write_bytes(b"png")   # changed: a new plot, a new line
